@@ -1,0 +1,3 @@
+"""hpcrt.checkpoint: multi-level asynchronous checkpointing to HDF5."""
+
+__all__: list = []

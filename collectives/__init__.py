@@ -1,0 +1,3 @@
+"""hpcrt.collectives: custom collectives (All-Scan, rings, hierarchical partitioning, NIC-aware groups)."""
+
+__all__: list = []

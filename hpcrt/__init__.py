@@ -1,0 +1,40 @@
+"""hpcrt: a Python runtime for MPI jobs on heterogeneous clusters.
+
+The public API is what ``__all__`` lists; everything under ``hpcrt._src`` is private.
+"""
+
+from ._src.backends import ArrayBackend, backend_of, get_xp, is_device_array
+from ._src.config import ConfigError, RuntimeConfig
+from ._src.cuda_aware import CudaAwareDecision
+from ._src.fakegpu import FakeGpuArray, to_fake_gpu
+from ._src.launcher import LaunchMismatchError
+from ._src.runtime import Runtime, finalize, get_runtime, init, is_initialized
+from ._src.topology import NIC, Device, LinkCost, RankInfo, Topology
+from ._src.topology_file import TopologyFileError
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "__version__",
+    "init",
+    "finalize",
+    "get_runtime",
+    "is_initialized",
+    "Runtime",
+    "RuntimeConfig",
+    "ConfigError",
+    "LaunchMismatchError",
+    "Topology",
+    "TopologyFileError",
+    "RankInfo",
+    "Device",
+    "NIC",
+    "LinkCost",
+    "CudaAwareDecision",
+    "ArrayBackend",
+    "backend_of",
+    "get_xp",
+    "is_device_array",
+    "FakeGpuArray",
+    "to_fake_gpu",
+]

@@ -1,0 +1,125 @@
+"""The runtime's configuration: one dataclass schema, usable as a Hydra config group
+and by plain scripts, with ``HPCRT_*`` environment overrides for launch scripts."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Optional
+
+DEVICE_CHOICES = ("auto", "cpu", "gpu")
+CUDA_AWARE_CHOICES = ("auto", "yes", "no")
+THREAD_LEVELS = ("single", "funneled", "serialized", "multiple")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
+class ConfigError(ValueError):
+    """An invalid runtime setting; the message names the key and what was expected."""
+
+
+@dataclass
+class RuntimeConfig:
+    """Settings of :func:`hpcrt.init`; every field can be overridden by ``HPCRT_<FIELD>``."""
+
+    device: str = "auto"
+    """``auto`` (GPU ``local_rank % ngpus`` when CuPy sees one), ``cpu`` or ``gpu``."""
+    cuda_aware: str = "auto"
+    """Hand GPU buffers straight to MPI: ``yes``, ``no``, or ``auto`` (probe of the MPI library)."""
+    topology_file: Optional[str] = None
+    """YAML file overriding topology discovery (virtual nodes, NIC classes, link costs)."""
+    run_dir: Optional[str] = None
+    """The job's directory, agreed by all ranks; default ``hpcrt-runs/<job id>``."""
+    log_level: str = "INFO"
+    log_files: bool = True
+    """Write every rank's log to ``<run_dir>/logs/rank-NNNNN.log``."""
+    thread_level: str = "multiple"
+    """MPI thread level requested when hpcrt is the one that initializes MPI."""
+    abort_on_error: bool = True
+    """Abort the whole job when one rank dies of an exception or a non-zero exit."""
+    staging_pool_mb: int = 256
+    """Upper bound of the pinned host pool used to stage GPU buffers for MPI."""
+    extra: dict = field(default_factory=dict)
+    """Free-form settings of jobs built on the runtime; not read by the runtime."""
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> "RuntimeConfig":
+        """Check every field, raising :class:`ConfigError` naming the first bad key."""
+        _check_choice("device", self.device, DEVICE_CHOICES)
+        _check_choice("cuda_aware", self.cuda_aware, CUDA_AWARE_CHOICES)
+        _check_choice("thread_level", self.thread_level, THREAD_LEVELS)
+        _check_choice("log_level", str(self.log_level).upper(), LOG_LEVELS)
+        if not isinstance(self.staging_pool_mb, int) or self.staging_pool_mb <= 0:
+            raise ConfigError(f"hpcrt config key 'staging_pool_mb': expected a positive integer, "
+                              f"got {self.staging_pool_mb!r}")
+        for key in ("log_files", "abort_on_error"):
+            if not isinstance(getattr(self, key), bool):
+                raise ConfigError(f"hpcrt config key '{key}': expected true or false, "
+                                  f"got {getattr(self, key)!r}")
+        return self
+
+
+def _check_choice(key: str, value: Any, choices: tuple) -> None:
+    if value not in choices:
+        raise ConfigError(f"hpcrt config key '{key}': expected one of {', '.join(choices)}, got {value!r}")
+
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+
+
+def _parse_env(key: str, raw: str, kind: type) -> Any:
+    if kind is bool:
+        if raw.lower() in _TRUE:
+            return True
+        if raw.lower() in _FALSE:
+            return False
+        raise ConfigError(f"environment variable HPCRT_{key.upper()}: expected 1/0/true/false, got {raw!r}")
+    if kind is int:
+        try:
+            return int(raw)
+        except ValueError:
+            raise ConfigError(f"environment variable HPCRT_{key.upper()}: expected an integer, "
+                              f"got {raw!r}") from None
+    return raw
+
+
+def _field_kind(f: dataclasses.Field) -> type:
+    """The type an environment string converts to: that of the field's default."""
+    return type(f.default) if isinstance(f.default, (bool, int)) else str
+
+
+def resolve_config(config: RuntimeConfig | Mapping[str, Any] | None = None,
+                   environ: Mapping[str, str] | None = None) -> RuntimeConfig:
+    """Merge defaults, the given config (dataclass, dict or OmegaConf node) and ``HPCRT_*`` variables.
+
+    The environment wins: launch scripts set what the job's own config cannot know.
+    """
+    environ = os.environ if environ is None else environ
+    values = _as_dict(config)
+    known = {f.name: f for f in dataclasses.fields(RuntimeConfig)}
+    unknown = sorted(set(values) - set(known))
+    if unknown:
+        raise ConfigError(f"hpcrt config key '{unknown[0]}' is unknown; known keys: {', '.join(known)}")
+    for name, f in known.items():
+        raw = environ.get(f"HPCRT_{name.upper()}")
+        if raw is not None and name != "extra":
+            values[name] = _parse_env(name, raw, _field_kind(f))
+    if "log_level" in values:
+        values["log_level"] = str(values["log_level"]).upper()
+    return RuntimeConfig(**values)
+
+
+def _as_dict(config: RuntimeConfig | Mapping[str, Any] | None) -> dict:
+    if config is None:
+        return {}
+    if isinstance(config, RuntimeConfig):
+        return dataclasses.asdict(config)
+    if hasattr(config, "_metadata"):  # an OmegaConf node from a Hydra job
+        from omegaconf import OmegaConf
+        return dict(OmegaConf.to_container(config, resolve=True))
+    if isinstance(config, Mapping):
+        return dict(config)
+    raise ConfigError(f"hpcrt config: expected a RuntimeConfig or a mapping, got {type(config).__name__}")
