@@ -78,4 +78,3 @@ def _nic_text(nic: Any) -> str:
 def _table(rows: list) -> list[str]:
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     return ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
-

@@ -66,4 +66,3 @@ def check_world_matches(launch: LaunchInfo, mpi_size: int, mpi_library: str) -> 
     raise LaunchMismatchError(
         f"{launch.launcher} started {launch.world_size} tasks but MPI ({library}) reports a world "
         f"of {mpi_size} rank(s): {hint}.")
-
