@@ -53,6 +53,8 @@ class FakeGpuArray(np.lib.mixins.NDArrayOperatorsMixin):
         self._host[_unwrap(index)] = _unwrap(value)
 
     def __getattr__(self, name: str) -> Any:
+        if name.startswith("__"):  # never leak __array_interface__ & co.: host access must be explicit
+            raise AttributeError(name)
         attr = getattr(self._host, name)
         return _wrapped_callable(attr) if callable(attr) else _wrap(attr)
 

@@ -30,6 +30,16 @@ _NIC_KEYS = {"name", "class", "rate_gbps"}
 _LINK_KEYS = {"alpha_us", "bandwidth_gbytes_s"}
 
 
+SHIPPED = Path(__file__).resolve().parent.parent / "topologies"
+
+
+def resolve_topology_path(name: str | Path) -> Path:
+    """A path as given, or the name of a topology shipped with hpcrt (``two_nodes_mixed_nic``)."""
+    path = Path(name)
+    shipped = SHIPPED / f"{path.name.removesuffix('.yaml')}.yaml"
+    return path if path.exists() or path.parent != Path(".") or not shipped.exists() else shipped
+
+
 class TopologyFileError(ValueError):
     """An invalid topology file; the message names the file, the key and what was expected."""
 
@@ -69,6 +79,7 @@ def load_topology_file(path: str | Path, world_size: int, devices: Sequence, hos
     ``devices`` and ``hosts`` are the discovered device and real host name of every rank: a topology
     file replaces nodes and NICs, never what a rank computes on.
     """
+    path = resolve_topology_path(path)
     check = _Checker(str(path))
     try:
         raw = yaml.safe_load(Path(path).read_text())
@@ -91,7 +102,8 @@ def load_topology_file(path: str | Path, world_size: int, devices: Sequence, hos
             check.fail(f"{key}.name", "a non-empty string", name)
         ranks = _parse_ranks(check, f"{key}.ranks", node["ranks"], next_rank)
         next_rank = max([next_rank] + [r + 1 for r in ranks])
-        nic = _parse_nic(check, f"{key}.nic", node.get("nic", {"name": "eth0", "class": "eth"}), links)
+        nic = _parse_nic(check, f"{key}.nic", node.get("nic", {"name": "eth0", "class": "eth"}), links,
+                         "" if "nic" in node else " (a node without 'nic' is on class eth)")
         for local_rank, rank in enumerate(ranks):
             if rank in node_of_rank:
                 check.fail(f"{key}.ranks", f"ranks not already placed on node '{node_of_rank[rank][0]}'", rank)
@@ -140,13 +152,13 @@ def _parse_ranks(check: _Checker, key: str, raw: Any, first: int) -> list[int]:
     return []
 
 
-def _parse_nic(check: _Checker, key: str, raw: Any, links: dict) -> NIC:
+def _parse_nic(check: _Checker, key: str, raw: Any, links: dict, note: str) -> NIC:
     nic = check.mapping(key, raw, _NIC_KEYS, {"class"})
     kind = nic["class"]
     if kind not in NIC_KINDS:
         check.fail(f"{key}.class", f"one of {', '.join(NIC_KINDS)}", kind)
     if kind not in links:
-        check.fail(f"links.{kind}", f"link costs for NIC class '{kind}' used by {key}")
+        check.fail(f"links.{kind}", f"link costs for NIC class '{kind}' used by {key}{note}")
     rate = nic.get("rate_gbps")
     return NIC(str(nic.get("name", f"{kind}0")), kind,
                None if rate is None else check.positive(f"{key}.rate_gbps", rate))

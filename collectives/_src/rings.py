@@ -1,0 +1,101 @@
+"""allreduce, allgather and reduce_scatter with the ring, bidirectional-ring and MPI algorithms.
+
+Every algorithm returns a new array on the input's backend and leaves the input untouched.
+``validate=True`` first checks that all ranks agree on shape, dtype, op and algorithm; with
+``validate=False`` ranks that disagree may deadlock.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+from hpcrt._src.backends import get_xp
+from hpcrt._src.runtime import get_runtime
+from hpcrt._src.topology import LinkCost
+
+from .agreement import check_agreement
+from .blocks import block_bounds
+from .mpi_collectives import mpi_allgather, mpi_allreduce, mpi_reduce_scatter
+from .reduce_ops import check_op, combine_into
+from .ring_cost import ALGORITHMS, choose_ring_algorithm
+from .ring_engine import ring_lanes, ring_pass
+from .transport import Transport
+
+
+def allreduce(x: Any, op: str = "sum", *, comm: Optional[Any] = None, algorithm: str = "auto",
+              validate: bool = True) -> Any:
+    """Every rank gets the element-wise ``op`` (sum, max, min) of all ranks' ``x``, same shape."""
+    transport, algorithm = _begin("allreduce", x, comm, algorithm, validate, op, x.nbytes)
+    if algorithm == "mpi":
+        return mpi_allreduce(transport.comm, transport.staging, x, op)
+    work = x.flatten()
+    if transport.size > 1 and work.size:
+        lanes = ring_lanes(block_bounds(work.size, transport.size), algorithm)
+        ring_pass(transport, work, lanes, combine=combine_into(op))
+        ring_pass(transport, work, lanes)
+    return work.reshape(x.shape)
+
+
+def allgather(x: Any, *, comm: Optional[Any] = None, algorithm: str = "auto", validate: bool = True) -> Any:
+    """All ranks' ``x`` (same shape everywhere) concatenated along axis 0 in rank order.
+
+    A 0-d ``x`` counts as shape (1,): the result then has shape (p,).
+    """
+    p = _size(comm)
+    transport, algorithm = _begin("allgather", x, comm, algorithm, validate, None, p * x.nbytes)
+    shape = (p * x.shape[0], *x.shape[1:]) if x.ndim else (p,)
+    if algorithm == "mpi":
+        return mpi_allgather(transport.comm, transport.staging, x, shape)
+    m, r = x.size, transport.rank
+    work = get_xp(x).empty(p * m, dtype=x.dtype)
+    work[r * m:(r + 1) * m] = x.reshape(-1)
+    if p > 1 and m:
+        ring_pass(transport, work, ring_lanes([(i * m, (i + 1) * m) for i in range(p)], algorithm))
+    return work.reshape(shape)
+
+
+def reduce_scatter(x: Any, op: str = "sum", *, comm: Optional[Any] = None, algorithm: str = "auto",
+                   validate: bool = True) -> Any:
+    """Rank r gets block r (1-D) of the element-wise ``op`` of all ranks' flattened ``x``.
+
+    Blocks follow :func:`block_bounds` (numpy.array_split's rule): sizes need not divide evenly.
+    """
+    transport, algorithm = _begin("reduce_scatter", x, comm, algorithm, validate, op, x.nbytes)
+    if algorithm == "mpi":
+        return mpi_reduce_scatter(transport.comm, transport.staging, x, op)
+    work = x.flatten()
+    bounds = block_bounds(work.size, transport.size)
+    if transport.size > 1 and work.size:
+        ring_pass(transport, work, ring_lanes(bounds, algorithm), combine=combine_into(op))
+    start, stop = bounds[transport.rank]
+    return work[start:stop].copy()
+
+
+def _size(comm: Optional[Any]) -> int:
+    return (comm if comm is not None else get_runtime().comm).size
+
+
+def _begin(collective: str, x: Any, comm: Optional[Any], algorithm: str, validate: bool, op: Optional[str],
+           nbytes: int) -> tuple[Transport, str]:
+    """Check agreement (then, identically on every rank, the arguments) and resolve ``auto``."""
+    transport = Transport(comm)
+    if validate:
+        fields = {"shape": tuple(x.shape), "dtype": str(x.dtype), "algorithm": algorithm}
+        if op is not None:
+            fields["op"] = op
+        check_agreement(transport.comm, collective, **fields)
+    if op is not None:
+        check_op(op)
+    if algorithm == "auto":
+        return transport, choose_ring_algorithm(collective, nbytes, transport.size, _ring_link(transport))
+    if algorithm not in ALGORITHMS:
+        raise ValueError(f"{collective}: unknown algorithm {algorithm!r}; expected auto or one of {ALGORITHMS}")
+    return transport, algorithm
+
+
+def _ring_link(transport: Transport) -> LinkCost:
+    """The slowest α and β among the ring's links both ways (the same on every rank)."""
+    topology, p = get_runtime().topology, transport.size
+    costs = [topology.link_cost(transport.world_rank(i), transport.world_rank((i + d) % p))
+             for i in range(p) for d in (1, -1) if p > 1]
+    return LinkCost(max((c.alpha for c in costs), default=0.0), max((c.beta for c in costs), default=0.0))

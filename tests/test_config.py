@@ -1,0 +1,40 @@
+"""Runtime configuration: defaults, mappings, HPCRT_* overrides, and errors that name the key."""
+
+import pytest
+
+from hpcrt import ConfigError, RuntimeConfig
+from hpcrt._src.config import resolve_config
+
+
+def test_defaults_and_mapping():
+    assert resolve_config(None, environ={}) == RuntimeConfig()
+    cfg = resolve_config({"device": "cpu", "log_level": "debug"}, environ={})
+    assert (cfg.device, cfg.log_level) == ("cpu", "DEBUG")
+
+
+def test_environment_overrides_config():
+    env = {"HPCRT_DEVICE": "gpu", "HPCRT_LOG_FILES": "0", "HPCRT_STAGING_POOL_MB": "64",
+           "HPCRT_TOPOLOGY_FILE": "/x.yaml"}
+    cfg = resolve_config({"device": "cpu", "log_files": True}, environ=env)
+    assert (cfg.device, cfg.log_files, cfg.staging_pool_mb, cfg.topology_file) == ("gpu", False, 64, "/x.yaml")
+
+
+def test_omegaconf_node_is_accepted():
+    from omegaconf import OmegaConf
+    node = OmegaConf.structured(RuntimeConfig(device="cpu"))
+    assert resolve_config(node, environ={}).device == "cpu"
+
+
+@pytest.mark.parametrize("config, env, key", [
+    ({"device": "tpu"}, {}, "device"),
+    ({"cuda_aware": "maybe"}, {}, "cuda_aware"),
+    ({"thread_level": "many"}, {}, "thread_level"),
+    ({"staging_pool_mb": 0}, {}, "staging_pool_mb"),
+    ({"log_files": "yes"}, {}, "log_files"),
+    ({"no_such_key": 1}, {}, "no_such_key"),
+    ({}, {"HPCRT_LOG_FILES": "perhaps"}, "HPCRT_LOG_FILES"),
+    ({}, {"HPCRT_STAGING_POOL_MB": "lots"}, "HPCRT_STAGING_POOL_MB"),
+])
+def test_bad_settings_name_the_key(config, env, key):
+    with pytest.raises(ConfigError, match=key):
+        resolve_config(config, environ=env)

@@ -1,0 +1,50 @@
+"""``hpcrt info`` as a single process and under mpiexec, with and without a topology file."""
+
+import json
+import socket
+
+from mpi4py import MPI
+
+from conftest import SAMPLE_TOPOLOGY
+
+
+def test_single_process_table(launch):
+    result = launch(["-m", "hpcrt", "info"])
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    library = MPI.Get_library_version().splitlines()[0].strip()
+    assert library in out and "thread level     : MPI_THREAD_" in out
+    assert "CUDA-aware MPI   : no" in out and "staged" in out
+    assert f"1 on 1 node(s): {socket.gethostname()}" in out
+    assert "rank  node" in out
+
+
+def test_four_ranks_on_the_real_machine(launch):
+    result = launch(["-m", "hpcrt", "info", "--json"], ranks=4)
+    assert result.returncode == 0, result.stderr
+    info = json.loads(result.stdout)  # printed once, by rank 0
+    assert [r["rank"] for r in info["ranks"]] == [0, 1, 2, 3]
+    assert info["nodes"] == [socket.gethostname()]
+    assert [r["local_rank"] for r in info["ranks"]] == [0, 1, 2, 3]
+    assert info["topology_source"] == "discovered"
+
+
+def test_four_ranks_with_the_sample_topology(launch):
+    result = launch(["-m", "hpcrt", "info", "--topology", str(SAMPLE_TOPOLOGY)], ranks=4)
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert "4 on 2 node(s): node-ib, node-roce" in out
+    rows = [line.split() for line in out.splitlines() if line[:1].isdigit()]
+    assert [(r[0], r[1], r[2]) for r in rows] == [("0", "node-ib", "0"), ("1", "node-ib", "1"),
+                                                  ("2", "node-roce", "0"), ("3", "node-roce", "1")]
+    assert "ib0 ib 200 Gb/s" in out and "eth1 roce 100 Gb/s" in out
+
+
+def test_bad_topology_file_fails_every_rank_clearly(launch, tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("nodes: [{name: a, ranks: 2, nic: {class: ib}}]\n"
+                   "links: {intra: {alpha_us: 1, bandwidth_gbytes_s: 1}, ib: {alpha_us: 1, bandwidth_gbytes_s: 1}}\n")
+    result = launch(["-m", "hpcrt", "info", "--topology", str(bad)], ranks=3, timeout=60)
+    assert result.returncode != 0
+    assert f"topology file {bad}: key 'nodes': expected the nodes' ranks to cover exactly ranks 0..2" \
+        in result.stderr
