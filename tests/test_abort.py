@@ -35,7 +35,7 @@ def test_failing_rank_aborts_the_job(launch, tmp_path, kind):
     assert result.returncode != 0
     assert result.seconds < 20, f"the job took {result.seconds:.1f}s to end"
     assert "passed the barrier" not in result.stdout
-    assert f"hpcrt [rank 1 of 3 on" in result.stderr and headline in result.stderr, result.stderr
+    assert "hpcrt [rank 1 of 3 on" in result.stderr and headline in result.stderr, result.stderr
     assert "aborting the whole job" in result.stderr
     if detail:
         assert detail in result.stderr and "Traceback" in result.stderr

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Mapping, Optional
 
 DEVICE_CHOICES = ("auto", "cpu", "gpu")
@@ -39,8 +39,6 @@ class RuntimeConfig:
     """Abort the whole job when one rank dies of an exception or a non-zero exit."""
     staging_pool_mb: int = 256
     """Upper bound of the pinned host pool used to stage GPU buffers for MPI."""
-    extra: dict = field(default_factory=dict)
-    """Free-form settings of jobs built on the runtime; not read by the runtime."""
 
     def __post_init__(self) -> None:
         self.validate()
@@ -105,7 +103,7 @@ def resolve_config(config: RuntimeConfig | Mapping[str, Any] | None = None,
         raise ConfigError(f"hpcrt config key '{unknown[0]}' is unknown; known keys: {', '.join(known)}")
     for name, f in known.items():
         raw = environ.get(f"HPCRT_{name.upper()}")
-        if raw is not None and name != "extra":
+        if raw is not None:
             values[name] = _parse_env(name, raw, _field_kind(f))
     if "log_level" in values:
         values["log_level"] = str(values["log_level"]).upper()
