@@ -1,5 +1,8 @@
 """allreduce, allgather and reduce_scatter with the ring, bidirectional-ring and MPI algorithms.
 
+``ring``: one clockwise lane (allreduce = reduce-scatter then all-gather, p − 1 steps each);
+``bidir_ring``: every block halved, halves going both ways at once; ``mpi``: the plain MPI call;
+``auto``: the smallest α-β prediction (:mod:`.ring_cost`) for the slowest link of the ring.
 Every algorithm returns a new array on the input's backend and leaves the input untouched.
 ``validate=True`` first checks that all ranks agree on shape, dtype, op and algorithm; with
 ``validate=False`` ranks that disagree may deadlock.
@@ -97,5 +100,5 @@ def _ring_link(transport: Transport) -> LinkCost:
     """The slowest α and β among the ring's links both ways (the same on every rank)."""
     topology, p = get_runtime().topology, transport.size
     costs = [topology.link_cost(transport.world_rank(i), transport.world_rank((i + d) % p))
-             for i in range(p) for d in (1, -1) if p > 1]
-    return LinkCost(max((c.alpha for c in costs), default=0.0), max((c.beta for c in costs), default=0.0))
+             for i in range(p) for d in (1, -1)]
+    return LinkCost(max(c.alpha for c in costs), max(c.beta for c in costs))

@@ -1,9 +1,11 @@
 """Point-to-point messages of hpcrt collectives: arrays made MPI-ready by the runtime's staging
-(contiguous, stream-synced, host-staged GPU buffers), and every byte recorded per link."""
+(contiguous, stream-synced, host-staged GPU buffers), every byte recorded per link, and — under
+link emulation — each message that crosses a (virtual) node held back by its link's α-β cost."""
 
 from __future__ import annotations
 
 import contextlib
+import time
 from typing import Any, Optional
 
 from mpi4py import MPI
@@ -28,6 +30,15 @@ def _world_ranks(comm: Any) -> list[int]:
         world_group.Free()
         comm.Set_attr(keyval, ranks)
     return ranks
+
+
+def hold_for(seconds: float) -> None:
+    """Wait ``seconds`` precisely: sleep through most of it, spin the last half millisecond."""
+    deadline = time.perf_counter() + seconds
+    if seconds > 1e-3:
+        time.sleep(seconds - 5e-4)
+    while time.perf_counter() < deadline:
+        pass
 
 
 class Pending:
@@ -59,31 +70,36 @@ class Transport:
         self.rank = self.comm.rank
         self.size = self.comm.size
         self._world = _world_ranks(self.comm)
+        self._topology = runtime.topology if runtime.topology.emulate else None
 
     def world_rank(self, rank: int) -> int:
         return self._world[rank]
 
-    def _record(self, dest: int, nbytes: int) -> None:
-        LINK_BYTES.record(self._world[self.rank], self._world[dest], nbytes)
+    def _account(self, dest: int, nbytes: int) -> None:
+        """Record the bytes on their link; under emulation, first spend the link's time if it leaves the node."""
+        src, dst = self._world[self.rank], self._world[dest]
+        if self._topology is not None and self._topology.node_of(src) != self._topology.node_of(dst):
+            hold_for(self._topology.link_cost(src, dst).time(nbytes))
+        LINK_BYTES.record(src, dst, nbytes)
 
     def send(self, array: Any, dest: int, tag: int = 0) -> None:
+        self._account(dest, array.nbytes)
         with self.staging.readable(array) as buf:
             self.comm.Send(buf, dest, tag)
-        self._record(dest, array.nbytes)
 
     def recv(self, array: Any, source: int, tag: int = 0) -> None:
         with self.staging.writable(array) as buf:
             self.comm.Recv(buf, source, tag)
 
     def sendrecv(self, send_array: Any, dest: int, recv_array: Any, source: int, tag: int = 0) -> None:
+        self._account(dest, send_array.nbytes)
         with self.staging.readable(send_array) as sbuf, self.staging.writable(recv_array) as rbuf:
             self.comm.Sendrecv(sbuf, dest, tag, rbuf, source, tag)
-        self._record(dest, send_array.nbytes)
 
     def isend(self, array: Any, dest: int, tag: int = 0) -> Pending:
         stack = contextlib.ExitStack()
+        self._account(dest, array.nbytes)
         buf = stack.enter_context(self.staging.readable(array))
-        self._record(dest, array.nbytes)
         return Pending(self.comm.Isend(buf, dest, tag), stack)
 
     def irecv(self, array: Any, source: int, tag: int = 0) -> Pending:

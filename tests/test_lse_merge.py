@@ -1,0 +1,85 @@
+"""The fused log-sum-exp merge equals the numpy expression, masked rows included, on every backend."""
+
+import warnings
+
+import numpy as np
+import pytest
+
+from hpcrt import to_fake_gpu
+from hpcrt.collectives import lse_merge
+
+TOLERANCE = {np.float32: 1e-6, np.float64: 1e-14}
+
+
+def partials(dtype, shape=(3, 17, 8), seed=0):
+    """Two partial results with fully masked rows (both lse −inf) and half-masked rows."""
+    rng = np.random.default_rng(seed)
+    o1, o2 = (rng.standard_normal(shape).astype(dtype) for _ in range(2))
+    l1, l2 = (rng.standard_normal(shape[:-1]).astype(dtype) * 10 for _ in range(2))
+    l1[0, :4] = l2[0, :4] = -np.inf
+    o1[0, :4] = o2[0, :4] = 0
+    l1[1, :5] = -np.inf
+    l2[2, 5:9] = -np.inf
+    return o1, l1, o2, l2
+
+
+def by_hand(o1, l1, o2, l2):
+    """The rule written out row by row in float64."""
+    out, lse = np.zeros(o1.shape), np.full(l1.shape, -np.inf)
+    for index in np.ndindex(l1.shape):
+        a, b = float(l1[index]), float(l2[index])
+        if max(a, b) == -np.inf:
+            continue
+        lse[index] = np.logaddexp(a, b)
+        out[index] = np.exp(a - lse[index]) * o1[index] + np.exp(b - lse[index]) * o2[index]
+    return out, lse
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_numba_kernel_equals_the_numpy_expression(dtype):
+    args = partials(dtype)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no invalid-value warnings from −inf − −inf
+        fused = lse_merge(*args, kernel="numba")
+        reference = lse_merge(*args, kernel="numpy")
+    for got, want in zip(fused, reference):
+        assert got.dtype == dtype and not np.isnan(got).any()
+        np.testing.assert_allclose(got, want, rtol=TOLERANCE[dtype], atol=TOLERANCE[dtype])
+    exact = by_hand(*args)
+    for got, want in zip(fused, exact):
+        np.testing.assert_allclose(got, want, rtol=10 * TOLERANCE[dtype], atol=10 * TOLERANCE[dtype])
+    assert np.all(fused[1][0, :4] == -np.inf) and np.all(fused[0][0, :4] == 0)
+
+
+@pytest.mark.parametrize("kernel", ["auto", "numba", "numpy"])
+def test_merge_in_place_and_non_contiguous(kernel):
+    o1, l1, o2, l2 = partials(np.float64, seed=1)
+    want = lse_merge(o1, l1, o2, l2, kernel="numpy")
+    acc_o, acc_l = o1.copy(), l1.copy()
+    got = lse_merge(acc_o, acc_l, o2, l2, out=(acc_o, acc_l), kernel=kernel)
+    assert got[0] is acc_o and got[1] is acc_l
+    np.testing.assert_allclose(acc_o, want[0], rtol=1e-14, atol=1e-14)
+    np.testing.assert_allclose(acc_l, want[1], rtol=1e-14, atol=1e-14)
+    strided = lse_merge(np.asfortranarray(o1), l1, np.repeat(o2, 2, axis=-1)[..., ::2], l2, kernel=kernel)
+    np.testing.assert_allclose(strided[0], want[0], rtol=1e-14, atol=1e-14)
+
+
+def test_fake_gpu_takes_the_expression_path():
+    args = partials(np.float64, seed=2)
+    got = lse_merge(*(to_fake_gpu(a) for a in args))
+    want = lse_merge(*args, kernel="numpy")
+    assert type(got[0]).__name__ == "FakeGpuArray"
+    np.testing.assert_array_equal(got[0].get(), want[0])
+    np.testing.assert_array_equal(got[1].get(), want[1])
+    with pytest.raises(ValueError, match="does not run on fakegpu"):
+        lse_merge(*(to_fake_gpu(a) for a in args), kernel="numba")
+
+
+def test_bad_arguments():
+    o1, l1, o2, l2 = partials(np.float64)
+    with pytest.raises(ValueError, match="unknown lse_merge kernel"):
+        lse_merge(o1, l1, o2, l2, kernel="triton")
+    with pytest.raises(ValueError, match="shapes do not fit"):
+        lse_merge(o1, l1[:, :3], o2, l2)
+    with pytest.raises(ValueError, match="C-contiguous"):
+        lse_merge(o1, l1, o2, l2, out=(np.empty(o1.shape, order="F"), np.empty(l1.shape)), kernel="numba")

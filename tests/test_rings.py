@@ -1,0 +1,223 @@
+"""Ring, bidirectional-ring and MPI allreduce / allgather / reduce_scatter against numpy
+references, their exact per-link bytes, the auto choice, and mismatched calls."""
+
+import numpy as np
+import pytest
+
+import hpcrt
+from hpcrt import LinkCost, to_fake_gpu
+from hpcrt.collectives import (CollectiveMismatchError, allgather, allreduce, block_bounds, count_link_bytes,
+                               predict_ring, reduce_scatter)
+from hpcrt.collectives._src.ring_cost import choose_ring_algorithm
+
+ALGORITHMS = ("ring", "bidir_ring", "mpi", "auto")
+OPS = {"sum": np.add.reduce, "max": np.maximum.reduce, "min": np.minimum.reduce}
+DTYPES = (np.float32, np.float64, np.int32, np.int64)
+BACKENDS = {"numpy": lambda a: a, "fakegpu": to_fake_gpu}
+
+
+def rank_input(seed: int, rank: int, shape: tuple, dtype) -> np.ndarray:
+    """What ``rank`` contributes: every rank can regenerate every other rank's input."""
+    rng = np.random.default_rng([seed, rank])
+    if np.issubdtype(dtype, np.integer):
+        return rng.integers(-1000, 1000, size=shape).astype(dtype)
+    return rng.standard_normal(shape).astype(dtype)
+
+
+def host(array):
+    return array if isinstance(array, np.ndarray) else array.get()
+
+
+def matches(got, want) -> bool:
+    if got.shape != want.shape or got.dtype != want.dtype:
+        return False
+    tol = {np.dtype(np.float32): 1e-5, np.dtype(np.float64): 1e-12}.get(got.dtype)
+    return np.array_equal(got, want) if tol is None else np.allclose(got, want, rtol=tol, atol=tol)
+
+
+def shapes_for(p: int) -> list:
+    """Sizes 0, 1 (0-d), p − 1 and 1001 (2-D; not divisible by 2, 3 or 4)."""
+    return [(0,), (), (max(p - 1, 1),), (7, 143)]
+
+
+def run_case(comm, collective: str, algorithm: str, op, dtype, shape, backend: str, seed: int):
+    """One call on ``comm``; returns a description of what went wrong, or None."""
+    p, r = comm.size, comm.rank
+    inputs = [rank_input(seed, i, shape, dtype) for i in range(p)]
+    mine = BACKENDS[backend](inputs[r])
+    before = host(mine).copy()
+    if collective == "allgather":
+        got = allgather(mine, comm=comm, algorithm=algorithm)
+        want = np.concatenate([a.reshape(1) if a.ndim == 0 else a for a in inputs])
+    else:
+        call = allreduce if collective == "allreduce" else reduce_scatter
+        got = call(mine, op, comm=comm, algorithm=algorithm)
+        reduced = OPS[op](np.stack(inputs), axis=0).astype(dtype)
+        want = reduced if collective == "allreduce" else np.array_split(reduced.reshape(-1), p)[r]
+    label = f"{collective} {algorithm} {op} {np.dtype(dtype).name} {shape} {backend} p={p}"
+    if type(got) is not type(mine):
+        return f"{label}: result on {type(got).__name__}, input on {type(mine).__name__}"
+    if not np.array_equal(host(mine), before):
+        return f"{label}: input modified"
+    if not matches(host(got), want):
+        return f"{label}: wrong result"
+    return None
+
+
+def assert_no_errors(comm, errors: list) -> None:
+    """Fail on every rank, listing every rank's errors, if any rank has one."""
+    everyone = comm.allgather(errors)
+    assert not any(everyone), [(rank, e) for rank, errs in enumerate(everyone) for e in errs[:5]]
+
+
+@pytest.mark.mpi(ranks=[1, 2, 3, 4], timeout=150)
+def test_collectives_match_numpy(comm):
+    hpcrt.init({"log_files": False})
+    errors, seed = [], 0
+    for backend in BACKENDS:
+        for dtype in DTYPES:
+            for shape in shapes_for(comm.size):
+                for algorithm in ALGORITHMS:
+                    seed += 1
+                    errors.append(run_case(comm, "allgather", algorithm, None, dtype, shape, backend, seed))
+                    for op in OPS:
+                        for collective in ("allreduce", "reduce_scatter"):
+                            errors.append(run_case(comm, collective, algorithm, op, dtype, shape, backend, seed))
+    assert_no_errors(comm, [e for e in errors if e])
+
+
+@pytest.mark.mpi(ranks=[3, 4], timeout=120)
+def test_large_strided_and_subcommunicator(comm):
+    rt = hpcrt.init({"log_files": False})
+    errors = []
+    for algorithm in ("ring", "bidir_ring"):  # 4 MiB of float32 per rank
+        for collective, op in (("allreduce", "sum"), ("reduce_scatter", "max"), ("allgather", None)):
+            errors.append(run_case(comm, collective, algorithm, op, np.float32, (1 << 20,), "numpy", 99))
+    # a non-contiguous input is copied, on both backends
+    inputs = [rank_input(5, i, (6, 10), np.float64) for i in range(comm.size)]
+    for convert in BACKENDS.values():
+        strided = convert(inputs[comm.rank])[:, ::3]
+        for algorithm in ALGORITHMS:
+            got = host(allreduce(strided, "sum", comm=comm, algorithm=algorithm))
+            if not matches(got, sum(a[:, ::3] for a in inputs)):
+                errors.append(f"strided allreduce {algorithm}")
+            got = host(allgather(strided, comm=comm, algorithm=algorithm))
+            if not matches(got, np.concatenate([a[:, ::3] for a in inputs])):
+                errors.append(f"strided allgather {algorithm}")
+    # default communicator (the runtime's), and a sub-communicator of the even / odd ranks
+    errors.append(run_case(rt.comm, "allreduce", "bidir_ring", "sum", np.int64, (1000,), "numpy", 7))
+    half = comm.Split(comm.rank % 2, comm.rank)
+    for algorithm in ALGORITHMS:
+        errors.append(run_case(half, "reduce_scatter", algorithm, "min", np.float64, (1000,), "fakegpu", 8))
+        errors.append(run_case(half, "allreduce", algorithm, "sum", np.float64, (1000,), "numpy", 9))
+    half.Free()
+    assert_no_errors(comm, [e for e in errors if e])
+
+
+def block_sizes(n: int, p: int) -> list:
+    return [stop - start for start, stop in block_bounds(n, p)]
+
+
+def half_sizes(n: int, p: int) -> tuple:
+    """Per rank block, the sizes of the clockwise (first) and counter-clockwise (second) halves."""
+    halves = [block_sizes(size, 2) for size in block_sizes(n, p)]
+    return [h[0] for h in halves], [h[1] for h in halves]
+
+
+@pytest.mark.mpi(ranks=[2, 3, 4], timeout=60)
+def test_ring_link_bytes_are_exact(comm):
+    rt = hpcrt.init({"log_files": False})
+    p, r, n, item = comm.size, comm.rank, 1001, 8
+    right, left = (r + 1) % p, (r - 1) % p
+    x = rank_input(1, r, (n,), np.float64)
+    blocks = block_sizes(n, p)
+
+    with count_link_bytes() as ring:
+        allreduce(x, comm=rt.comm, algorithm="ring")
+    # reduce-scatter sends every block but rank r's, all-gather every block but rank r + 1's
+    assert ring.sent == {(r, right): (2 * n - blocks[r] - blocks[right]) * item}
+    assert abs(ring.total() - 2 * (p - 1) / p * n * item) <= 2 * item
+
+    with count_link_bytes() as bidir:
+        allreduce(x, comm=rt.comm, algorithm="bidir_ring")
+    cw, ccw = half_sizes(n, p)
+    to_right = (2 * sum(cw) - cw[r] - cw[right]) * item
+    to_left = (2 * sum(ccw) - ccw[r] - ccw[left]) * item
+    assert bidir.total() == to_right + to_left and abs(bidir.total() - ring.total()) <= item
+    if p >= 3:
+        assert bidir.sent == {(r, right): to_right, (r, left): to_left}
+        assert abs(to_right - ring.total() / 2) <= p * item and abs(to_left - ring.total() / 2) <= p * item
+    else:
+        assert bidir.sent == {(r, right): to_right + to_left}
+
+    with count_link_bytes() as gather:
+        allgather(x, comm=rt.comm, algorithm="ring")
+    assert gather.sent == {(r, right): (p - 1) * n * item}
+    with count_link_bytes() as gather2:
+        allgather(x, comm=rt.comm, algorithm="bidir_ring")
+    assert gather2.total() == (p - 1) * n * item
+    if p >= 3:
+        assert gather2.sent == {(r, right): (p - 1) * block_sizes(n, 2)[0] * item,
+                                (r, left): (p - 1) * block_sizes(n, 2)[1] * item}
+
+    with count_link_bytes() as scatter:
+        reduce_scatter(x, comm=rt.comm, algorithm="ring")
+    assert scatter.sent == {(r, right): (n - blocks[r]) * item}
+
+    with count_link_bytes() as plain:
+        allreduce(x, comm=rt.comm, algorithm="mpi")
+        allgather(x, comm=rt.comm, algorithm="mpi")
+        reduce_scatter(x, comm=rt.comm, algorithm="mpi")
+    assert plain.sent == {}
+
+
+@pytest.mark.mpi(ranks=[3], timeout=60)
+def test_disagreeing_ranks_all_get_the_error(comm):
+    hpcrt.init({"log_files": False})
+    odd = comm.rank == 1
+    x = np.ones(10)
+    calls = {
+        "shape": lambda: allreduce(np.ones(11) if odd else x),
+        "dtype": lambda: allgather(x.astype(np.float32) if odd else x),
+        "op": lambda: reduce_scatter(x, "max" if odd else "sum"),
+        "algorithm": lambda: allreduce(x, algorithm="ring" if odd else "bidir_ring"),
+    }
+    for field, call in calls.items():
+        with pytest.raises(CollectiveMismatchError, match=f"disagree on {field}"):
+            call()
+    with pytest.raises(ValueError, match="unknown reduction op 'prod'"):
+        allreduce(x, "prod")
+    with pytest.raises(ValueError, match="unknown algorithm 'tree'"):
+        allgather(x, algorithm="tree")
+    assert np.array_equal(allreduce(x, algorithm="ring"), x * comm.size)  # nothing left in flight
+
+
+def test_block_bounds_follow_array_split():
+    for n in (0, 1, 5, 1000, 1001):
+        for p in (1, 2, 3, 4, 7):
+            got = block_bounds(n, p)
+            assert [b - a for a, b in got] == [len(a) for a in np.array_split(np.arange(n), p)]
+            assert got[0][0] == 0 and got[-1][1] == n
+            assert all(a[1] == b[0] for a, b in zip(got, got[1:]))
+    with pytest.raises(ValueError):
+        block_bounds(10, 0)
+
+
+def test_predictions_and_auto_choice():
+    link = LinkCost(alpha=2e-6, beta=1 / 25e9)
+    n = 1 << 26
+    ring = predict_ring("allreduce", "ring", n, 8, link)
+    assert ring == pytest.approx(14 * (link.alpha + n / 8 * link.beta))
+    assert predict_ring("allreduce", "bidir_ring", n, 8, link) == pytest.approx(14 * (link.alpha + n / 16 * link.beta))
+    assert predict_ring("allgather", "ring", n, 8, link) == pytest.approx(7 * (link.alpha + n / 8 * link.beta))
+    assert predict_ring("reduce_scatter", "mpi", n, 8, link) == pytest.approx(3 * link.alpha + 7 / 8 * n * link.beta)
+    assert predict_ring("allreduce", "ring", n, 1, link) == 0.0
+    # at p = 2 both halves share the one neighbour: no gain
+    assert predict_ring("allreduce", "bidir_ring", n, 2, link) == predict_ring("allreduce", "ring", n, 2, link)
+    assert choose_ring_algorithm("allreduce", 8, 8, link) == "mpi"  # latency-bound
+    assert choose_ring_algorithm("allreduce", n, 8, link) == "bidir_ring"  # bandwidth-bound
+    assert choose_ring_algorithm("allgather", n, 2, link) == "mpi"
+    with pytest.raises(ValueError):
+        predict_ring("allreduce", "tree", n, 8, link)
+    with pytest.raises(ValueError):
+        predict_ring("scan", "ring", n, 8, link)
