@@ -1,3 +1,20 @@
 """hpcrt.collectives: custom collectives (All-Scan, rings, hierarchical partitioning, NIC-aware groups)."""
 
+from ._src.agreement import CollectiveMismatchError
+from ._src.allscan import AllScanHandle, all_scan, all_scan_start
+from ._src.allscan_cost import best_blocks, choose_allscan, predict_allscan
+from ._src.blocks import block_bounds
+from ._src.linear_attention import gla_backward, gla_forward
+from ._src.linkbytes import count_link_bytes
+from ._src.lse_merge import lse_merge
+from ._src.ring_attention import ring_attention
+from ._src.ring_cost import predict_ring
+from ._src.rings import allgather, allreduce, reduce_scatter
+from ._src.scanops import ScanOp, flipped
+from ._src.token_ring import token_ring_attention
+
 __all__: list = []
+__all__ += ["allreduce", "allgather", "reduce_scatter", "block_bounds", "predict_ring",
+            "ring_attention", "token_ring_attention", "lse_merge", "count_link_bytes", "CollectiveMismatchError"]
+__all__ += ["all_scan", "all_scan_start", "AllScanHandle", "ScanOp", "flipped", "predict_allscan", "best_blocks",
+            "choose_allscan", "gla_forward", "gla_backward"]

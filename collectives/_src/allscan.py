@@ -1,0 +1,119 @@
+"""All-Scan: rank r gets x₀ ⊕ … ⊕ x_{r−1} (or the suffix, for the backward pass) under an
+associative, not necessarily commutative op, by a chosen algorithm or the cost model's."""
+
+from __future__ import annotations
+
+from numbers import Integral
+from typing import Any, Optional
+
+from hpcrt._src.runtime import get_runtime
+from hpcrt._src.topology import LinkCost
+
+from . import allscan_algos
+from .agreement import check_agreement
+from .allscan_algos import ScanCall, Steps
+from .allscan_cost import ALGORITHMS, best_blocks, choose_allscan
+from .scanlayout import ScanLayout
+from .scanops import as_parts, from_parts, resolve_op
+from .transport import Transport
+
+
+class AllScanHandle:
+    """A started All-Scan: compute meanwhile, then :meth:`wait` finishes it and returns the result."""
+
+    def __init__(self, steps: Steps, like: Any):
+        self._steps = steps
+        self._like = like
+        self._result: Optional[tuple] = None
+        next(steps)  # posts what the algorithm can post before its first wait
+
+    def wait(self) -> Any:
+        """Complete the scan (blocking) and return the result; later calls return it again."""
+        if self._result is None:
+            try:
+                next(self._steps)
+            except StopIteration as stop:
+                self._result = stop.value
+            else:
+                raise RuntimeError("an All-Scan algorithm yielded more than once")
+        return from_parts(self._result, self._like)
+
+
+def chain_link(transport: Transport) -> LinkCost:
+    """The worst α and the worst β over the links between consecutive ranks of the communicator."""
+    topology = get_runtime().topology
+    links = [topology.link_cost(transport.world_rank(r), transport.world_rank(r + 1))
+             for r in range(transport.size - 1)]
+    return LinkCost(max((link.alpha for link in links), default=0.0), max((link.beta for link in links), default=0.0))
+
+
+def _prepare(x: Any, op: Any, algorithm: str, blocks: Optional[int]) -> tuple:
+    """(op, contiguous arrays, layout) of a call; TypeError/ValueError for what is wrong with it."""
+    if algorithm != "auto" and algorithm not in ALGORITHMS:
+        raise ValueError(f"all_scan: unknown algorithm {algorithm!r}; choose auto or one of {', '.join(ALGORITHMS)}")
+    if blocks is not None and (not isinstance(blocks, Integral) or blocks < 1):
+        raise ValueError(f"all_scan: blocks must be a positive integer, got {blocks!r}")
+    if blocks is not None and algorithm not in ("auto", "pipeline"):
+        raise ValueError(f"all_scan: blocks applies to the pipeline algorithm, not {algorithm!r}")
+    scan_op = resolve_op(op)
+    if scan_op.check is not None:
+        scan_op.check(x)
+    parts = tuple(part if part.flags.c_contiguous else part.copy() for part in as_parts(x))
+    return scan_op, parts, ScanLayout.of(parts, scan_op.rowwise)
+
+
+def all_scan_start(x: Any, op: Any, *, comm: Any = None, inclusive: bool = False, reverse: bool = False,
+                   algorithm: str = "auto", blocks: Optional[int] = None, validate: bool = True) -> AllScanHandle:
+    """Start an All-Scan and return its handle; see :func:`all_scan`.
+
+    Communication that can start does; the pipeline forwards its blocks inside ``wait()``, so
+    the caller's local work between start and wait overlaps the other ranks' progress.
+    Concurrent scans in the same direction on one communicator must be waited in start order.
+    """
+    transport = Transport(comm)
+    problem: Optional[Exception] = None
+    try:
+        scan_op, parts, layout = _prepare(x, op, algorithm, blocks)
+    except (TypeError, ValueError) as error:
+        problem = error
+    if validate:
+        ok = problem is None
+        check_agreement(transport.comm, "all_scan", input_error=None if ok else str(problem),
+                        op=scan_op.name if ok else None, shape=layout.shapes if ok else None,
+                        dtype=tuple(str(d) for d in layout.dtypes) if ok else None,
+                        inclusive=inclusive, reverse=reverse, algorithm=algorithm, blocks=blocks)
+    if problem is not None:
+        raise problem
+    call = ScanCall(transport, scan_op, layout, parts, x, inclusive, reverse)
+    return AllScanHandle(_steps(call, algorithm, blocks), x)
+
+
+def _steps(call: ScanCall, algorithm: str, blocks: Optional[int]) -> Steps:
+    """The chosen algorithm's generator; ``auto`` and an unset block count come from the cost model."""
+    max_blocks = max(1, call.layout.rows) if call.op.rowwise else 1
+    size = call.transport.size
+    if algorithm == "auto":
+        algorithm, blocks = choose_allscan(call.layout.nbytes, size, chain_link(call.transport), max_blocks, blocks)
+    if algorithm == "pipeline":
+        if blocks is None:
+            blocks = best_blocks(call.layout.nbytes, size, chain_link(call.transport), max_blocks)
+        return allscan_algos.pipeline(call, min(int(blocks), max_blocks))
+    if algorithm == "ring":
+        return allscan_algos.pipeline(call, 1)
+    return {"allgather": allscan_algos.allgather, "mpi": allscan_algos.mpi}[algorithm](call)
+
+
+def all_scan(x: Any, op: Any, *, comm: Any = None, inclusive: bool = False, reverse: bool = False,
+             algorithm: str = "auto", blocks: Optional[int] = None, validate: bool = True) -> Any:
+    """Scan ``x`` across the ranks of ``comm`` (default: the runtime's) under ``op``.
+
+    Rank r gets x₀ ⊕ … ⊕ x_{r−1} (rank 0: the identity); with ``inclusive`` through x_r; with
+    ``reverse`` the suffix x_{r+1} ⊕ (x_{r+2} ⊕ …) (from x_r when inclusive). ``op`` is "sum",
+    "max", "affine" (x a pair (a, b), a broadcastable against b, (a₁,b₁)⊕(a₂,b₂) =
+    (a₁a₂, a₂b₁+b₂)), or a :class:`ScanOp`. ``algorithm``: pipeline (``blocks`` row blocks, by
+    default K* from the cost model), allgather, ring, mpi, or auto (least predicted time).
+    With ``validate`` ranks that disagree on the call raise CollectiveMismatchError together.
+    The result has x's structure and lives on x's backend.
+    """
+    return all_scan_start(x, op, comm=comm, inclusive=inclusive, reverse=reverse, algorithm=algorithm,
+                          blocks=blocks, validate=validate).wait()

@@ -1,0 +1,202 @@
+"""The All-Scan algorithms, each a generator that posts what it can, yields once (the caller
+computes meanwhile), then finishes and returns the result arrays: the ZeCO pipeline (the LASP-1
+ring is its one-block case), the LASP-2 all-gather, and MPI's own scans."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Generator
+
+import numpy as np
+from mpi4py import MPI
+
+from hpcrt._src.backends import backend_of, get_xp
+
+from .scanlayout import ScanLayout, assign, complete
+from .scanops import MAX, SUM, ScanOp, from_parts
+from .transport import Transport, wait_all
+
+TAG_FORWARD = 0x5CA1
+TAG_REVERSE = 0x5CA2
+_MPI_BUILTIN_OPS = ((SUM, MPI.SUM), (MAX, MPI.MAX))
+_MPI_BUILTIN_DTYPES = {np.dtype(t) for t in (np.int8, np.int16, np.int32, np.int64, np.uint8, np.uint16,
+                                             np.uint32, np.uint64, np.float32, np.float64)}
+_REVERSED_KEYVAL: list = []
+
+Steps = Generator[None, None, tuple]
+
+
+def _arrays(value: Any, xp: Any) -> tuple:
+    """An op's result as a tuple of arrays (numpy hands back scalars for 0-d operands)."""
+    return tuple(xp.asarray(part) for part in (value if isinstance(value, (tuple, list)) else (value,)))
+
+
+@dataclass(frozen=True)
+class ScanCall:
+    """One All-Scan call: its transport, operator, operand (contiguous arrays) and direction."""
+
+    transport: Transport
+    op: ScanOp
+    layout: ScanLayout
+    parts: tuple
+    like: Any
+    """The caller's operand, whose structure (array or tuple) the op's functions receive."""
+    inclusive: bool
+    reverse: bool
+
+    @property
+    def xp(self) -> Any:
+        return get_xp(self.parts[0])
+
+    @property
+    def tag(self) -> int:
+        return TAG_REVERSE if self.reverse else TAG_FORWARD
+
+    def join(self, lower: tuple, upper: tuple) -> tuple:
+        """lower ⊕ upper, operands in rank order, on the operands' backend."""
+        return _arrays(self.op.combine(from_parts(lower, self.like), from_parts(upper, self.like)),
+                       get_xp(lower[0]))
+
+    def extend(self, incoming: tuple, mine: tuple) -> tuple:
+        """The scan so far extended by this rank's operand, on the side the direction puts it."""
+        return self.join(mine, incoming) if self.reverse else self.join(incoming, mine)
+
+    def empty(self) -> tuple:
+        shapes, dtypes = self.layout.shapes, self.layout.dtypes
+        return tuple(self.xp.empty(shape, dtype=dtype) for shape, dtype in zip(shapes, dtypes))
+
+    def identity(self) -> tuple:
+        result = self.empty()
+        assign(result, _arrays(self.op.identity(from_parts(self.parts, self.like)), self.xp))
+        return result
+
+    def copy_of_input(self) -> tuple:
+        result = self.empty()
+        assign(result, self.parts)
+        return result
+
+    def neighbours(self) -> tuple:
+        """(previous, next) rank along the chain, None past either end."""
+        rank, size = self.transport.rank, self.transport.size
+        before, after = (rank + 1, rank - 1) if self.reverse else (rank - 1, rank + 1)
+        return (before if 0 <= before < size else None), (after if 0 <= after < size else None)
+
+
+def pipeline(call: ScanCall, blocks: int) -> Steps:
+    """ZeCO All-Scan: per row block, receive the scan so far from the previous rank, extend it
+    and forward it at once. All receives are posted up front, sends are non-blocking, so block
+    k+1 arrives while block k is combined and forwarded. Each rank but the last sends n bytes."""
+    layout, transport, xp = call.layout, call.transport, call.xp
+    before, after = call.neighbours()
+    bounds = layout.bounds(blocks)
+    receives = []
+    if before is not None:
+        for k, (lo, hi) in enumerate(bounds):
+            buffer = layout.message(xp, lo, hi, k == 0)
+            receives.append((buffer, transport.irecv(buffer, before, call.tag)))
+    sends = []
+
+    def forward(state: tuple, lo: int, hi: int, first: bool) -> None:
+        buffer = layout.message(xp, lo, hi, first)
+        assign(layout.views(buffer, lo, hi, first), state)
+        sends.append((buffer, transport.isend(buffer, after, call.tag)))
+
+    if before is None and after is not None:
+        for k, (lo, hi) in enumerate(bounds):
+            forward(layout.block(call.parts, lo, hi), lo, hi, k == 0)
+    yield
+    if before is None:
+        result = call.copy_of_input() if call.inclusive else call.identity()
+    else:
+        result = call.empty()
+        needs_outgoing = after is not None or call.inclusive
+        for k, ((lo, hi), (buffer, pending)) in enumerate(zip(bounds, receives)):
+            pending.wait()
+            incoming = layout.views(buffer, lo, hi, k == 0)
+            if k == 0:
+                shared = incoming  # block 0 carries the arrays every block shares
+            incoming = complete(incoming, shared)
+            outgoing = call.extend(incoming, layout.block(call.parts, lo, hi)) if needs_outgoing else None
+            if after is not None:
+                forward(outgoing, lo, hi, k == 0)
+            assign(layout.block(result, lo, hi, k == 0), outgoing if call.inclusive else incoming)
+    wait_all([pending for _, pending in sends])
+    return result
+
+
+def allgather(call: ScanCall) -> Steps:
+    """LASP-2: every rank gathers every rank's state (Bruck's all-gather, ⌈log₂p⌉ rounds; each
+    rank sends (p−1)·n bytes) and folds the ones its scan needs locally, in rank order."""
+    yield
+    layout, transport, xp = call.layout, call.transport, call.xp
+    rank, size = transport.rank, transport.size
+    gathered = xp.empty((size, layout.nbytes), dtype=np.uint8)  # row i: rank (rank + i) % size
+    assign(layout.views(gathered[0], 0, layout.rows, True), call.parts)
+    distance = 1
+    while distance < size:
+        count = min(distance, size - distance)
+        transport.sendrecv(gathered[:count], (rank - distance) % size,
+                           gathered[distance:distance + count], (rank + distance) % size, call.tag)
+        distance *= 2
+    own = 0 if call.inclusive else 1  # whether this rank's own state is left out
+    first, last = (rank + own, size) if call.reverse else (0, rank + 1 - own)
+    states = [layout.views(gathered[(q - rank) % size], 0, layout.rows, True) for q in range(first, last)]
+    if not states:
+        return call.identity()
+    folded = states[-1] if call.reverse else states[0]
+    for state in (reversed(states[:-1]) if call.reverse else states[1:]):
+        folded = call.join(state, folded) if call.reverse else call.join(folded, state)
+    result = call.empty()
+    assign(result, folded)
+    return result
+
+
+def _reversed_comm(comm: Any) -> Any:
+    """``comm`` with its ranks in reverse order (made once per communicator, kept as an attribute)."""
+    if not _REVERSED_KEYVAL:
+        _REVERSED_KEYVAL.append(MPI.Comm.Create_keyval())
+    reversed_comm = comm.Get_attr(_REVERSED_KEYVAL[0])
+    if reversed_comm is None:
+        reversed_comm = comm.Split(0, comm.size - 1 - comm.rank)
+        comm.Set_attr(_REVERSED_KEYVAL[0], reversed_comm)
+    return reversed_comm
+
+
+def mpi(call: ScanCall) -> Steps:
+    """MPI_Iexscan / MPI_Iscan on host copies: the builtin op for sum and max of plain dtypes,
+    else a non-commutative user op over the packed bytes. A reverse scan runs on the reversed
+    communicator, where the op applies its operands in flipped order."""
+    layout = call.layout
+    comm = _reversed_comm(call.transport.comm) if call.reverse else call.transport.comm
+    sendbuf = np.empty(layout.nbytes, dtype=np.uint8)
+    recvbuf = np.empty(layout.nbytes, dtype=np.uint8)
+    assign(layout.views(sendbuf, 0, layout.rows, True),
+           tuple(backend_of(part).to_host(part) for part in call.parts))
+    start = comm.Iscan if call.inclusive else comm.Iexscan
+    freed: list = []
+    builtin = next((mpi_op for op, mpi_op in _MPI_BUILTIN_OPS if op is call.op), None)
+    if layout.nbytes == 0:
+        request = MPI.REQUEST_NULL
+    elif builtin is not None and layout.dtypes[0] in _MPI_BUILTIN_DTYPES:
+        request = start(sendbuf.view(layout.dtypes[0]), recvbuf.view(layout.dtypes[0]), builtin)
+    else:
+        whole = MPI.BYTE.Create_contiguous(layout.nbytes).Commit()  # one element: never segmented
+
+        def combine(inbuf: Any, inoutbuf: Any, datatype: Any) -> None:
+            lower = layout.views(np.frombuffer(inbuf, dtype=np.uint8), 0, layout.rows, True)
+            upper = layout.views(np.frombuffer(inoutbuf, dtype=np.uint8), 0, layout.rows, True)
+            assign(upper, call.join(upper, lower) if call.reverse else call.join(lower, upper))
+
+        op = MPI.Op.Create(combine, commute=False)
+        freed += [whole, op]
+        request = start([sendbuf, 1, whole], [recvbuf, 1, whole], op)
+    yield
+    request.Wait()
+    for handle in freed:
+        handle.Free()
+    if comm.rank == 0 and not call.inclusive:
+        return call.identity()
+    result = call.empty()
+    for target, host in zip(result, layout.views(recvbuf, 0, layout.rows, True)):
+        backend_of(target).copy_from_host(target, host)
+    return result

@@ -1,0 +1,96 @@
+"""How an All-Scan state (a tuple of arrays) splits into row blocks and packs into one byte
+message per block, so each block costs one message whatever the number of arrays."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from .blocks import block_bounds
+
+
+@dataclass(frozen=True)
+class ScanLayout:
+    """Shapes and dtypes of a state's arrays and which of them split along the first axis.
+
+    Arrays that broadcast along the first axis (fewer dimensions, or a first axis of 1 where
+    the state has more rows) are *shared*: they travel whole, once, in block 0's message.
+    Inside a message the arrays lie by decreasing item size, so every view is aligned.
+    """
+
+    shapes: tuple
+    dtypes: tuple
+    rows: int
+    row_split: tuple
+
+    @classmethod
+    def of(cls, parts: tuple, rowwise: bool) -> "ScanLayout":
+        """The layout of ``parts``; a state whose op is not ``rowwise`` never splits (one block)."""
+        if rowwise:
+            try:
+                full = np.broadcast_shapes(*(part.shape for part in parts))
+            except ValueError:
+                raise TypeError("all_scan: a row-wise op needs arrays that broadcast together, got shapes "
+                                f"{[part.shape for part in parts]}") from None
+        else:
+            full = ()
+        rows = full[0] if full else 1
+        row_split = tuple(bool(full) and part.ndim == len(full) and part.shape[0] == rows
+                          for part in parts)
+        return cls(tuple(part.shape for part in parts), tuple(np.dtype(part.dtype) for part in parts),
+                   rows, row_split)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(int(np.prod(shape)) * dtype.itemsize for shape, dtype in zip(self.shapes, self.dtypes))
+
+    def bounds(self, blocks: int) -> list:
+        """``blocks`` balanced (lo, hi) row ranges covering the first axis."""
+        return block_bounds(self.rows, blocks)
+
+    def _block_shapes(self, lo: int, hi: int, first: bool) -> list:
+        """Per array, its shape inside the block's message, or None when the block omits it."""
+        return [(hi - lo, *shape[1:]) if split else (shape if first else None)
+                for shape, split in zip(self.shapes, self.row_split)]
+
+    def _order(self) -> list:
+        return sorted(range(len(self.shapes)), key=lambda i: -self.dtypes[i].itemsize)
+
+    def message_nbytes(self, lo: int, hi: int, first: bool) -> int:
+        return sum(int(np.prod(shape)) * dtype.itemsize
+                   for shape, dtype in zip(self._block_shapes(lo, hi, first), self.dtypes) if shape is not None)
+
+    def message(self, xp: Any, lo: int, hi: int, first: bool) -> Any:
+        """An empty uint8 buffer for the block's message, on the backend of ``xp``."""
+        return xp.empty(self.message_nbytes(lo, hi, first), dtype=np.uint8)
+
+    def views(self, buffer: Any, lo: int, hi: int, first: bool) -> tuple:
+        """Typed views of the arrays inside a block's message (None for those it omits)."""
+        shapes = self._block_shapes(lo, hi, first)
+        views: list = [None] * len(shapes)
+        offset = 0
+        for i in self._order():
+            if shapes[i] is not None:
+                size = int(np.prod(shapes[i])) * self.dtypes[i].itemsize
+                views[i] = buffer[offset:offset + size].view(self.dtypes[i]).reshape(shapes[i])
+                offset += size
+        return tuple(views)
+
+    def block(self, parts: tuple, lo: int, hi: int, first: bool = True) -> tuple:
+        """The rows lo:hi of every split array; shared arrays whole, or None unless ``first``."""
+        return tuple(part[lo:hi] if split else (part if first else None)
+                     for part, split in zip(parts, self.row_split))
+
+
+def assign(targets: tuple, values: tuple) -> None:
+    """Copy each value into its target (casting to the target's dtype), skipping None targets."""
+    for target, value in zip(targets, values):
+        if target is not None:
+            target[...] = value
+
+
+def complete(block: tuple, shared: tuple) -> tuple:
+    """A block with its omitted (None) arrays taken from ``shared``, e.g. block 0's message."""
+    return tuple(shared[i] if part is None else part for i, part in enumerate(block))

@@ -1,0 +1,261 @@
+"""All-Scan against a serial numpy fold: every algorithm, op, direction, dtype and size, numpy and
+fake-GPU arrays, at 1–4 ranks; mismatched calls; the exact bytes each schedule sends."""
+
+from __future__ import annotations
+
+import itertools
+import time
+
+import numpy as np
+import pytest
+
+ALGORITHMS = ("pipeline", "allgather", "ring", "mpi", "auto")
+
+
+def _matmul_identity(x):
+    from hpcrt import get_xp
+    xp = get_xp(x)
+    return xp.zeros(x.shape, dtype=x.dtype) + xp.eye(2, dtype=x.dtype)
+
+
+def _ops():
+    """Operator name → (the op all_scan gets, a serial combine written independently of it)."""
+    from hpcrt.collectives import ScanOp
+    return {
+        "sum": ("sum", lambda lo, hi: lo + hi),
+        "max": ("max", np.maximum),
+        "affine": ("affine", lambda lo, hi: (lo[0] * hi[0], hi[0] * lo[1] + hi[1])),
+        # Batched 2×2 matrix products: row-wise (the pipeline may split the batch), not commutative.
+        "matmul": (ScanOp(lambda lo, hi: lo @ hi, _matmul_identity, "matmul", rowwise=True), np.matmul),
+        # One 2×2 matrix product: not row-wise, so it travels as one block.
+        "matmul1": (ScanOp(lambda lo, hi: lo @ hi, _matmul_identity, "matmul1"), np.matmul),
+    }
+
+
+def _identity(name, like):
+    if name == "sum":
+        return np.zeros_like(like)
+    if name == "max":
+        return np.full_like(like, -np.inf if like.dtype.kind == "f" else np.iinfo(like.dtype).min)
+    if name == "affine":
+        return np.ones_like(like[0]), np.zeros_like(like[1])
+    return np.zeros_like(like) + np.eye(2)
+
+
+def _operands(name, dtype, rows, size, seed, shared=False):
+    """Every rank's operand, the same on every rank (seeded)."""
+    rng = np.random.default_rng(seed)
+    dtype = np.dtype(dtype)
+
+    def draw(shape):
+        if dtype.kind == "i":
+            return rng.integers(-50, 50, size=shape).astype(dtype)
+        return rng.standard_normal(shape).astype(dtype)
+
+    if name == "affine":
+        a_shape = (3,) if shared else (rows, 1)
+        return [(rng.uniform(0.5, 1.5, size=a_shape).astype(dtype), draw((rows, 3))) for _ in range(size)]
+    if name == "matmul":
+        return [draw((rows, 2, 2)) for _ in range(size)]
+    if name == "matmul1":
+        return [draw((2, 2)) for _ in range(size)]
+    return [draw((rows, 3)) for _ in range(size)]
+
+
+def _reference(name, combine, xs, rank, inclusive, reverse):
+    first, last = (rank + (0 if inclusive else 1), len(xs)) if reverse else (0, rank + (1 if inclusive else 0))
+    if first >= last:
+        return _identity(name, xs[rank])
+    folded = xs[first]
+    for x in xs[first + 1:last]:
+        folded = combine(folded, x)
+    return folded
+
+
+def _parts(x):
+    return tuple(x) if isinstance(x, tuple) else (x,)
+
+
+def _to_backend(x, backend):
+    from hpcrt import to_fake_gpu
+    if backend == "numpy":
+        return x
+    return tuple(to_fake_gpu(p) for p in x) if isinstance(x, tuple) else to_fake_gpu(x)
+
+
+def _compare(got, want, backend, dtype):
+    """A description of what differs, or None."""
+    from hpcrt import FakeGpuArray
+    got, want = _parts(got), _parts(want)
+    if len(got) != len(want):
+        return f"{len(got)} arrays, want {len(want)}"
+    for g, w in zip(got, want):
+        expected_type = FakeGpuArray if backend == "fakegpu" else np.ndarray
+        if not isinstance(g, expected_type):
+            return f"result is a {type(g).__name__}, want {expected_type.__name__}"
+        g = g.get() if backend == "fakegpu" else g
+        if g.shape != w.shape or g.dtype != w.dtype:
+            return f"result {g.shape} {g.dtype}, want {w.shape} {w.dtype}"
+        tol = {"float32": 1e-4, "float64": 1e-11}.get(str(w.dtype), 0)
+        if not np.allclose(g, w, rtol=tol, atol=tol):
+            return f"values differ by up to {np.max(np.abs(g - w))}"
+    return None
+
+
+def _assert_no_failures(comm, failures):
+    """Every rank fails together, naming what failed where."""
+    everyone = comm.allgather(failures[:20])
+    assert not any(everyone), "\n".join(f"rank {r}: {f}" for r, fs in enumerate(everyone) for f in fs)
+
+
+@pytest.mark.mpi(ranks=[1, 2, 3, 4], timeout=150)
+def test_all_scan_matches_serial_fold(comm):
+    import hpcrt
+    from hpcrt.collectives import all_scan
+    hpcrt.init({"log_files": False})
+    ops = _ops()
+    cases = [("sum", d) for d in ("float32", "float64", "int32", "int64")]
+    cases += [("max", d) for d in ("float32", "float64", "int32", "int64")]
+    cases += [("affine", "float32"), ("affine", "float64"), ("matmul", "float64"), ("matmul1", "float64")]
+    failures = []
+    seed = 0
+    for (name, dtype), rows in itertools.product(cases, (0, 1, 1000)):
+        for shared in ((False, True) if name == "affine" else (False,)):
+            seed += 1
+            backend = ("numpy", "fakegpu")[seed % 2]  # each case meets both backends across sizes
+            xs = _operands(name, dtype, rows, comm.size, seed, shared)
+            op, combine = ops[name]
+            for algorithm, inclusive, reverse in itertools.product(ALGORITHMS, (False, True), (False, True)):
+                blocks = (None, 3, 7, 50)[seed % 4] if algorithm == "pipeline" else None
+                want = _reference(name, combine, xs, comm.rank, inclusive, reverse)
+                got = all_scan(_to_backend(xs[comm.rank], backend), op, inclusive=inclusive, reverse=reverse,
+                               algorithm=algorithm, blocks=blocks)
+                problem = _compare(got, want, backend, dtype)
+                if problem:
+                    failures.append(f"{name} {dtype} rows={rows} shared={shared} {backend} {algorithm} "
+                                    f"blocks={blocks} inclusive={inclusive} reverse={reverse}: {problem}")
+    _assert_no_failures(comm, failures)
+
+
+@pytest.mark.mpi(ranks=[3], timeout=60)
+def test_all_scan_odd_inputs(comm):
+    """Non-contiguous input (copied), 0-d states, a user op given as a plain object, a
+    sub-communicator: all against the serial fold."""
+    import hpcrt
+    from hpcrt.collectives import all_scan
+    runtime = hpcrt.init({"log_files": False})
+    evens = runtime.comm.Split(comm.rank % 2, comm.rank)  # {0, 2} and {1}
+    rng = np.random.default_rng(7)
+    wide = [rng.standard_normal((50, 8)) for _ in range(comm.size)]
+    scalars = [np.array(rng.standard_normal()) for _ in range(comm.size)]
+
+    class Concat:
+        """Keeps the leftmost operand: associative, not commutative."""
+
+        name = "first"
+
+        def combine(self, lower, upper):
+            return lower
+
+        def identity(self, x):
+            return np.full_like(x, np.nan)
+
+    failures = []
+    for algorithm in ALGORITHMS:
+        got = all_scan(wide[comm.rank][:, ::3], "sum", algorithm=algorithm, inclusive=True)
+        if not np.allclose(got, sum(w[:, ::3] for w in wide[:comm.rank + 1])):
+            failures.append(f"non-contiguous {algorithm}")
+        got = all_scan(scalars[comm.rank], "max", algorithm=algorithm, reverse=True, inclusive=True)
+        if got.shape != () or got != max(scalars[comm.rank:]):
+            failures.append(f"0-d {algorithm}: {got!r}")
+        got = all_scan(wide[comm.rank], Concat(), algorithm=algorithm, reverse=True)
+        want = wide[comm.rank + 1] if comm.rank + 1 < comm.size else np.full((50, 8), np.nan)
+        if not np.array_equal(got, want, equal_nan=True):
+            failures.append(f"user op object {algorithm}")
+        got = all_scan(wide[comm.rank], "sum", comm=evens, algorithm=algorithm, inclusive=True)
+        if not np.allclose(got, sum(wide[r] for r in range(comm.rank % 2, comm.rank + 1, 2))):
+            failures.append(f"sub-communicator {algorithm}")
+    evens.Free()
+    _assert_no_failures(comm, failures)
+
+
+@pytest.mark.mpi(ranks=[2, 3], timeout=60)
+def test_disagreeing_ranks_fail_together(comm):
+    import hpcrt
+    from hpcrt.collectives import CollectiveMismatchError, all_scan
+    hpcrt.init({"log_files": False})
+    last = comm.rank == comm.size - 1
+    x = np.ones((4, 3))
+    mismatches = {
+        "shape": lambda: all_scan(np.ones((5 if last else 4, 3)), "sum"),
+        "dtype": lambda: all_scan(x.astype(np.float32) if last else x, "sum"),
+        "op": lambda: all_scan(x, "max" if last else "sum"),
+        "algorithm": lambda: all_scan(x, "sum", algorithm="ring" if last else "pipeline"),
+        "reverse": lambda: all_scan(x, "sum", reverse=last),
+        # A wrong input on one rank is named on every rank.
+        "input_error": lambda: all_scan(x if last else (x, x), "affine"),
+    }
+    for field, call in mismatches.items():
+        with pytest.raises(CollectiveMismatchError, match=f"disagree on {field}"):
+            call()
+    # Everyone wrong the same way: the op's own TypeError, on every rank.
+    with pytest.raises(TypeError, match="takes a pair"):
+        all_scan(x, "affine")
+    with pytest.raises(TypeError, match="broadcastable"):
+        all_scan((np.ones((4, 2)), x), "affine")
+    with pytest.raises(ValueError, match="unknown algorithm"):
+        all_scan(x, "sum", algorithm="tree")
+    with pytest.raises(ValueError, match="blocks applies to the pipeline"):
+        all_scan(x, "sum", algorithm="ring", blocks=2)
+    # The communicator still works afterwards.
+    assert np.array_equal(all_scan(x, "sum", inclusive=True), x * (comm.rank + 1))
+
+
+@pytest.mark.mpi(ranks=[2, 3, 4], timeout=60)
+def test_bytes_each_schedule_sends(comm):
+    """pipeline and ring: each rank but the chain's last sends exactly n bytes, all to its
+    successor; allgather (Bruck): every rank sends exactly (p−1)·n bytes."""
+    import hpcrt
+    from hpcrt.collectives import all_scan, count_link_bytes
+    runtime = hpcrt.init({"log_files": False})
+    world = runtime.comm.rank
+    p, r = comm.size, comm.rank
+    states = {
+        "affine": (np.full((64, 1), 0.5), np.ones((64, 32))),
+        "affine, shared a": (np.full((32,), 0.5, dtype=np.float32), np.ones((64, 32))),
+        "sum f32": np.ones((100, 7), dtype=np.float32),
+    }
+    for (label, x), backend, reverse in itertools.product(states.items(), ("numpy", "fakegpu"), (False, True)):
+        n = sum(part.nbytes for part in _parts(x))
+        successor = r - 1 if reverse else r + 1
+        for algorithm, blocks in (("pipeline", 5), ("pipeline", None), ("ring", None)):
+            with count_link_bytes() as window:
+                all_scan(_to_backend(x, backend), label.split(",")[0].split()[0], algorithm=algorithm,
+                         blocks=blocks, reverse=reverse)
+            want = {(world, successor): n} if 0 <= successor < p else {}
+            assert window.sent == want, (label, backend, algorithm, reverse, window.sent)
+        with count_link_bytes() as window:
+            all_scan(_to_backend(x, backend), label.split(",")[0].split()[0], algorithm="allgather", reverse=reverse)
+        assert window.total() == (p - 1) * n, (label, backend, window.sent)
+
+
+@pytest.mark.mpi(ranks=[2, 4], timeout=60)
+def test_started_scans_overlap_local_work(comm):
+    """A forward and a reverse scan in flight together, local work (uneven across ranks) between
+    start and wait, waits in start order: results as from the blocking form."""
+    import hpcrt
+    from hpcrt.collectives import all_scan, all_scan_start
+    hpcrt.init({"log_files": False})
+    rng = np.random.default_rng(3)
+    pairs = [(rng.uniform(0.5, 1.0, (40, 1)), rng.standard_normal((40, 6))) for _ in range(comm.size)]
+    mine = pairs[comm.rank]
+    for algorithm in ALGORITHMS:
+        forward = all_scan_start(mine, "affine", algorithm=algorithm)
+        backward = all_scan_start(mine, "affine", algorithm=algorithm, reverse=True, inclusive=True)
+        time.sleep(0.02 * comm.rank)
+        got_forward, got_backward = forward.wait(), backward.wait()
+        assert forward.wait() is not None  # a second wait returns the result again
+        for got, want in ((got_forward, all_scan(mine, "affine", algorithm="allgather")),
+                          (got_backward, all_scan(mine, "affine", algorithm="allgather", reverse=True,
+                                                  inclusive=True))):
+            assert all(np.allclose(g, w, rtol=1e-12) for g, w in zip(got, want)), algorithm

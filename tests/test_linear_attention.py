@@ -1,0 +1,132 @@
+"""Sequence-parallel gated linear attention against the single-rank recurrence S_t = γ_t⊙S_{t−1}
++ k_tᵀv_t, o_t = q_t·S_t run token by token in numpy, and its gradients against finite
+differences."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+
+
+def reference_forward(q, k, v, log_gates):
+    """Outputs [T, d_v] and the state after every token [T, d_k, d_v], token by token."""
+    gates = np.exp(np.broadcast_to(log_gates, q.shape))
+    state = np.zeros((q.shape[1], v.shape[1]))
+    out, states = np.empty((len(q), v.shape[1])), np.empty((len(q), q.shape[1], v.shape[1]))
+    for t in range(len(q)):
+        state = gates[t][:, None] * state + np.outer(k[t], v[t])
+        out[t], states[t] = q[t] @ state, state
+    return out, states
+
+
+def reference_backward(q, k, v, log_gates, grad_out):
+    """(dq, dk, dv, dlog_gates) by reverse-mode through the token-by-token recurrence."""
+    gates = np.exp(np.broadcast_to(log_gates, q.shape))
+    _, states = reference_forward(q, k, v, log_gates)
+    dq, dk, dv, dgates = (np.empty_like(x) for x in (q, k, v, gates))
+    grad_state = np.zeros(states.shape[1:])
+    for t in reversed(range(len(q))):
+        grad_state = grad_state + np.outer(q[t], grad_out[t])
+        dq[t] = states[t] @ grad_out[t]
+        dk[t] = grad_state @ v[t]
+        dv[t] = grad_state.T @ k[t]
+        dgates[t] = (grad_state * (states[t - 1] if t else 0)).sum(axis=1)
+        grad_state = gates[t][:, None] * grad_state
+    dlog = dgates * gates
+    return dq, dk, dv, (dlog.sum(axis=1, keepdims=True) if log_gates.shape[1] == 1 else dlog)
+
+
+def _problem(length, d_k, d_v, gate_width, seed, dtype=np.float64):
+    rng = np.random.default_rng(seed)
+    q, k = rng.standard_normal((2, length, d_k))
+    v, grad_out = rng.standard_normal((2, length, d_v))
+    log_gates = np.log(rng.uniform(0.7, 1.0, (length, gate_width)))
+    return tuple(x.astype(dtype) for x in (q, k, v, log_gates, grad_out))
+
+
+def _numeric_gradient(loss, x, eps=1e-6):
+    grad = np.zeros_like(x)
+    for index in np.ndindex(x.shape):
+        saved = x[index]
+        x[index] = saved + eps
+        up = loss()
+        x[index] = saved - eps
+        down = loss()
+        x[index] = saved
+        grad[index] = (up - down) / (2 * eps)
+    return grad
+
+
+@pytest.mark.parametrize("gate_width", [1, 3])
+def test_reference_gradients_match_finite_differences(gate_width):
+    q, k, v, log_gates, grad_out = _problem(6, 3, 2, gate_width, seed=gate_width)
+    analytic = reference_backward(q, k, v, log_gates, grad_out)
+    for x, grad in zip((q, k, v, log_gates), analytic):
+        numeric = _numeric_gradient(lambda: float((reference_forward(q, k, v, log_gates)[0] * grad_out).sum()), x)
+        assert np.allclose(grad, numeric, rtol=1e-6, atol=1e-8)
+
+
+def _split(length, size, seed):
+    """Uneven contiguous chunk bounds per rank; for every third seed one rank holds no tokens."""
+    rng = np.random.default_rng(seed)
+    weights = rng.uniform(1, 4, size)
+    if size > 1 and seed % 3 == 0:
+        weights[seed % size] = 0
+    bounds = np.rint(np.concatenate([[0], np.cumsum(weights)]) / weights.sum() * length).astype(int)
+    return list(zip(bounds[:-1], bounds[1:]))
+
+
+def _assert_no_failures(comm, failures):
+    everyone = comm.allgather(failures[:20])
+    assert not any(everyone), "\n".join(f"rank {r}: {f}" for r, fs in enumerate(everyone) for f in fs)
+
+
+@pytest.mark.mpi(ranks=[1, 2, 3, 4], timeout=120)
+def test_gla_matches_single_rank_recurrence(comm):
+    import hpcrt
+    from hpcrt import to_fake_gpu
+    from hpcrt.collectives import gla_backward, gla_forward
+    hpcrt.init({"log_files": False})
+    failures = []
+    algorithms = ("pipeline", "allgather", "ring", "mpi", "auto")
+    for seed, (algorithm, gate_width, (length, subchunk)) in enumerate(itertools.product(
+            algorithms, (1, 5), ((45, 4), (20, 16)))):
+        q, k, v, log_gates, grad_out = _problem(length, 5, 3, gate_width, seed)
+        want_out = reference_forward(q, k, v, log_gates)[0]
+        want_grads = reference_backward(q, k, v, log_gates, grad_out)
+        lo, hi = _split(length, comm.size, seed)[comm.rank]
+        mine = [x[lo:hi] for x in (q, k, v, log_gates, grad_out)]
+        backend = ("numpy", "fakegpu")[seed % 2]
+        if backend == "fakegpu":
+            mine = [to_fake_gpu(x) for x in mine]
+        out, incoming = gla_forward(*mine[:4], algorithm=algorithm, subchunk=subchunk, return_state=True)
+        grads = gla_backward(*mine, algorithm=algorithm, subchunk=subchunk, incoming_state=incoming)
+        rescanned = gla_backward(*mine, algorithm=algorithm, subchunk=subchunk)
+        host = (lambda x: x.get()) if backend == "fakegpu" else np.asarray
+        label = f"{algorithm} gates [L, {gate_width}] T={length} c={subchunk} {backend} rows {lo}:{hi}"
+        if not np.allclose(host(out), want_out[lo:hi], rtol=1e-10, atol=1e-10):
+            failures.append(f"{label}: outputs")
+        for name, got, again, want in zip(("dq", "dk", "dv", "dlog_gates"), grads, rescanned, want_grads):
+            if got.shape != want[lo:hi].shape or not np.allclose(host(got), want[lo:hi], rtol=1e-10, atol=1e-10):
+                failures.append(f"{label}: {name}")
+            if not np.allclose(host(again), host(got), rtol=1e-12, atol=1e-12):
+                failures.append(f"{label}: {name} differs when the backward scans for the state again")
+    _assert_no_failures(comm, failures)
+
+
+@pytest.mark.mpi(ranks=[2], timeout=60)
+def test_gla_float32_and_bad_inputs(comm):
+    import hpcrt
+    from hpcrt.collectives import CollectiveMismatchError, gla_forward
+    hpcrt.init({"log_files": False})
+    q, k, v, log_gates, _ = _problem(30, 4, 4, 4, seed=11, dtype=np.float32)
+    lo, hi = _split(30, comm.size, 11)[comm.rank]
+    out = gla_forward(q[lo:hi], k[lo:hi], v[lo:hi], log_gates[lo:hi])
+    want = reference_forward(*(x.astype(np.float64) for x in (q, k, v, log_gates)))[0][lo:hi]
+    assert out.dtype == np.float32 and np.allclose(out, want, rtol=1e-4, atol=1e-4)
+    with pytest.raises(TypeError, match="log_gates"):
+        gla_forward(q, k, v, log_gates[:, :2])
+    with pytest.raises(CollectiveMismatchError, match="disagree on d_v"):
+        gla_forward(q, k, v[:, :3] if comm.rank else v, log_gates)
