@@ -118,10 +118,17 @@ def finalize() -> None:
 
 
 def _import_mpi(thread_level: str) -> Any:
+    """Import mpi4py's MPI, initializing it at ``thread_level`` unless something already did."""
     import mpi4py
-    if not _mpi_imported():
+    already = _mpi_imported()
+    if not already:
         mpi4py.rc.thread_level = thread_level
     from mpi4py import MPI
+    wanted = getattr(MPI, f"THREAD_{thread_level.upper()}")
+    if already and MPI.Query_thread() < wanted:
+        log.warning("MPI was initialized before hpcrt.init() with thread level %s, below the requested %s; "
+                    "set HPCRT_THREAD_LEVEL or call hpcrt.init() before importing mpi4py.MPI",
+                    THREAD_LEVEL_NAMES.get(MPI.Query_thread()), thread_level)
     return MPI
 
 

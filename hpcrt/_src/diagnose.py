@@ -1,0 +1,210 @@
+"""``hpcrt diagnose RUN_DIR``: merge the monitor's dumps, heartbeats and exit records of a job
+(running or torn down) into who never entered which collective, who did what last, where each rank
+was stuck, and who died first. Missing or damaged files are named; the rest is still reported."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Dict, List, Optional
+
+from .sidechannel import MonitorDir, read_json
+
+TEARDOWN_S = 5.0
+"""Ranks that ended within this long after the first death were taken down with the job."""
+
+
+def find_monitor_dir(path: Path) -> MonitorDir:
+    """The monitor directory of a run directory (or the monitor directory itself)."""
+    path = Path(path)
+    return MonitorDir(path / "monitor" if (path / "monitor").is_dir() else path)
+
+
+def _read_rank_files(paths: Dict[int, Path], what: str, problems: List[str]) -> Dict[int, dict]:
+    out = {}
+    for rank, path in paths.items():
+        if not path.exists():
+            continue
+        data = read_json(path)
+        if isinstance(data, dict):
+            out[rank] = data
+        else:
+            problems.append(f"rank {rank}: {what} {path.name} is truncated or unreadable "
+                            f"({path.stat().st_size} bytes); ignored")
+    return out
+
+
+def _read_jsonl(path: Path, problems: List[str]) -> List[dict]:
+    if not path.exists():
+        return []
+    lines = []
+    for number, line in enumerate(path.read_text().splitlines(), 1):
+        try:
+            lines.append(json.loads(line))
+        except ValueError:
+            problems.append(f"{path.name} line {number} is truncated or unreadable; skipped")
+    return lines
+
+
+def diagnose(run_dir: str | Path) -> dict:
+    """Everything ``hpcrt diagnose`` prints, as a dict (``problems`` lists what is missing)."""
+    mdir = find_monitor_dir(Path(run_dir))
+    problems: List[str] = []
+    if not mdir.root.is_dir():
+        return {"directory": str(mdir.root), "problems": [f"{mdir.root} does not exist"], "size": 0}
+    meta = read_json(mdir.meta)
+    seen = [int(p.name[5:10]) for d in (mdir.heartbeats, mdir.dumps) if d.is_dir() for p in d.glob("rank-*.json")]
+    if meta is None:
+        problems.append(f"{mdir.meta.name} is missing or unreadable: the world size is guessed from the files")
+        meta = {"size": max(seen, default=-1) + 1, "nodes": []}
+    size = meta["size"]
+    ranks = range(size)
+    heartbeats = _read_rank_files({r: mdir.heartbeat(r) for r in ranks}, "heartbeat", problems)
+    dumps = _read_rank_files({r: mdir.dump(r) for r in ranks}, "dump", problems)
+    exits = _read_rank_files({r: mdir.exit_record(r) for r in ranks}, "exit record", problems)
+    missing_beats = [r for r in ranks if r not in heartbeats and not mdir.heartbeat(r).exists()]
+    if missing_beats:
+        problems.append(f"no heartbeat file for ranks {_ranks(missing_beats)}")
+    alarm = read_json(mdir.alarm) if mdir.alarm.exists() else None
+    if alarm is not None:
+        no_dump = [r for r in ranks if not mdir.dump(r).exists()]
+        if no_dump:
+            problems.append(f"no dump from ranks {_ranks(no_dump)} (stopped, dead, or killed before dumping)")
+    nodes = meta.get("nodes") or [None] * size
+    node_of = {r: (dumps.get(r) or heartbeats.get(r) or {}).get("node") or (nodes[r] if r < len(nodes) else None)
+               for r in ranks}
+    return {
+        "directory": str(mdir.root), "size": size, "problems": problems, "alarm": alarm,
+        "collectives": _unfinished_collectives(size, dumps, heartbeats),
+        "ranks": [_rank_state(r, node_of[r], dumps.get(r), heartbeats.get(r), exits.get(r)) for r in ranks],
+        "deaths": _deaths(exits, heartbeats, node_of, alarm),
+        "events": _read_jsonl(mdir.root / "events.jsonl", problems),
+        "stragglers": [s for report in _read_jsonl(mdir.stragglers, problems) for s in report.get("stragglers", [])],
+    }
+
+
+def _unfinished_collectives(size: int, dumps: Dict[int, dict], heartbeats: Dict[int, dict]) -> List[dict]:
+    """Every collective some rank was blocked in, and for each member rank whether it entered it.
+    A rank's k-th collective on a communicator is the same operation on every member, so a rank
+    that entered only k of them never entered the blocked one."""
+    members: Dict[str, List[int]] = {}
+    counts: Dict[int, Dict[str, int]] = {}
+    blocked: Dict[tuple, dict] = {}
+    for rank in range(size):
+        dump, beat = dumps.get(rank), heartbeats.get(rank)
+        source = dump or beat
+        if source is None:
+            continue
+        counts[rank] = source.get("counts", {})
+        for comm in (dump or {}).get("comms", []):
+            members[comm["label"]] = comm["members"]
+        open_records = [r for r in dump["records"] if r["state"] == "entered"] if dump else beat.get("in_flight", [])
+        for rec in open_records:
+            if rec["kind"] == "collective":
+                entry = blocked.setdefault((rec["comm"], rec["cseq"]), {
+                    "comm": rec["comm"], "cseq": rec["cseq"], "op": rec["op"], "nbytes": rec["nbytes"],
+                    "step": rec["step"], "blocked": []})
+                entry["blocked"].append(rank)
+    out = []
+    for (label, cseq), entry in sorted(blocked.items(), key=lambda kv: (kv[0][0] or "", kv[0][1])):
+        group = members.get(label, list(range(size)))
+        entry["never_entered"] = [r for r in group if r in counts and counts[r].get(label, 0) <= cseq]
+        entry["unknown"] = [r for r in group if r not in counts]
+        entry["members"] = group
+        out.append(entry)
+    return out
+
+
+def _rank_state(rank: int, node: Optional[str], dump: Optional[dict], beat: Optional[dict],
+                exit_record: Optional[dict]) -> dict:
+    state: dict = {"rank": rank, "node": node, "dump": dump is not None,
+                   "heartbeat": None if beat is None else beat.get("state"),
+                   "last_step": (dump or beat or {}).get("step"), "last_completed": None, "stuck_in": None,
+                   "stack": None, "ended": exit_record is not None and not exit_record.get("finished")}
+    if dump is not None:
+        done = [r for r in dump["records"] if r["state"] == "completed" and r["kind"] != "step"]
+        state["last_completed"] = done[-1] if done else None
+        open_records = [r for r in dump["records"] if r["state"] == "entered"]
+        state["stuck_in"] = open_records[-1] if open_records else None
+        main = [t for t in dump.get("stacks", []) if t.get("main")]
+        state["stack"] = main[0]["stack"][-3:] if main else None
+    elif beat is not None:
+        state["last_completed"] = beat.get("last_completed")
+        state["stuck_in"] = (beat.get("in_flight") or [None])[-1]
+        state["silent_since"] = beat.get("time")
+    return state
+
+
+def _deaths(exits: Dict[int, dict], heartbeats: Dict[int, dict], node_of: Dict[int, Optional[str]],
+            alarm: Optional[dict]) -> List[dict]:
+    """Ranks that ended without finishing, first death first; the later ones within
+    ``TEARDOWN_S`` are marked as taken down with the job. Ends after the monitor's alarm are its
+    own abort, not deaths."""
+    after = alarm.get("time", float("inf")) if alarm else float("inf")
+    ended = sorted((e["ended_at"], r) for r, e in exits.items() if not e.get("finished") and e["ended_at"] < after)
+    return [{"rank": rank, "node": node_of.get(rank), "ended_at": at,
+             "last_step": heartbeats.get(rank, {}).get("step"),
+             "after_first_s": at - ended[0][0], "torn_down": i > 0 and at - ended[0][0] <= TEARDOWN_S}
+            for i, (at, rank) in enumerate(ended)]
+
+
+def _ranks(ranks: List[int]) -> str:
+    return "{" + ", ".join(str(r) for r in ranks) + "}"
+
+
+def _op(rec: Optional[dict]) -> str:
+    if not rec:
+        return "nothing on record"
+    where = f" on {rec['comm']} #{rec['cseq']}" if rec.get("comm") else ""
+    size = f", {rec['nbytes']} bytes" if rec.get("kind") == "collective" else ""
+    return f"{rec['kind']} '{rec['op']}' (seq {rec['seq']}{where}{size}, step {rec['step']})"
+
+
+def format_diagnosis(d: dict) -> str:
+    """The report as text."""
+    lines = [f"hpcrt diagnose: {d['directory']} ({d['size']} ranks)"]
+    if d.get("alarm"):
+        lines.append(f"alarm raised by rank {d['alarm'].get('by')}: {d['alarm'].get('message')}")
+    for p in d["problems"]:
+        lines.append(f"warning: {p}")
+    for c in d.get("collectives", []):
+        lines.append(f"collective '{c['op']}' ({c['comm']} #{c['cseq']}, {c['nbytes']} bytes, step {c['step']}): "
+                     f"ranks {_ranks(c['blocked'])} blocked in it; never entered by ranks {_ranks(c['never_entered'])}"
+                     + (f"; no data from ranks {_ranks(c['unknown'])}" if c["unknown"] else ""))
+    deaths = d.get("deaths", [])
+    if deaths:
+        first = deaths[0]
+        lines.append(f"died first: rank {first['rank']} on node {first['node']} (last step {first['last_step']})")
+        torn = [x["rank"] for x in deaths[1:] if x["torn_down"]]
+        if torn:
+            lines.append(f"ended within {TEARDOWN_S:g} s after it (taken down with the job): ranks {_ranks(torn)}")
+    for e in d.get("events", []):
+        if e.get("kind") == "death":
+            shrank = " - the survivors shrank and went on" if e.get("via") == "ulfm" else ""
+            lines.append(f"death reported by rank {e.get('detected_by')}: rank {e['rank']} on node {e.get('node')} "
+                         f"(last step {e.get('last_step')}){shrank}")
+    for s in d.get("stragglers", [])[-5:]:
+        lines.append(f"straggler: rank {s['rank']} on node {s.get('node')}, section '{s['section']}', "
+                     f"score {s['score']:.2f}")
+    lines.append("rank  node  step  last completed / stuck in")
+    for r in d.get("ranks", []):
+        source = "dump" if r["dump"] else (f"heartbeat {r['heartbeat']}" if r["heartbeat"] else "no data")
+        lines.append(f"{r['rank']:>4}  {r['node']}  {r['last_step']}  [{source}]"
+                     + ("  ENDED" if r["ended"] else ""))
+        lines.append(f"        last completed: {_op(r['last_completed'])}")
+        lines.append(f"        stuck in:       {_op(r['stuck_in'])}")
+        if not r["dump"] and r.get("silent_since"):
+            last = time.strftime("%H:%M:%S", time.localtime(r["silent_since"]))
+            lines.append(f"        no dump: its last heartbeat was at {last} (a stopped or killed rank cannot dump)")
+        for frame in r["stack"] or []:
+            lines.append("        | " + frame.rstrip().replace("\n", "\n        | "))
+    return "\n".join(lines)
+
+
+def run_diagnose(run_dir: str, as_json: bool = False) -> int:
+    """The ``hpcrt diagnose`` command: print the report; exit code 0 when there was anything to read,
+    2 when the directory holds no monitor files at all."""
+    d = diagnose(run_dir)
+    print(json.dumps(d, indent=2, default=str) if as_json else format_diagnosis(d), flush=True)
+    return 0 if d["size"] > 0 else 2

@@ -1,0 +1,83 @@
+"""What the flight recorder costs: per record, and as a share of a training-like step. A callable
+for the bench job; performance claims come from there, never from a timed unit test."""
+
+from __future__ import annotations
+
+import statistics
+from collections import defaultdict
+from time import perf_counter
+from types import SimpleNamespace
+from typing import Any, Callable, Optional
+
+import numpy as np
+
+from . import trace
+from .monitor import _Section
+from .recorder import FlightRecorder
+
+
+def _per_call(fn: Callable[[], None], n: int) -> float:
+    start = perf_counter()
+    for _ in range(n):
+        fn()
+    return (perf_counter() - start) / n
+
+
+def measure_recorder_overhead(records: int = 200_000, steps: int = 20, step_ms: float = 20.0,
+                              collectives_per_step: int = 8, sections_per_step: int = 4,
+                              repeats: int = 3, rounds: int = 10, comm: Optional[Any] = None) -> dict:
+    """Seconds per traced collective and per section (recorder on minus off), and the share of a
+    training-like step they take: numpy work of about ``step_ms`` with ``collectives_per_step``
+    8-byte Allreduces (on ``comm``, default COMM_SELF) and ``sections_per_step`` sections.
+    ``measured_step_overhead`` is the median over ``rounds`` paired blocks of ``steps`` steps;
+    ``estimated_step_overhead`` is the per-record costs times the records per step.
+    ``python_call_s`` (an empty call) shows how loaded the machine was."""
+    from mpi4py import MPI
+    comm = comm if comm is not None else MPI.COMM_SELF
+    previous = trace._recorder
+    recorder = FlightRecorder(4096)
+    host = SimpleNamespace(recorder=recorder, _sections=defaultdict(list))
+    try:
+        def collective() -> None:
+            trace.trace_done(trace.trace_collective("allreduce", comm, 8))
+
+        def section() -> None:
+            with _Section(host, "forward"):
+                pass
+
+        empty = min(_per_call(lambda: None, records) for _ in range(repeats))
+        trace.set_recorder(None)
+        off = min(_per_call(collective, records) for _ in range(repeats))
+        trace.set_recorder(recorder)
+        on = min(_per_call(collective, records) for _ in range(repeats))
+        section_s = min(_per_call(section, records // 4) for _ in range(repeats))
+        host._sections.clear()
+
+        a = np.random.default_rng(0).random((128, 128))
+        matmuls = max(1, round(step_ms / 1e3 / min(_per_call(lambda: a @ a, 100) for _ in range(repeats))))
+        send, recv = np.ones(1), np.empty(1)
+
+        def step() -> None:
+            for i in range(matmuls):
+                a @ a
+                if i % max(1, matmuls // collectives_per_step) == 0:
+                    token = trace.trace_collective("allreduce", comm, 8)
+                    comm.Allreduce(send, recv)
+                    trace.trace_done(token)
+            for _ in range(sections_per_step):
+                section()
+
+        untraced, ratios = [], []
+        for _ in range(rounds):  # paired blocks, so that a noisy neighbour slows both alike
+            trace.set_recorder(None)
+            untraced.append(_per_call(step, steps))
+            trace.set_recorder(recorder)
+            ratios.append(_per_call(step, steps) / untraced[-1])
+    finally:
+        trace.set_recorder(previous)
+    step_s = statistics.median(untraced)
+    per_step = (on - off) * collectives_per_step + section_s * sections_per_step
+    return {"collective_record_s": on - off, "section_record_s": section_s,
+            "untraced_hook_s": off, "python_call_s": empty, "step_s": step_s,
+            "records_per_step": collectives_per_step + sections_per_step,
+            "estimated_step_overhead": per_step / step_s, "measured_step_overhead": statistics.median(ratios) - 1}

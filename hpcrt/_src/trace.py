@@ -1,0 +1,44 @@
+"""The core hook through which collectives reach the flight recorder without importing the monitor.
+
+Call pattern for every collective (one dict lookup and a tuple store when a monitor runs; a
+global read and a comparison when none does)::
+
+    from hpcrt._src.trace import trace_collective, trace_done
+
+    token = trace_collective("allreduce", comm, nbytes)   # before the first MPI call
+    try:
+        ...                                               # the collective's MPI calls
+    finally:
+        trace_done(token)                                 # marks it completed, even on error
+
+``op`` is a short constant name, ``comm`` the mpi4py communicator the collective runs on (its
+k-th traced collective must be the same operation on every member rank), ``nbytes`` this rank's
+payload. A collective that fails leaves no "entered" record behind only if ``trace_done`` runs.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+_recorder: Optional[Any] = None
+
+
+def set_recorder(recorder: Optional[Any]) -> None:
+    """Install (or, with None, remove) the flight recorder the hooks write to."""
+    global _recorder
+    _recorder = recorder
+
+
+def trace_collective(op: str, comm: Any, nbytes: int) -> int:
+    """Record that this rank enters collective ``op`` on ``comm``; returns the token for :func:`trace_done`."""
+    recorder = _recorder
+    if recorder is None:
+        return -1
+    return recorder.enter_collective(op, comm, nbytes)
+
+
+def trace_done(token: int) -> None:
+    """Record that the collective of ``token`` completed on this rank."""
+    recorder = _recorder
+    if token >= 0 and recorder is not None:
+        recorder.exit(token)

@@ -1,0 +1,35 @@
+"""Under Open MPI with ULFM (``mpiexec --with-ft ulfm``): a rank is SIGKILLed, the survivors revoke,
+shrink and finish with p-1 ranks, and the death is on record for ``hpcrt diagnose``. Runs in the
+Open MPI environment that ``.ci/ulfm`` builds; skipped under MPICH, which has no ULFM."""
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from hpcrt.monitor import diagnose, format_diagnosis
+
+BIN = Path(sys.executable).parent
+PROGRAM = str(Path(__file__).parent / "monitor_cases" / "train_loop.py")
+
+pytestmark = pytest.mark.skipif(shutil.which("ompi_info", path=str(BIN)) is None,
+                                reason="needs the Open MPI wheel with ULFM: run .ci/ulfm")
+
+
+def test_survivors_shrink_and_finish(tmp_path):
+    run_dir = tmp_path / "run"
+    env = {**os.environ, "OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1",
+           "HPCRT_FAULT": "kill:rank=2,step=15", "HPCRT_MONITOR_DEATH_ACTIONS": "log,callback,shrink",
+           "HPCRT_MONITOR_REPORT_EVERY": "20", "HPCRT_LOG_FILES": "0"}
+    cmd = [str(BIN / "mpiexec"), "--with-ft", "ulfm", "--oversubscribe", "-n", "4", sys.executable, PROGRAM,
+           "--run-dir", str(run_dir), "--steps", "60", "--ulfm"]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env, cwd=tmp_path)
+    finished = re.findall(r"rank (\d+) finished 60 steps with (\d+) ranks", result.stdout)  # lines may be joined
+    assert sorted(finished) == [("0", "3"), ("1", "3"), ("3", "3")], result.stdout + result.stderr
+    assert "death: rank 2 on node" in result.stderr and "going on with 3 ranks" in result.stderr
+    report = format_diagnosis(diagnose(run_dir))
+    assert "rank 2 on node" in report and "survivors shrank" in report, report
