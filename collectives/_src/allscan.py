@@ -8,6 +8,7 @@ from typing import Any, Optional
 
 from hpcrt._src.runtime import get_runtime
 from hpcrt._src.topology import LinkCost
+from hpcrt._src.trace import trace_done
 
 from . import allscan_algos
 from .agreement import check_agreement
@@ -15,15 +16,17 @@ from .allscan_algos import ScanCall, Steps
 from .allscan_cost import ALGORITHMS, best_blocks, choose_allscan
 from .scanlayout import ScanLayout
 from .scanops import as_parts, from_parts, resolve_op
+from .tracing import enter, payload_bytes
 from .transport import Transport
 
 
 class AllScanHandle:
     """A started All-Scan: compute meanwhile, then :meth:`wait` finishes it and returns the result."""
 
-    def __init__(self, steps: Steps, like: Any):
+    def __init__(self, steps: Steps, like: Any, trace_token: int):
         self._steps = steps
         self._like = like
+        self._trace_token = trace_token
         self._result: Optional[tuple] = None
         next(steps)  # posts what the algorithm can post before its first wait
 
@@ -36,6 +39,8 @@ class AllScanHandle:
                 self._result = stop.value
             else:
                 raise RuntimeError("an All-Scan algorithm yielded more than once")
+            finally:
+                trace_done(self._trace_token)
         return from_parts(self._result, self._like)
 
 
@@ -71,6 +76,17 @@ def all_scan_start(x: Any, op: Any, *, comm: Any = None, inclusive: bool = False
     Concurrent scans in the same direction on one communicator must be waited in start order.
     """
     transport = Transport(comm)
+    token = enter("all_scan", transport.comm, payload_bytes(x))
+    try:
+        return _start(transport, token, x, op, inclusive, reverse, algorithm, blocks, validate)
+    except BaseException:
+        trace_done(token)
+        raise
+
+
+def _start(transport: Transport, token: int, x: Any, op: Any, inclusive: bool, reverse: bool, algorithm: str,
+           blocks: Optional[int], validate: bool) -> AllScanHandle:
+    """Check the call (collectively with ``validate``) and post the algorithm's first messages."""
     problem: Optional[Exception] = None
     try:
         scan_op, parts, layout = _prepare(x, op, algorithm, blocks)
@@ -85,7 +101,7 @@ def all_scan_start(x: Any, op: Any, *, comm: Any = None, inclusive: bool = False
     if problem is not None:
         raise problem
     call = ScanCall(transport, scan_op, layout, parts, x, inclusive, reverse)
-    return AllScanHandle(_steps(call, algorithm, blocks), x)
+    return AllScanHandle(_steps(call, algorithm, blocks), x, token)
 
 
 def _steps(call: ScanCall, algorithm: str, blocks: Optional[int]) -> Steps:

@@ -11,10 +11,12 @@ from .block_attention import block_attention
 from .lse_merge import lse_merge
 from .seq_split import prepare_attention
 from .transport import wait_all
+from .tracing import traced
 
 _TAG_K, _TAG_V = 7201, 7202
 
 
+@traced("ring_attention")
 def ring_attention(q: Any, k: Any, v: Any, *, comm: Optional[Any] = None, causal: bool = False,
                    scale: Optional[float] = None, validate: bool = True) -> Any:
     """Softmax attention of this rank's queries over the whole split sequence.

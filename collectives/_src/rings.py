@@ -23,8 +23,10 @@ from .reduce_ops import check_op, combine_into
 from .ring_cost import ALGORITHMS, choose_ring_algorithm
 from .ring_engine import ring_lanes, ring_pass
 from .transport import Transport
+from .tracing import traced
 
 
+@traced("allreduce")
 def allreduce(x: Any, op: str = "sum", *, comm: Optional[Any] = None, algorithm: str = "auto",
               validate: bool = True) -> Any:
     """Every rank gets the element-wise ``op`` (sum, max, min) of all ranks' ``x``, same shape."""
@@ -39,6 +41,7 @@ def allreduce(x: Any, op: str = "sum", *, comm: Optional[Any] = None, algorithm:
     return work.reshape(x.shape)
 
 
+@traced("allgather")
 def allgather(x: Any, *, comm: Optional[Any] = None, algorithm: str = "auto", validate: bool = True) -> Any:
     """All ranks' ``x`` (same shape everywhere) concatenated along axis 0 in rank order.
 
@@ -57,6 +60,7 @@ def allgather(x: Any, *, comm: Optional[Any] = None, algorithm: str = "auto", va
     return work.reshape(shape)
 
 
+@traced("reduce_scatter")
 def reduce_scatter(x: Any, op: str = "sum", *, comm: Optional[Any] = None, algorithm: str = "auto",
                    validate: bool = True) -> Any:
     """Rank r gets block r (1-D) of the element-wise ``op`` of all ranks' flattened ``x``.

@@ -13,10 +13,12 @@ from .block_attention import block_attention
 from .lse_merge import lse_merge
 from .seq_split import prepare_attention
 from .transport import wait_all
+from .tracing import traced
 
 _TAG_Q, _TAG_OUT, _TAG_LSE = 7301, 7302, 7303
 
 
+@traced("token_ring_attention")
 def token_ring_attention(q: Any, k: Any, v: Any, *, comm: Optional[Any] = None, causal: bool = False,
                          scale: Optional[float] = None, validate: bool = True) -> Any:
     """Softmax attention of this rank's queries over the whole split sequence (same arguments

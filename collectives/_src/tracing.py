@@ -1,0 +1,34 @@
+"""Every hpcrt collective reports itself to the flight recorder through the core trace hook
+(a no-op when no monitor runs), from before its argument check to its last message."""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable, Optional
+
+from hpcrt._src.runtime import get_runtime
+from hpcrt._src.trace import trace_collective, trace_done
+
+
+def payload_bytes(*arrays: Any) -> int:
+    """Bytes of the array arguments (pairs such as the affine op's (a, b) count both parts)."""
+    return sum(payload_bytes(*a) if isinstance(a, (tuple, list)) else getattr(a, "nbytes", 0) for a in arrays)
+
+
+def enter(op: str, comm: Optional[Any], nbytes: int) -> int:
+    """Record that this rank enters ``op`` on ``comm`` (default: the runtime's); pass the token to trace_done."""
+    return trace_collective(op, comm if comm is not None else get_runtime().comm, nbytes)
+
+
+def traced(op: str) -> Callable:
+    """Decorate a blocking collective ``f(*arrays, comm=None, ...)`` so each call is recorded."""
+    def decorate(collective: Callable) -> Callable:
+        @functools.wraps(collective)
+        def call(*args: Any, comm: Optional[Any] = None, **kwargs: Any) -> Any:
+            token = enter(op, comm, payload_bytes(*args))
+            try:
+                return collective(*args, comm=comm, **kwargs)
+            finally:
+                trace_done(token)
+        return call
+    return decorate
