@@ -22,6 +22,11 @@ def _cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_diagnose(args: argparse.Namespace) -> int:
+    from ._src.diagnose import run_diagnose
+    return run_diagnose(args.run_dir, args.json)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hpcrt", description="hpcrt: a runtime for MPI jobs on "
                                      "heterogeneous clusters.")
@@ -32,6 +37,13 @@ def build_parser() -> argparse.ArgumentParser:
                       "(default: $HPCRT_TOPOLOGY_FILE)")
     info.add_argument("--json", action="store_true", help="print JSON instead of a table")
     info.set_defaults(func=_cmd_info)
+    diagnose = sub.add_parser("diagnose", help="merge the monitor's dumps and heartbeats of a run: who never "
+                              "entered which collective, who died first, where each rank was stuck")
+    diagnose.add_argument("run_dir", metavar="RUN_DIR", help="the job's run directory (or its monitor/ folder)")
+    diagnose.add_argument("--json", action="store_true", help="print JSON instead of text")
+    diagnose.set_defaults(func=_cmd_diagnose)
+    from .checkpoint._src.cli import register as register_ckpt
+    register_ckpt(sub)
     return parser
 
 

@@ -1,0 +1,73 @@
+"""Durable, atomic file creation: write under a temporary name, fsync, rename, fsync the directory.
+
+A reader sees either no file or the complete file; after a crash only ``*.tmp`` files remain,
+which :func:`remove_temporaries` cleans."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from pathlib import Path
+from typing import Callable, Iterator, Optional
+
+TMP_SUFFIX = ".tmp"
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def atomic_path(path: Path, before_rename: Optional[Callable[[], None]] = None) -> Iterator[Path]:
+    """Yield a temporary path to write ``path``'s content to; on success it is fsynced and renamed
+    into place and the directory fsynced; on error the temporary is removed. ``before_rename``
+    runs between the fsync and the rename (fault-injection tests kill a rank there)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + TMP_SUFFIX)
+    try:
+        yield tmp
+        fsync_file(tmp)
+        if before_rename is not None:
+            before_rename()
+        os.replace(tmp, path)
+        fsync_dir(path.parent)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+
+
+def write_json_atomic(path: Path, document: dict) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(document, indent=1))
+
+
+def remove_file(path: Path) -> None:
+    """Unlink ``path`` if it exists and try to remove its directory once empty."""
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()
+    with contextlib.suppress(OSError):
+        path.parent.rmdir()
+
+
+def remove_temporaries(root: Path) -> int:
+    """Delete every ``*.tmp`` file under ``root`` (left by a crash mid-write); returns how many."""
+    count = 0
+    for tmp in root.rglob("*" + TMP_SUFFIX) if root.is_dir() else ():
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+            count += 1
+    return count

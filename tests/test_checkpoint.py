@@ -1,0 +1,227 @@
+"""The checkpointer inside one MPI job: round trips through every level, the lazy snapshot,
+fallback on corrupt or lost copies, retention, resharding by request, and bad input."""
+
+import json
+import resource
+import signal
+
+import numpy as np
+import pytest
+
+import hpcrt
+from hpcrt.checkpoint import (Checkpointer, CheckpointError, CheckpointNotFoundError, FormatVersionError,
+                              NotACheckpointDirectoryError, Shard, StateError)
+
+from conftest import SAMPLE_TOPOLOGY
+
+
+def runtime(topology=False):
+    return hpcrt.init({"log_files": False, **({"topology_file": str(SAMPLE_TOPOLOGY)} if topology else {})})
+
+
+def make_state(step, rank, size):
+    """Shards of two global arrays (one on the fake GPU), per-rank arrays of several dtypes,
+    an RNG state and nested JSON values."""
+    g = np.random.default_rng(step).standard_normal((7 * size + 1, 3)).astype(np.float32)
+    rows = np.array_split(np.arange(g.shape[0]), size)[rank]
+    return {"params": {"w": Shard(g[rows[0]:rows[-1] + 1], g.shape, (int(rows[0]), 0)),
+                       "gpu": Shard(hpcrt.to_fake_gpu(g[rows[0]:rows[-1] + 1] * 2), g.shape, (int(rows[0]), 0))},
+            "opt": {"count": np.array(step * 10 + rank, dtype=np.int64),
+                    "mask": np.arange(5) % (rank + 2) == 0,
+                    "z": np.full((2, 2), step + 1j * rank, dtype=np.complex128)},
+            "rng": np.random.default_rng([step, rank]).bit_generator.state,
+            "meta": {"step": step, "lr": 0.5 / (step + 1), "tags": ["a", rank], "empty": {}}}
+
+
+def assert_same(got, want):
+    assert got.keys() == want.keys()
+    for key, value in want.items():
+        if isinstance(value, dict):
+            assert_same(got[key], value)
+        elif isinstance(value, Shard):
+            array = value.array.get() if hasattr(value.array, "get") else value.array
+            assert isinstance(got[key], Shard) and got[key].offset == value.offset
+            assert got[key].global_shape == value.global_shape
+            assert got[key].array.dtype == array.dtype and np.array_equal(got[key].array, array), key
+        elif isinstance(value, np.ndarray):
+            assert got[key].dtype == value.dtype and np.array_equal(got[key], value), key
+        else:
+            assert got[key] == json.loads(json.dumps(value)), key
+
+
+@pytest.mark.mpi(ranks=[1, 2, 3], timeout=120)
+def test_round_trip_memory_and_disk(comm, mpi_tmp_path):
+    rt = runtime()
+    local = mpi_tmp_path / "local"
+    with Checkpointer(mpi_tmp_path / "ckpt", comm=rt.comm, local_dir=local, global_every=2) as ck:
+        assert ck.levels == ("memory", "local", "global") and ck.latest() is None
+        live = {"x": np.zeros(1000)}
+        ck.save(0, live)
+        ck.wait_snapshot()
+        live["x"][:] = 1  # mutating after wait_snapshot() does not touch the checkpoint
+        for step in (1, 2, 3):
+            ck.save(step, make_state(step, rt.rank, rt.size))
+            ck.wait_snapshot()
+        ck.wait()
+        listed = {e["step"]: e["levels"] for e in ck.list()}
+        assert listed[3] == ["memory", "local"] and listed[2] == ["local", "global"] and 0 in listed
+        assert ck.latest() == 3
+        step, got = ck.restore()
+        assert step == 3 and ck.restored_from == {rt.rank: "memory"}
+        assert_same(got, make_state(3, rt.rank, rt.size))
+        step, got = ck.restore(0)
+        assert step == 0 and not got["x"].any()
+    with Checkpointer(mpi_tmp_path / "ckpt", comm=rt.comm, local_dir=local) as fresh:
+        step, got = fresh.restore()
+        assert step == 3 and set(fresh.restored_from.values()) == {"local"}
+        assert_same(got, make_state(3, rt.rank, rt.size))
+        step, got = fresh.restore(2)
+        assert_same(got, make_state(2, rt.rank, rt.size))
+        # any box of a sharded array, on request
+        step, got = fresh.restore(3, shards={"params/w": ((1, 1), (rt.size * 3, 2))})
+        full = np.random.default_rng(3).standard_normal((7 * rt.size + 1, 3)).astype(np.float32)
+        assert got["params"]["w"].offset == (1, 1)
+        assert np.array_equal(got["params"]["w"].array, full[1:1 + rt.size * 3, 1:3])
+        with pytest.raises(CheckpointNotFoundError, match="step 7 has no committed checkpoint"):
+            fresh.restore(7)
+    hpcrt.finalize()
+
+
+def flip_byte(path, at=-1):
+    """Flip one byte of a rank file's data (``at`` from the end, inside the last dataset)."""
+    with open(path, "r+b") as f:
+        f.seek(at, 2)
+        byte = f.read(1)
+        f.seek(-1, 1)
+        f.write(bytes([byte[0] ^ 0xFF]))
+
+
+@pytest.mark.mpi(ranks=[4], timeout=120)
+def test_partner_global_and_older_step_fallbacks(comm, mpi_tmp_path):
+    rt = runtime(topology=True)
+    directory, local = mpi_tmp_path / "ckpt", mpi_tmp_path / "local"
+    with Checkpointer(directory, comm=rt.comm, local_dir=local, keep=2, global_every=2) as ck:
+        assert ck.levels == ("memory", "local", "partner", "global")
+        for step in range(1, 6):
+            ck.save(step, make_state(step, rt.rank, rt.size))
+        ck.wait()
+        places = ck.places
+    # retention: the last 2 steps per disk level, global every second save (steps 1, 3, 5)
+    with Checkpointer(directory, comm=rt.comm, local_dir=local) as fresh:
+        assert [e["step"] for e in fresh.list()] == [3, 4, 5]
+    node_files = sorted(p.relative_to(places.local_root).as_posix() for p in places.local_root.rglob("*.h5"))
+    assert len(node_files) == 16 and all("step-000000004" in p or "step-000000005" in p for p in node_files)
+    comm.Barrier()
+
+    def restore_fresh():
+        with Checkpointer(directory, comm=rt.comm, local_dir=local) as fresh:
+            step, got = fresh.restore()
+            return step, got, fresh.restored_from
+
+    local_file = places.node_root("node-ib") / "local" / "step-000000005" / "rank-00001.h5"
+    if rt.rank == 0:
+        flip_byte(local_file)
+    comm.Barrier()
+    step, got, sources = restore_fresh()
+    assert step == 5 and sources == {0: "local", 1: "partner", 2: "local", 3: "local"}
+    assert_same(got, make_state(5, rt.rank, rt.size))
+    comm.Barrier()
+    if rt.rank == 0:  # a node's whole local directory is lost
+        import shutil
+        shutil.rmtree(places.node_root("node-roce"))
+    comm.Barrier()
+    step, got, sources = restore_fresh()
+    assert step == 5 and sources == {0: "local", 1: "global", 2: "partner", 3: "partner"}
+    assert_same(got, make_state(5, rt.rank, rt.size))
+    comm.Barrier()
+    if rt.rank == 0:  # rank 1's global copy of step 5 is corrupt too: step 4 (local/partner) it is
+        flip_byte(directory / "step-000000005" / "rank-00001.h5")
+    comm.Barrier()
+    step, got, sources = restore_fresh()
+    assert step == 4 and sources == {0: "local", 1: "local", 2: "partner", 3: "partner"}
+    assert_same(got, make_state(4, rt.rank, rt.size))
+    hpcrt.finalize()
+
+
+@pytest.mark.mpi(ranks=[2], timeout=60)
+def test_bad_state_and_disagreeing_ranks(comm, mpi_tmp_path):
+    rt = runtime()
+    with Checkpointer(mpi_tmp_path / "ckpt", comm=rt.comm, local_dir=mpi_tmp_path / "l") as ck:
+        for bad, match in (([1, 2], "must be a dict"), ({"a": object()}, "key 'a': object is neither"),
+                           ({"a/b": 1}, "without '/'"), ({"a": {"b": [np.zeros(2)]}}, "key 'a/b'"),
+                           ({"s": Shard(np.zeros(3), (2,), (0,))}, "does not fit"),
+                           ({"o": np.array([None])}, "dtype object is not supported")):
+            with pytest.raises(StateError, match=match):
+                ck.save(1, bad)
+        with pytest.raises(StateError, match="non-negative int"):
+            ck.save(-1, {})
+        ck.save(1, {"a": np.zeros(2), "b" if rt.rank == 0 else "c": np.zeros(2)})
+        with pytest.raises(CheckpointError, match=r"array keys .*ranks \[0\]: \['a', 'b'\]; ranks \[1\]: "
+                                                  r"\['a', 'c'\]"):
+            ck.wait()
+        ck.save(2, {"w": Shard(np.zeros((2, 2)), (4, 2 + rt.rank), (2 * rt.rank, 0))})
+        with pytest.raises(CheckpointError, match=r"key 'w': dtype and global shape .*ranks \[0\].*ranks \[1\]"):
+            ck.wait()
+        ck.save(3, {"w": Shard(np.zeros((2, 2)), (4, 2), (rt.rank, 0))})
+        with pytest.raises(CheckpointError, match=r"key 'w': shards overlap .* ranks \[0\] and .* ranks \[1\]"):
+            ck.wait()
+        ck.save(4, {"w": Shard(np.zeros((2, 2)), (4, 2), (2 * rt.rank, 0))})  # the job goes on
+        ck.wait()
+        assert ck.latest() == 4
+    # the wrong directories
+    if rt.rank == 0:
+        (mpi_tmp_path / "other").mkdir()
+        (mpi_tmp_path / "other" / "data.txt").write_text("not mine")
+    comm.Barrier()
+    with pytest.raises(NotACheckpointDirectoryError, match="is not an hpcrt checkpoint directory"):
+        Checkpointer(mpi_tmp_path / "other", comm=rt.comm)
+    with pytest.raises(ValueError, match="'partner' needs ranks on at least two nodes"):
+        Checkpointer(mpi_tmp_path / "ckpt", comm=rt.comm, levels=("local", "partner"))
+    comm.Barrier()
+    if rt.rank == 0:  # a manifest from the future
+        path = mpi_tmp_path / "ckpt" / "step-000000004" / "manifest-local.json"
+        doc = json.loads(path.read_text())
+        path.write_text(json.dumps({**doc, "format_version": 99}))
+    comm.Barrier()
+    with Checkpointer(mpi_tmp_path / "ckpt", comm=rt.comm, local_dir=mpi_tmp_path / "l") as ck:
+        with pytest.raises(FormatVersionError, match="format version 99"):
+            ck.restore()
+    hpcrt.finalize()
+
+
+@pytest.mark.mpi(ranks=[2], timeout=60)
+def test_unwritable_and_full_targets(comm, mpi_tmp_path):
+    rt = runtime()
+    directory = mpi_tmp_path / "ckpt"
+    with Checkpointer(directory, comm=rt.comm, local_dir=mpi_tmp_path / "l", levels=("local", "global")) as ck:
+        ck.save(1, make_state(1, rt.rank, rt.size))
+        ck.wait()
+        if rt.rank == 0:  # rank 1's global file of step 2 cannot be renamed into place: a directory is in the way
+            (directory / "step-000000002" / "rank-00001.h5").mkdir(parents=True)
+        comm.Barrier()
+        ck.save(2, make_state(2, rt.rank, rt.size))
+        with pytest.raises(CheckpointError, match=r"step 2, level global, rank 1: IsADirectoryError"):
+            ck.wait()
+        assert {e["step"]: e["levels"] for e in ck.list()} == {1: ["local", "global"], 2: ["local"]}
+        # a full disk: every write beyond 64 KiB fails (EFBIG stands in for ENOSPC)
+        old = resource.getrlimit(resource.RLIMIT_FSIZE)
+        handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (64 << 10, old[1]))
+        try:
+            ck.save(3, {"big": np.ones(1 << 16)})
+            with pytest.raises(CheckpointError, match=r"step 3, level local, rank 0: .*File too large"):
+                ck.wait()
+        finally:
+            resource.setrlimit(resource.RLIMIT_FSIZE, old)
+            signal.signal(signal.SIGXFSZ, handler)
+        assert not list(ck.places.local_root.rglob("*.tmp"))
+        ck.save(4, make_state(4, rt.rank, rt.size))  # the job goes on
+        ck.wait()
+    if rt.rank == 0:
+        (directory / "step-000000002" / "rank-00001.h5").rmdir()
+    comm.Barrier()
+    with Checkpointer(directory, comm=rt.comm, local_dir=mpi_tmp_path / "l") as fresh:
+        assert [e["step"] for e in fresh.list()] == [1, 2, 4]
+        for step in (1, 2, 4):
+            assert_same(fresh.restore(step)[1], make_state(step, rt.rank, rt.size))
+    hpcrt.finalize()
