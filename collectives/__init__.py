@@ -6,7 +6,14 @@ from ._src.allscan_cost import best_blocks, choose_allscan, predict_allscan
 from ._src.blocks import block_bounds
 from ._src.linear_attention import gla_backward, gla_forward
 from ._src.linkbytes import count_link_bytes
+from ._src.group_cost import CommSizes, GroupCost, score_placement
 from ._src.lse_merge import lse_merge
+from ._src.nic_groups import GroupPlan, ProcessGroups, make_groups, plan_groups
+from ._src.partition import HierarchicalPartition
+from ._src.partition_bench import run_partition_benchmark
+from ._src.partition_cost import inter_node_bytes, predict_step, step_link_bytes
+from ._src.partition_levels import PartitionLevelError
+from ._src.partition_plan import PartitionPlan, make_plan
 from ._src.ring_attention import ring_attention
 from ._src.ring_cost import predict_ring
 from ._src.rings import allgather, allreduce, reduce_scatter
@@ -18,3 +25,6 @@ __all__ += ["allreduce", "allgather", "reduce_scatter", "block_bounds", "predict
             "ring_attention", "token_ring_attention", "lse_merge", "count_link_bytes", "CollectiveMismatchError"]
 __all__ += ["all_scan", "all_scan_start", "AllScanHandle", "ScanOp", "flipped", "predict_allscan", "best_blocks",
             "choose_allscan", "gla_forward", "gla_backward"]
+__all__ += ["HierarchicalPartition", "PartitionPlan", "PartitionLevelError", "make_plan", "predict_step",
+            "step_link_bytes", "inter_node_bytes", "run_partition_benchmark"]
+__all__ += ["make_groups", "plan_groups", "ProcessGroups", "GroupPlan", "CommSizes", "GroupCost", "score_placement"]

@@ -69,6 +69,8 @@ class Topology:
 
     ``source`` is ``"discovered"`` or the path of the topology file that defined it; with
     ``emulate`` the transport delays messages that cross a (virtual) node by their link's cost.
+    ``groups`` are sub-node groups of ranks (e.g. the GCD pairs of a Frontier node), each inside
+    one node, from a topology file's per-node ``groups``; empty when none were given.
     """
 
     ranks: tuple
@@ -76,6 +78,7 @@ class Topology:
     mixed_class: Optional[str] = None
     source: str = "discovered"
     emulate: bool = False
+    groups: tuple = ()
 
     @property
     def size(self) -> int:

@@ -7,6 +7,7 @@ Schema (every key is checked; an unknown one is an error)::
       - name: node-a
         ranks: 2
         nic: {name: ib0, class: ib, rate_gbps: 200}
+        groups: [[0, 1]]        # optional: sub-node groups (e.g. GCD pairs) partitioning the node's ranks
     links:                      # one entry per class in use, and 'intra' for inside a node
       intra: {alpha_us: 0.5, bandwidth_gbytes_s: 50}
       ib:    {alpha_us: 2.0, bandwidth_gbytes_s: 25}
@@ -25,7 +26,7 @@ import yaml
 from .topology import INTRA_NODE, NIC, NIC_KINDS, LinkCost, RankInfo, Topology
 
 _TOP_KEYS = {"nodes", "links", "mixed", "emulate"}
-_NODE_KEYS = {"name", "ranks", "nic"}
+_NODE_KEYS = {"name", "ranks", "nic", "groups"}
 _NIC_KEYS = {"name", "class", "rate_gbps"}
 _LINK_KEYS = {"alpha_us", "bandwidth_gbytes_s"}
 
@@ -90,6 +91,7 @@ def load_topology_file(path: str | Path, world_size: int, devices: Sequence, hos
     doc = check.mapping("", raw, _TOP_KEYS, {"nodes", "links"})
     links = _parse_links(check, doc["links"])
     node_of_rank: dict[int, tuple[str, int, NIC]] = {}
+    groups: list[tuple[int, ...]] = []
     nodes = doc["nodes"]
     if not isinstance(nodes, list) or not nodes:
         check.fail("nodes", "a non-empty list of nodes", nodes)
@@ -108,6 +110,8 @@ def load_topology_file(path: str | Path, world_size: int, devices: Sequence, hos
             if rank in node_of_rank:
                 check.fail(f"{key}.ranks", f"ranks not already placed on node '{node_of_rank[rank][0]}'", rank)
             node_of_rank[rank] = (name, local_rank, nic)
+        if "groups" in node:
+            groups += _parse_groups(check, f"{key}.groups", node["groups"], ranks)
     if sorted(node_of_rank) != list(range(world_size)):
         check.fail("nodes", f"the nodes' ranks to cover exactly ranks 0..{world_size - 1} of this "
                    f"{world_size}-rank job", f"{len(node_of_rank)} rank(s): {sorted(node_of_rank)}")
@@ -120,7 +124,7 @@ def load_topology_file(path: str | Path, world_size: int, devices: Sequence, hos
     ranks_table = tuple(
         RankInfo(rank, name, local_rank, devices[rank], (nic,), nic.kind, hosts[rank])
         for rank, (name, local_rank, nic) in sorted(node_of_rank.items()))
-    return Topology(ranks_table, links, mixed, str(path), emulate)
+    return Topology(ranks_table, links, mixed, str(path), emulate, tuple(groups))
 
 
 def _parse_links(check: _Checker, raw: Any) -> dict:
@@ -150,6 +154,16 @@ def _parse_ranks(check: _Checker, key: str, raw: Any, first: int) -> list[int]:
         return list(raw)
     check.fail(key, "a positive rank count or a non-empty list of non-negative ranks", raw)
     return []
+
+
+def _parse_groups(check: _Checker, key: str, raw: Any, node_ranks: list[int]) -> list[tuple[int, ...]]:
+    """Sub-node groups: non-empty lists of the node's ranks that together hold each rank once."""
+    if not isinstance(raw, list) or not raw or not all(isinstance(g, list) and g for g in raw):
+        check.fail(key, "a non-empty list of non-empty lists of the node's ranks", raw)
+    flat = [r for g in raw for r in g]
+    if sorted(flat) != sorted(node_ranks):
+        check.fail(key, f"groups that hold each of the node's ranks {node_ranks} exactly once", raw)
+    return [tuple(g) for g in raw]
 
 
 def _parse_nic(check: _Checker, key: str, raw: Any, links: dict, note: str) -> NIC:
