@@ -68,7 +68,7 @@ _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
 
 
-def _parse_env(key: str, raw: str, kind: type) -> Any:
+def parse_env(key: str, raw: str, kind: type) -> Any:
     if kind is bool:
         if raw.lower() in _TRUE:
             return True
@@ -96,7 +96,7 @@ def resolve_config(config: RuntimeConfig | Mapping[str, Any] | None = None,
     The environment wins: launch scripts set what the job's own config cannot know.
     """
     environ = os.environ if environ is None else environ
-    values = _as_dict(config)
+    values = config_as_dict(config, RuntimeConfig, "hpcrt config")
     known = {f.name: f for f in dataclasses.fields(RuntimeConfig)}
     unknown = sorted(set(values) - set(known))
     if unknown:
@@ -104,20 +104,22 @@ def resolve_config(config: RuntimeConfig | Mapping[str, Any] | None = None,
     for name, f in known.items():
         raw = environ.get(f"HPCRT_{name.upper()}")
         if raw is not None:
-            values[name] = _parse_env(name, raw, _field_kind(f))
+            values[name] = parse_env(name, raw, _field_kind(f))
     if "log_level" in values:
         values["log_level"] = str(values["log_level"]).upper()
     return RuntimeConfig(**values)
 
 
-def _as_dict(config: RuntimeConfig | Mapping[str, Any] | None) -> dict:
+def config_as_dict(config: Any, schema: type, what: str) -> dict:
+    """The settings of ``config`` — an instance of the dataclass ``schema``, a mapping, an OmegaConf
+    node from a Hydra job, or None — as a plain dict; ``what`` names the config in errors."""
     if config is None:
         return {}
-    if isinstance(config, RuntimeConfig):
+    if isinstance(config, schema):
         return dataclasses.asdict(config)
-    if hasattr(config, "_metadata"):  # an OmegaConf node from a Hydra job
+    if hasattr(config, "_metadata"):  # an OmegaConf node
         from omegaconf import OmegaConf
         return dict(OmegaConf.to_container(config, resolve=True))
     if isinstance(config, Mapping):
         return dict(config)
-    raise ConfigError(f"hpcrt config: expected a RuntimeConfig or a mapping, got {type(config).__name__}")
+    raise ConfigError(f"{what}: expected a {schema.__name__} or a mapping, got {type(config).__name__}")

@@ -8,7 +8,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, List, Mapping, Optional
 
-from .config import ConfigError, _parse_env
+from .config import ConfigError, config_as_dict, parse_env
 
 ACTIONS = ("log", "callback", "dump", "abort", "shrink")
 FAULT_KINDS = ("delay", "stop", "kill", "raise")
@@ -136,7 +136,7 @@ def resolve_monitor_config(config: MonitorConfig | Mapping[str, Any] | None = No
                            environ: Mapping[str, str] | None = None) -> MonitorConfig:
     """Merge defaults, the given config (dataclass, dict or OmegaConf node) and the environment."""
     environ = os.environ if environ is None else environ
-    values = _as_dict(config)
+    values = config_as_dict(config, MonitorConfig, "hpcrt monitor config")
     known = {f.name: f for f in dataclasses.fields(MonitorConfig)}
     unknown = sorted(set(values) - set(known))
     if unknown:
@@ -163,21 +163,8 @@ def _from_env(name: str, raw: str, sample: Any) -> Any:
         except ValueError:
             raise ConfigError(f"environment variable HPCRT_MONITOR_{name.upper()}: expected a number, "
                               f"got {raw!r}") from None
-    return _parse_env(f"monitor_{name}", raw, type(sample) if isinstance(sample, (bool, int)) else str)
+    return parse_env(f"monitor_{name}", raw, type(sample) if isinstance(sample, (bool, int)) else str)
 
 
 def _split(raw: str, sep: str) -> List[str]:
     return [item.strip() for item in raw.split(sep) if item.strip()]
-
-
-def _as_dict(config: MonitorConfig | Mapping[str, Any] | None) -> dict:
-    if config is None:
-        return {}
-    if isinstance(config, MonitorConfig):
-        return dataclasses.asdict(config)
-    if hasattr(config, "_metadata"):  # an OmegaConf node from a Hydra job
-        from omegaconf import OmegaConf
-        return dict(OmegaConf.to_container(config, resolve=True))
-    if isinstance(config, Mapping):
-        return dict(config)
-    raise ConfigError(f"hpcrt monitor config: expected a MonitorConfig or a mapping, got {type(config).__name__}")
