@@ -1,9 +1,10 @@
 """The α-β cost model's measurement: a ping-pong between one representative pair of ranks per
 link class of the topology, in the same run as the job it serves.
 
-α is the one-way time of a small message, β the extra time per byte of a large one (median of a
-few repetitions). The ping-pong goes over the communicator as is, so a topology file's virtual
-classes measure the real path under them (on one machine: shared memory).
+α is the one-way time of a small message, β the extra time per byte of a large one (each the
+median over single round trips). The ping-pong goes over the communicator as is, so a topology
+file's virtual classes measure the real path under them (on one machine: shared memory), and
+emulated delays are not seen.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from .topology import INTRA_NODE, LinkCost, Topology
 
 SMALL_BYTES = 8
 LARGE_BYTES = 1 << 20
-REPETITIONS = 5
+REPETITIONS = 21
 _TAG = 7301
 
 
@@ -37,21 +38,23 @@ def representative_pairs(topology: Topology) -> dict[str, tuple[int, int]]:
 
 
 def ping_pong(comm: Any, pair: tuple[int, int], nbytes: int, repetitions: int = REPETITIONS) -> float:
-    """Median one-way time in seconds of ``nbytes`` between the pair; only the pair calls this."""
+    """Median one-way time in seconds of ``nbytes`` between the pair; only the pair calls this.
+
+    Every round trip is a sample of its own, so a few preempted ones (a shared machine) do not
+    move the median; the first round trip warms the path up and is dropped.
+    """
     peer = pair[1] if comm.rank == pair[0] else pair[0]
     buf = np.zeros(nbytes, dtype=np.uint8)
-    round_trips = max(1, min(50, LARGE_BYTES // max(nbytes, 1)))
     samples = []
-    for _ in range(repetitions + 1):  # the first repetition warms the path up and is dropped
+    for _ in range(repetitions + 1):
         start = time.perf_counter()
-        for _ in range(round_trips):
-            if comm.rank == pair[0]:
-                comm.Send(buf, peer, _TAG)
-                comm.Recv(buf, peer, _TAG)
-            else:
-                comm.Recv(buf, peer, _TAG)
-                comm.Send(buf, peer, _TAG)
-        samples.append((time.perf_counter() - start) / (2 * round_trips))
+        if comm.rank == pair[0]:
+            comm.Send(buf, peer, _TAG)
+            comm.Recv(buf, peer, _TAG)
+        else:
+            comm.Recv(buf, peer, _TAG)
+            comm.Send(buf, peer, _TAG)
+        samples.append((time.perf_counter() - start) / 2)
     return statistics.median(samples[1:])
 
 

@@ -1,0 +1,182 @@
+"""``python -m hpcrt.jobs.bench``: collective microbenchmarks in the form nccl-tests and OSU print
+them — per size time avg/min/max across ranks, algbw, busbw, #wrong — for every algorithm side by
+side with MPI's own, beside the α-β cost model's prediction (α, β measured by a ping-pong in the
+same run). Writes ``results.csv``, ``results.json`` and ``bench.png`` into the run directory.
+
+    mpiexec -n 4 python -m hpcrt.jobs.bench bench.collectives=[allreduce] bench.max_bytes=1048576
+"""
+
+from __future__ import annotations
+
+import datetime
+import importlib.util
+import logging
+import os
+import platform
+import sys
+from typing import Optional
+
+import mpi4py
+import numba
+import numpy as np
+from mpi4py import MPI
+from omegaconf import DictConfig, OmegaConf
+
+import hpcrt
+from hpcrt import ConfigError
+from hpcrt._src.costmodel import bottleneck_link, measure_link_costs
+
+from .bench_cases import COLLECTIVES, DEFAULT_EXCLUDED, KNOWN_OPS, Algorithm, BenchContext, Collective
+from .bench_config import BenchSettings, parse_settings
+from .bench_plot import plot
+from .bench_report import Row, format_row, header, summary, write_csv, write_json
+from .bench_run import run_collective
+from .hydra_mpi import mpi_hydra_main
+
+log = logging.getLogger("hpcrt.jobs.bench")
+
+
+class ResultsWrong(RuntimeError):
+    """Some algorithm's result differed from the numpy reference (the job still wrote its files)."""
+
+
+def _cannot_run(collective: Collective, settings: BenchSettings) -> Optional[str]:
+    """Why a collective has nothing to run with these settings, or None."""
+    if np.dtype(settings.dtype).kind not in collective.dtype_kinds:
+        return f"it takes no {settings.dtype}"
+    if collective.ops and not set(settings.ops) & set(collective.ops):
+        return f"it takes none of the ops {', '.join(settings.ops)}"
+    return None
+
+
+def select_algorithms(settings: BenchSettings) -> tuple[dict[str, list[Algorithm]], dict[str, str]]:
+    """Per runnable collective the algorithms to run, and why the others are skipped.
+
+    Asking for an algorithm that cannot run here, or for nothing that can, is an error.
+    """
+    if settings.buffers == "cupy" and importlib.util.find_spec("cupy") is None:
+        raise ConfigError("bench config key 'buffers': cupy buffers need CuPy, which is not installed")
+    skipped = {name: why for name in settings.collectives if (why := _cannot_run(COLLECTIVES[name], settings))}
+    if len(skipped) == len(settings.collectives):
+        raise ConfigError(f"bench config key 'collectives': none can run: "
+                          f"{'; '.join(f'{name}: {why}' for name, why in skipped.items())}")
+    chosen = {}
+    for name in (n for n in settings.collectives if n not in skipped):
+        available = {a: algorithm for a, algorithm in COLLECTIVES[name].algorithms.items()
+                     if algorithm.runs_on(settings.buffers)}
+        wanted = settings.algorithms[name]
+        if wanted is None:
+            wanted = tuple(a for a in available if a not in DEFAULT_EXCLUDED)
+        missing = [a for a in wanted if a not in available]
+        if missing:
+            raise ConfigError(f"bench config key 'algorithms.{name}': {missing[0]!r} cannot run here "
+                              f"(buffers={settings.buffers}); available: {', '.join(available) or 'none'}")
+        chosen[name] = [available[a] for a in wanted]
+    return chosen, skipped
+
+
+def share_cores(runtime: hpcrt.Runtime) -> None:
+    """Give numba's parallel kernels this rank's share of the host's cores: with every rank
+    running as many threads as there are cores, the threads spin against each other."""
+    local_ranks = sum(r.host == runtime.topology.ranks[runtime.rank].host for r in runtime.topology.ranks)
+    numba.set_num_threads(max(1, min(numba.config.NUMBA_NUM_THREADS,
+                                     len(os.sched_getaffinity(0)) // local_ranks)))
+
+
+def _link_entry(cost: hpcrt.LinkCost) -> dict:
+    return {"alpha_us": cost.alpha * 1e6, "bandwidth_gbytes_s": 1e-9 / cost.beta}
+
+
+def _link_table(costs: dict) -> dict:
+    return {name: _link_entry(cost) for name, cost in sorted(costs.items())}
+
+
+def metadata(runtime: hpcrt.Runtime, cfg: DictConfig, nominal: dict, measured: dict, started: str) -> dict:
+    """What a reader needs to trust and reproduce the numbers."""
+    return {
+        "started": started,
+        "finished": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "ranks": runtime.size,
+        "nodes": runtime.topology.nodes,
+        "hosts": sorted({r.host for r in runtime.topology.ranks}),
+        "topology": runtime.topology.source,
+        "mpi_library": " ".join(MPI.Get_library_version().splitlines()[0].split()),
+        "mpi4py": mpi4py.__version__,
+        "numpy": np.__version__,
+        "python": platform.python_version(),
+        "device": runtime.device.kind,
+        "cuda_aware": runtime.cuda_aware.enabled,
+        "numba_threads": numba.get_num_threads(),
+        "nominal_link_costs": _link_table(nominal),
+        "measured_link_costs": _link_table(measured),
+        "prediction_link": _link_entry(bottleneck_link(runtime.topology)),
+        "command_line": list(sys.orig_argv),
+        "config": OmegaConf.to_container(cfg, resolve=True),
+    }
+
+
+def run(cfg: DictConfig) -> None:
+    """One job of the app (one point of a sweep): check the config, measure, report."""
+    started = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    settings = parse_settings(OmegaConf.to_container(cfg.bench, resolve=True),
+                              {name: tuple(c.algorithms) for name, c in COLLECTIVES.items()}, KNOWN_OPS)
+    algorithms, skipped = select_algorithms(settings)
+    runtime = hpcrt.init(cfg.runtime)
+    for name, why in skipped.items():
+        log.info("%s skipped: %s", name, why)
+    try:
+        wrong = _measure_and_report(runtime, cfg, settings, algorithms, started)
+    except Exception:
+        sys.exit(1)  # the abort hook reports this rank's traceback and ends the job (Hydra would go on)
+    run_dir = runtime.run_dir
+    hpcrt.finalize()
+    if wrong:
+        raise ResultsWrong(f"{wrong} element(s) off the numpy reference; see the #wrong column of "
+                           f"{run_dir / 'results.csv'}")
+
+
+def _measure_and_report(runtime: hpcrt.Runtime, cfg: DictConfig, settings: BenchSettings,
+                        algorithms: dict[str, list[Algorithm]], started: str) -> int:
+    """Measure every collective, print and write the results; the number of wrong elements."""
+    comm, leader = runtime.comm, runtime.rank == 0
+    share_cores(runtime)
+    nominal = dict(runtime.topology.link_costs)
+    measured = measure_link_costs(comm, runtime.topology) if settings.link_costs == "measured" else {}
+    runtime.topology.link_costs.update(measured)
+    link = bottleneck_link(runtime.topology)
+    log.info("run directory %s; prediction link alpha %.2f us, %.2f GB/s (%s)", runtime.run_dir,
+             link.alpha * 1e6, 1e-9 / link.beta, settings.link_costs)
+    ctx = BenchContext(comm, runtime.staging, settings.buffers, settings.arg_check)
+    rows: list[Row] = []
+    summaries: list[str] = []
+    for name, chosen in algorithms.items():
+        collective = COLLECTIVES[name]
+        _say(leader, header(name, runtime.size, collective.baseline))
+        mine = run_collective(ctx, collective, chosen, settings, link,
+                              lambda row: _say(leader, format_row(row)))
+        lines = summary(mine, collective.baseline)
+        _say(leader, "\n".join(lines))
+        rows += mine
+        summaries += lines
+    if leader:
+        write_csv(runtime.run_dir / "results.csv", rows)
+        write_json(runtime.run_dir / "results.json", rows, summaries,
+                   metadata(runtime, cfg, nominal, measured, started))
+        plot(runtime.run_dir / "bench.png", rows,
+             f"hpcrt bench: {runtime.size} ranks, {len(runtime.topology.nodes)} node(s), {settings.dtype}, "
+             f"{settings.buffers}")
+        log.info("wrote results.csv, results.json and bench.png to %s", runtime.run_dir)
+    wrong = sum(r.wrong or 0 for r in rows)
+    _say(leader, f"# Out of bounds values : {wrong} {'FAILED' if wrong else 'OK'}")
+    comm.Barrier()
+    return wrong
+
+
+def _say(leader: bool, text: str) -> None:
+    """Rank 0 prints the table as it grows (flushed, so a sweep shows progress)."""
+    if leader and text:
+        print(text, flush=True)
+
+
+if __name__ == "__main__":
+    mpi_hydra_main("bench", "bench", run)

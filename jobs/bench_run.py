@@ -1,0 +1,103 @@
+"""Running one collective of the bench job: per op and size every algorithm in turn, checked once
+against the numpy reference, then warmed up and timed as OSU does (a barrier, then ``iters``
+calls; per-call time = total / iters; avg, min and max across ranks)."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Optional, Sequence
+
+import numpy as np
+
+from hpcrt import LinkCost, backend_of
+
+from .bench_cases import Algorithm, BenchContext, Collective
+from .bench_config import BenchSettings
+from .bench_report import Row
+
+TOLERANCE = {"float32": 1e-5, "float64": 1e-12}
+"""Relative tolerance of the check for float dtypes (reduction order and exp/log rounding);
+integer results must be exact."""
+
+
+@dataclass(frozen=True)
+class Timing:
+    """Seconds per call: the mean, fastest and slowest rank."""
+
+    avg: float
+    min: float
+    max: float
+
+
+def _parts(result: Any) -> tuple:
+    return tuple(result) if isinstance(result, (tuple, list)) else (result,)
+
+
+def _synchronize(result: Any) -> None:
+    for part in _parts(result):
+        backend_of(part).synchronize(part)
+
+
+def time_calls(comm: Any, call: Callable[[], Any], warmup: int, iters: int) -> Timing:
+    """``warmup`` untimed calls, a barrier, then ``iters`` timed ones (device work included)."""
+    for _ in range(warmup):
+        call()
+    comm.Barrier()
+    start = time.perf_counter()
+    for _ in range(iters):
+        result = call()
+    _synchronize(result)
+    times = comm.allgather((time.perf_counter() - start) / iters)
+    return Timing(sum(times) / len(times), min(times), max(times))
+
+
+def count_wrong(result: Any, expected: Optional[tuple], dtype: str) -> int:
+    """Elements of ``result`` off ``expected`` (all of them when the structure or a shape differs)."""
+    if expected is None:
+        return 0
+    got = [np.asarray(backend_of(part).to_host(part)).reshape(-1) for part in _parts(result)]
+    if len(got) != len(expected):
+        return sum(want.size for want in expected)
+    wrong = 0
+    for have, want in zip(got, expected):
+        want = want.reshape(-1)
+        if have.shape != want.shape:
+            wrong += max(have.size, want.size)
+        elif dtype in TOLERANCE:
+            wrong += int(np.count_nonzero(~np.isclose(have, want, rtol=TOLERANCE[dtype], atol=0, equal_nan=True)))
+        else:
+            wrong += int(np.count_nonzero(have != want))
+    return wrong
+
+
+def run_collective(ctx: BenchContext, collective: Collective, algorithms: Sequence[Algorithm],
+                   settings: BenchSettings, link: LinkCost, emit: Callable[[Row], None]) -> list[Row]:
+    """Every op, size and algorithm of one collective; ``emit`` sees each row as it completes."""
+    comm, p = ctx.comm, ctx.comm.size
+    dtype = np.dtype(settings.dtype)
+    ops = [op for op in settings.ops if op in collective.ops] if collective.ops else [None]
+    rows = []
+    for op in ops:
+        done = set()
+        for size in settings.sizes:
+            layout = collective.layout(size, p, dtype.itemsize)
+            if layout.nbytes in done:  # small sizes that round to the same buffers run once
+                continue
+            done.add(layout.nbytes)
+            operand = tuple(ctx.to_buffer(part) for part in collective.make_input(comm.rank, layout, dtype, op))
+            expected = collective.reference(comm.rank, p, layout, dtype, op) if settings.validate else None
+            for algorithm in (a for a in algorithms if a.runs(op)):
+                call = algorithm.prepare(operand, op, ctx, layout)
+                wrong = comm.allreduce(count_wrong(call(), expected, settings.dtype)) if settings.validate else None
+                warmup, iters = settings.warmup_for(layout.nbytes), settings.iters_for(layout.nbytes)
+                timing = time_calls(comm, call, warmup, iters)
+                algbw = layout.nbytes / timing.avg / 1e9
+                predicted = algorithm.predict(layout.nbytes, p, link)
+                row = Row(collective.name, algorithm.name, op or "none", settings.dtype, layout.nbytes, layout.count,
+                          timing.avg * 1e6, timing.min * 1e6, timing.max * 1e6, algbw,
+                          algbw * collective.busbw_factor(p), wrong,
+                          None if predicted is None else predicted * 1e6, warmup, iters)
+                rows.append(row)
+                emit(row)
+    return rows

@@ -1,0 +1,72 @@
+"""Hydra applications under MPI: every rank gets the same run directory, agreed before Hydra
+starts (Hydra's ``${now:}`` resolves per process), and only rank 0 writes Hydra's own output.
+
+Rank 0 picks the directory and broadcasts it; it is injected into ``sys.argv`` as
+``hydra.run.dir`` and ``hydra.sweep.dir``, so a multirun sweep's jobs each get one subdirectory
+shared by all ranks. What differs by rank (``hydra.output_subdir``, log levels) is written in
+``conf/hydra_mpi.yaml`` with the ``hpcrt_rank0`` resolver, so every rank's command line, and
+Hydra's ``multirun.yaml``, are identical.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import hydra
+from hydra.core.config_store import ConfigStore
+from omegaconf import OmegaConf
+
+import hpcrt
+from hpcrt._src.rundir import DEFAULT_ROOT, default_run_dir
+
+RUN_DIR_KEYS = ("hydra.run.dir", "hydra.sweep.dir")
+CONFIG_DIR = Path(__file__).resolve().parent / "conf"
+
+
+def register_runtime_config() -> None:
+    """The runtime's schema as the config group ``runtime`` (option ``default``)."""
+    ConfigStore.instance().store(group="runtime", name="default", node=hpcrt.RuntimeConfig)
+
+
+def register_rank_resolver(rank: int) -> None:
+    """``${hpcrt_rank0:a,b}`` is ``a`` on rank 0 and ``b`` (default null) on every other rank."""
+    OmegaConf.register_new_resolver("hpcrt_rank0", lambda first, other=None: first if rank == 0 else other,
+                                    replace=True)
+
+
+def _given_keys(argv: Sequence[str]) -> set[str]:
+    return {arg.split("=", 1)[0].lstrip("+~") for arg in argv if "=" in arg}
+
+
+def agree_base_dir(comm: Any, job: str) -> str:
+    """Rank 0's choice of ``hpcrt-runs/<job>/<Slurm job id or date-time>``, absolute, on every rank."""
+    chosen = None
+    if comm.rank == 0:
+        chosen = str((Path(DEFAULT_ROOT) / job / default_run_dir(os.environ).name).resolve())
+    return comm.bcast(chosen, root=0)
+
+
+def with_run_dir(argv: Sequence[str], comm: Any, job: str) -> list[str]:
+    """``argv`` plus the agreed run and sweep directories, unless the user gave them."""
+    missing = [key for key in RUN_DIR_KEYS if key not in _given_keys(argv)]
+    if not missing:
+        return list(argv)
+    base = agree_base_dir(comm, job)
+    return [*argv, *(f"{key}={base}" for key in missing)]
+
+
+def mpi_hydra_main(job: str, config_name: str, task: Callable[[Any], Any]) -> None:
+    """Run ``task`` as the Hydra app ``config_name`` (in ``jobs/conf``) on every rank of the job.
+
+    The config directory is given as an absolute path, so the app finds it whichever module
+    defines ``task`` and however hpcrt is installed.
+    """
+    from mpi4py import MPI
+    world = MPI.COMM_WORLD
+    register_runtime_config()
+    register_rank_resolver(world.rank)
+    sys.argv[1:] = with_run_dir(sys.argv[1:], world, job)
+    hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name=config_name)(task)()
