@@ -31,6 +31,7 @@ from .bench_config import BenchSettings, parse_settings
 from .bench_plot import plot
 from .bench_report import Row, format_row, header, summary, write_csv, write_json
 from .bench_run import run_collective
+from .bench_suites import SUITES, format_suite, run_suite
 from .hydra_mpi import mpi_hydra_main
 
 log = logging.getLogger("hpcrt.jobs.bench")
@@ -119,8 +120,8 @@ def run(cfg: DictConfig) -> None:
     """One job of the app (one point of a sweep): check the config, measure, report."""
     started = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     settings = parse_settings(OmegaConf.to_container(cfg.bench, resolve=True),
-                              {name: tuple(c.algorithms) for name, c in COLLECTIVES.items()}, KNOWN_OPS)
-    algorithms, skipped = select_algorithms(settings)
+                              {name: tuple(c.algorithms) for name, c in COLLECTIVES.items()}, KNOWN_OPS, SUITES)
+    algorithms, skipped = select_algorithms(settings) if settings.collectives else ({}, {})
     runtime = hpcrt.init(cfg.runtime)
     for name, why in skipped.items():
         log.info("%s skipped: %s", name, why)
@@ -141,11 +142,15 @@ def _measure_and_report(runtime: hpcrt.Runtime, cfg: DictConfig, settings: Bench
     comm, leader = runtime.comm, runtime.rank == 0
     share_cores(runtime)
     nominal = dict(runtime.topology.link_costs)
-    measured = measure_link_costs(comm, runtime.topology) if settings.link_costs == "measured" else {}
+    # Under link emulation the topology file's costs are what messages pay: measuring the real
+    # path beneath would predict the wrong thing.
+    measure = settings.link_costs == "measured" and not runtime.topology.emulate
+    measured = measure_link_costs(comm, runtime.topology) if measure else {}
     runtime.topology.link_costs.update(measured)
     link = bottleneck_link(runtime.topology)
+    source = "emulated, from the topology file" if runtime.topology.emulate else settings.link_costs
     log.info("run directory %s; prediction link alpha %.2f us, %.2f GB/s (%s)", runtime.run_dir,
-             link.alpha * 1e6, 1e-9 / link.beta, settings.link_costs)
+             link.alpha * 1e6, 1e-9 / link.beta, source)
     ctx = BenchContext(comm, runtime.staging, settings.buffers, settings.arg_check)
     rows: list[Row] = []
     summaries: list[str] = []
@@ -158,14 +163,19 @@ def _measure_and_report(runtime: hpcrt.Runtime, cfg: DictConfig, settings: Bench
         _say(leader, "\n".join(lines))
         rows += mine
         summaries += lines
+    suites = {}
+    for name in settings.suites:
+        suites[name] = run_suite(name, runtime)
+        _say(leader, format_suite(name, suites[name]))
     if leader:
         write_csv(runtime.run_dir / "results.csv", rows)
         write_json(runtime.run_dir / "results.json", rows, summaries,
-                   metadata(runtime, cfg, nominal, measured, started))
-        plot(runtime.run_dir / "bench.png", rows,
-             f"hpcrt bench: {runtime.size} ranks, {len(runtime.topology.nodes)} node(s), {settings.dtype}, "
-             f"{settings.buffers}")
-        log.info("wrote results.csv, results.json and bench.png to %s", runtime.run_dir)
+                   metadata(runtime, cfg, nominal, measured, started), suites)
+        if rows:
+            plot(runtime.run_dir / "bench.png", rows,
+                 f"hpcrt bench: {runtime.size} ranks, {len(runtime.topology.nodes)} node(s), {settings.dtype}, "
+                 f"{settings.buffers}")
+        log.info("wrote results.csv, results.json%s to %s", " and bench.png" if rows else "", runtime.run_dir)
     wrong = sum(r.wrong or 0 for r in rows)
     _say(leader, f"# Out of bounds values : {wrong} {'FAILED' if wrong else 'OK'}")
     comm.Barrier()

@@ -35,6 +35,8 @@ class BenchSettings:
     validate: bool
     arg_check: bool
     link_costs: str
+    suites: tuple[str, ...]
+    """Benchmarks beyond collectives to run after them (see :mod:`.bench_suites`)."""
 
     def warmup_for(self, nbytes: int) -> int:
         """OSU-style: fewer warm-up calls for large messages."""
@@ -108,9 +110,14 @@ def _algorithms(raw: Mapping[str, Any], collectives: tuple[str, ...],
 
 
 def parse_settings(raw: Mapping[str, Any], known_algorithms: Mapping[str, tuple[str, ...]],
-                   known_ops: tuple[str, ...]) -> BenchSettings:
-    """Check the ``bench`` config node against the collectives and ops the registry knows."""
-    collectives = _names(raw.get("collectives"), "collectives", tuple(known_algorithms))
+                   known_ops: tuple[str, ...], known_suites: tuple[str, ...] = ()) -> BenchSettings:
+    """Check the ``bench`` config node against the collectives, ops and suites the job knows.
+
+    ``collectives`` may be empty when ``suites`` names something to run.
+    """
+    suites = _names(raw["suites"], "suites", known_suites) if raw.get("suites") else ()
+    collectives = () if suites and not raw.get("collectives") else \
+        _names(raw.get("collectives"), "collectives", tuple(known_algorithms))
     min_bytes = _int(raw, "min_bytes", 1)
     max_bytes = _int(raw, "max_bytes", 1)
     if min_bytes > max_bytes:
@@ -130,4 +137,5 @@ def parse_settings(raw: Mapping[str, Any], known_algorithms: Mapping[str, tuple[
         validate=_bool(raw, "validate"),
         arg_check=_bool(raw, "arg_check"),
         link_costs=_choice(raw, "link_costs", LINK_COSTS),
+        suites=suites,
     )

@@ -92,7 +92,9 @@ def write_csv(path: Path, rows: Sequence[Row]) -> None:
         writer.writerows(asdict(r) for r in rows)
 
 
-def write_json(path: Path, rows: Sequence[Row], summaries: Sequence[str], metadata: dict) -> None:
+def write_json(path: Path, rows: Sequence[Row], summaries: Sequence[str], metadata: dict,
+               suites: Optional[dict] = None) -> None:
+    """Rows, summary lines, metadata, and the rows of every suite that ran (by suite name)."""
     document = {"metadata": metadata, "summary": [line.lstrip("# ") for line in summaries],
-                "rows": [asdict(r) for r in rows]}
+                "rows": [asdict(r) for r in rows], "suites": suites or {}}
     path.write_text(json.dumps(document, indent=2, default=str) + "\n")

@@ -46,10 +46,8 @@ class AllScanHandle:
 
 def chain_link(transport: Transport) -> LinkCost:
     """The worst α and the worst β over the links between consecutive ranks of the communicator."""
-    topology = get_runtime().topology
-    links = [topology.link_cost(transport.world_rank(r), transport.world_rank(r + 1))
-             for r in range(transport.size - 1)]
-    return LinkCost(max((link.alpha for link in links), default=0.0), max((link.beta for link in links), default=0.0))
+    ranks = [transport.world_rank(r) for r in range(transport.size)]
+    return get_runtime().topology.slowest_link(ranks, ring=False) or LinkCost(0.0, 0.0)
 
 
 def _prepare(x: Any, op: Any, algorithm: str, blocks: Optional[int]) -> tuple:

@@ -53,10 +53,7 @@ class GroupCost:
 
 def ring_link(topology: Topology, ranks: Sequence[int]) -> LinkCost:
     """The slowest α and β among the hops of a ring over ``ranks``."""
-    hops = [topology.link_cost(a, b) for a, b in zip(ranks, list(ranks[1:]) + [ranks[0]]) if a != b]
-    if not hops:
-        return LinkCost(0.0, 0.0)
-    return LinkCost(max(h.alpha for h in hops), max(h.beta for h in hops))
+    return topology.slowest_link(ranks) or LinkCost(0.0, 0.0)
 
 
 def score_placement(topology: Topology, grid: Sequence, sizes: CommSizes, layers: Sequence[int]) -> GroupCost:

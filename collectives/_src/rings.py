@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import Any, Optional
 
 from hpcrt._src.backends import get_xp
+from hpcrt._src.costmodel import bottleneck_link
 from hpcrt._src.runtime import get_runtime
 from hpcrt._src.topology import LinkCost
 
@@ -101,8 +102,5 @@ def _begin(collective: str, x: Any, comm: Optional[Any], algorithm: str, validat
 
 
 def _ring_link(transport: Transport) -> LinkCost:
-    """The slowest α and β among the ring's links both ways (the same on every rank)."""
-    topology, p = get_runtime().topology, transport.size
-    costs = [topology.link_cost(transport.world_rank(i), transport.world_rank((i + d) % p))
-             for i in range(p) for d in (1, -1)]
-    return LinkCost(max(c.alpha for c in costs), max(c.beta for c in costs))
+    """The slowest α and β among the ring's links (link costs are symmetric: one way suffices)."""
+    return bottleneck_link(get_runtime().topology, [transport.world_rank(i) for i in range(transport.size)])

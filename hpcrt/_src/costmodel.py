@@ -101,7 +101,4 @@ def bottleneck_link(topology: Topology, ranks: list[int] | None = None) -> LinkC
     the intra-node cost.
     """
     ranks = list(range(topology.size)) if ranks is None else ranks
-    hops = [topology.link_cost(a, b) for a, b in zip(ranks, ranks[1:] + ranks[:1]) if a != b]
-    if not hops:
-        return topology.link_costs[INTRA_NODE]
-    return LinkCost(max(h.alpha for h in hops), max(h.beta for h in hops))
+    return topology.slowest_link(ranks) or topology.link_costs[INTRA_NODE]

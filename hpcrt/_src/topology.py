@@ -4,7 +4,7 @@ per link class. Every rank holds the whole table."""
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Optional
+from typing import Optional, Sequence
 
 INTRA_NODE = "intra"
 NIC_KINDS = ("ib", "roce", "eth")
@@ -109,6 +109,16 @@ class Topology:
 
     def link_cost(self, src: int, dst: int) -> LinkCost:
         return self.link_costs[self.link_class(src, dst)]
+
+    def slowest_link(self, ranks: Sequence[int], *, ring: bool = True) -> Optional[LinkCost]:
+        """The largest α and the largest β over the hops between consecutive ``ranks`` (closing the
+        ring unless ``ring`` is false): the pace of a ring or chain schedule. None without a hop."""
+        ranks = list(ranks)
+        pairs = zip(ranks, ranks[1:] + ranks[:1]) if ring else zip(ranks, ranks[1:])
+        hops = [self.link_cost(a, b) for a, b in pairs if a != b]
+        if not hops:
+            return None
+        return LinkCost(max(h.alpha for h in hops), max(h.beta for h in hops))
 
 
 def _slower(costs: dict, a: str, b: str) -> str:
