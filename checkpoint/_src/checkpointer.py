@@ -354,8 +354,9 @@ class Checkpointer:
                     held.release()
             return written
         node = self.node if level == "local" else None
-        written = [self._write(level, step, snap, self.rank, node, attrs, before_rename)]
-        if level == "global" and self.rank == 0:
+        with_global = level == "global" and self.rank == 0  # its fsync of the step folder covers both files
+        written = [self._write(level, step, snap, self.rank, node, attrs, before_rename, sync_dir=not with_global)]
+        if with_global:
             path = self.places.step_dir(step) / GLOBAL_FILE
             size, digest = write_global_file(path, layouts, [rank_name(r) for r in range(self.size)], attrs)
             written.append(({"rank": None, "node": None, "path": f"{path.parent.name}/{GLOBAL_FILE}",
@@ -363,11 +364,11 @@ class Checkpointer:
         return written
 
     def _write(self, level: str, step: int, snap: Snapshot, owner: int, node: Optional[str], attrs: dict,
-               before_rename: Optional[Callable[[], None]]) -> tuple:
+               before_rename: Optional[Callable[[], None]], sync_dir: bool = True) -> tuple:
         """Write ``owner``'s snapshot as a file of ``level``; returns (manifest record, path)."""
         relative = Places.relative(level, step, owner)
         path = self.places.resolve(level, node, relative)
-        size, digest = write_rank_file(path, snap, {**attrs, "rank": owner}, before_rename)
+        size, digest = write_rank_file(path, snap, {**attrs, "rank": owner}, before_rename, sync_dir)
         return {"rank": owner, "node": node, "path": relative, "size": size, "xxh3_128": digest}, path
 
     def _exchange_partner(self, snap: Snapshot, layouts: list, texts: list, sizes: list) -> list:

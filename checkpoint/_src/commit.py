@@ -31,10 +31,13 @@ def fsync_file(path: Path) -> None:
 
 
 @contextlib.contextmanager
-def atomic_path(path: Path, before_rename: Optional[Callable[[], None]] = None) -> Iterator[Path]:
+def atomic_path(path: Path, before_rename: Optional[Callable[[], None]] = None,
+                sync_dir: bool = True) -> Iterator[Path]:
     """Yield a temporary path to write ``path``'s content to; on success it is fsynced and renamed
     into place and the directory fsynced; on error the temporary is removed. ``before_rename``
-    runs between the fsync and the rename (fault-injection tests kill a rank there)."""
+    runs between the fsync and the rename (fault-injection tests kill a rank there).
+    ``sync_dir=False`` leaves the directory fsync to the caller's next file in the same directory
+    (one fsync makes both renames durable)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + TMP_SUFFIX)
     try:
@@ -43,7 +46,8 @@ def atomic_path(path: Path, before_rename: Optional[Callable[[], None]] = None) 
         if before_rename is not None:
             before_rename()
         os.replace(tmp, path)
-        fsync_dir(path.parent)
+        if sync_dir:
+            fsync_dir(path.parent)
     except BaseException:
         with contextlib.suppress(OSError):
             tmp.unlink()

@@ -2,12 +2,14 @@
 attribute) and a global file whose virtual datasets stitch the shards into global arrays.
 
 Data is placed with early allocation and written with ``os.pwrite`` (GIL-free, no HDF5 copy);
-the file checksum (xxh3-128) splices the written buffers with the HDF5 metadata read back."""
+the file checksum (xxh3-128) splices the written buffers, hashed from memory while they are
+being written, with the HDF5 metadata read back."""
 
 from __future__ import annotations
 
 import io
 import os
+import threading
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -41,10 +43,11 @@ def _dcpl() -> h5py.h5p.PropDCID:
     return dcpl
 
 
-def write_rank_file(path: Path, snap: Snapshot, attrs: dict,
-                    before_rename: Optional[Callable[[], None]] = None) -> tuple[int, str]:
-    """Write ``snap`` to ``path`` atomically; returns the file's size and xxh3-128 hex digest."""
-    with atomic_path(path, before_rename) as tmp:
+def write_rank_file(path: Path, snap: Snapshot, attrs: dict, before_rename: Optional[Callable[[], None]] = None,
+                    sync_dir: bool = True) -> tuple[int, str]:
+    """Write ``snap`` to ``path`` atomically (``sync_dir``: see :func:`atomic_path`); returns the
+    file's size and xxh3-128 hex digest."""
+    with atomic_path(path, before_rename, sync_dir) as tmp:
         placed = []
         with h5py.File(tmp, "w") as f:
             f.attrs.update(attrs)
@@ -62,13 +65,34 @@ def write_rank_file(path: Path, snap: Snapshot, attrs: dict,
         placed.sort(key=lambda item: item[0])
         fd = os.open(tmp, os.O_RDWR)
         try:
-            for offset, raw in placed:
-                _pwrite_all(fd, memoryview(raw), offset)
-            size = os.fstat(fd).st_size
-            digest = _spliced_digest(fd, size, placed)
+            size = os.fstat(fd).st_size  # final already: early allocation placed every dataset
+            writer = _Writer(fd, placed)
+            writer.start()
+            try:  # hash the same buffers from memory while the writer thread (GIL-free) copies them out
+                digest = _spliced_digest(fd, size, placed)
+            finally:
+                writer.join()
+            if writer.error is not None:
+                raise writer.error
         finally:
             os.close(fd)
     return size, digest
+
+
+class _Writer(threading.Thread):
+    """``pwrite`` of the placed buffers at their offsets, in a thread of its own."""
+
+    def __init__(self, fd: int, placed: list):
+        super().__init__(name="hpcrt-ckpt-pwrite", daemon=True)
+        self.fd, self.placed = fd, placed
+        self.error: Optional[BaseException] = None
+
+    def run(self) -> None:
+        try:
+            for offset, raw in self.placed:
+                _pwrite_all(self.fd, memoryview(raw), offset)
+        except BaseException as exc:
+            self.error = exc
 
 
 def _pwrite_all(fd: int, data: memoryview, offset: int) -> None:
