@@ -38,19 +38,19 @@ class _Section:
     """``with monitor.section(name):`` — a flight-recorder record and a self-time sample
     (its duration minus the time spent in collectives inside it)."""
 
-    __slots__ = ("_monitor", "_name", "_seq", "_coll0")
+    __slots__ = ("_monitor", "_recorder", "_name", "_seq", "_coll0")
 
     def __init__(self, monitor: "Monitor", name: str):
-        self._monitor, self._name = monitor, name
+        self._monitor, self._recorder, self._name = monitor, monitor.recorder, name
 
     def __enter__(self) -> "_Section":
-        rec = self._monitor.recorder
+        rec = self._recorder
         self._coll0 = rec.coll_time
         self._seq = rec.enter(SECTION, self._name)
         return self
 
-    def __exit__(self, *exc: Any) -> None:
-        rec = self._monitor.recorder
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        rec = self._recorder
         elapsed = rec.exit(self._seq)
         self._monitor._sections[self._name].append(elapsed - (rec.coll_time - self._coll0))
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import statistics
 from collections import defaultdict
+from contextlib import nullcontext
 from time import perf_counter
 from types import SimpleNamespace
 from typing import Any, Callable, Optional
@@ -26,9 +27,11 @@ def _per_call(fn: Callable[[], None], n: int) -> float:
 def measure_recorder_overhead(records: int = 200_000, steps: int = 20, step_ms: float = 20.0,
                               collectives_per_step: int = 8, sections_per_step: int = 4,
                               repeats: int = 3, rounds: int = 10, comm: Optional[Any] = None) -> dict:
-    """Seconds per traced collective and per section (recorder on minus off), and the share of a
-    training-like step they take: numpy work of about ``step_ms`` with ``collectives_per_step``
-    8-byte Allreduces (on ``comm``, default COMM_SELF) and ``sections_per_step`` sections.
+    """Seconds per traced collective and per section (recorder on minus off, in the same loop; a
+    section off is the ``nullcontext`` that ``monitor.section`` gives with no monitor), and the
+    share of a training-like step they take: numpy work of about ``step_ms`` with
+    ``collectives_per_step`` 8-byte Allreduces (on ``comm``, default COMM_SELF) and
+    ``sections_per_step`` sections.
     ``measured_step_overhead`` is the median over ``rounds`` paired blocks of ``steps`` steps;
     ``estimated_step_overhead`` is the per-record costs times the records per step.
     ``python_call_s`` (an empty call) shows how loaded the machine was."""
@@ -45,19 +48,24 @@ def measure_recorder_overhead(records: int = 200_000, steps: int = 20, step_ms: 
             with _Section(host, "forward"):
                 pass
 
+        def untraced_section() -> None:  # what monitor.section gives with no monitor running
+            with nullcontext():
+                pass
+
         empty = min(_per_call(lambda: None, records) for _ in range(repeats))
         trace.set_recorder(None)
         off = min(_per_call(collective, records) for _ in range(repeats))
+        section_off = min(_per_call(untraced_section, records // 4) for _ in range(repeats))
         trace.set_recorder(recorder)
         on = min(_per_call(collective, records) for _ in range(repeats))
-        section_s = min(_per_call(section, records // 4) for _ in range(repeats))
+        section_s = min(_per_call(section, records // 4) for _ in range(repeats)) - section_off
         host._sections.clear()
 
         a = np.random.default_rng(0).random((128, 128))
         matmuls = max(1, round(step_ms / 1e3 / min(_per_call(lambda: a @ a, 100) for _ in range(repeats))))
         send, recv = np.ones(1), np.empty(1)
 
-        def step() -> None:
+        def step(mark: Callable[[], None]) -> None:
             for i in range(matmuls):
                 a @ a
                 if i % max(1, matmuls // collectives_per_step) == 0:
@@ -65,14 +73,14 @@ def measure_recorder_overhead(records: int = 200_000, steps: int = 20, step_ms: 
                     comm.Allreduce(send, recv)
                     trace.trace_done(token)
             for _ in range(sections_per_step):
-                section()
+                mark()
 
         untraced, ratios = [], []
         for _ in range(rounds):  # paired blocks, so that a noisy neighbour slows both alike
             trace.set_recorder(None)
-            untraced.append(_per_call(step, steps))
+            untraced.append(_per_call(lambda: step(untraced_section), steps))
             trace.set_recorder(recorder)
-            ratios.append(_per_call(step, steps) / untraced[-1])
+            ratios.append(_per_call(lambda: step(section), steps) / untraced[-1])
     finally:
         trace.set_recorder(previous)
     step_s = statistics.median(untraced)

@@ -36,6 +36,8 @@ class FlightRecorder:
         self.comm_counts: List[int] = []
         self.comm_labels: List[dict] = []
         self._comm_ids: Dict[int, tuple] = {}
+        self._last_comm: Any = self._comm_ids  # the communicator of the last collective (none yet)
+        self._last_cid = -1
 
     def enter(self, kind: int, op: str, comm_id: int = -1, cseq: int = -1, nbytes: int = 0) -> int:
         seq = self.seq
@@ -46,12 +48,22 @@ class FlightRecorder:
         return seq
 
     def enter_collective(self, op: str, comm: Any, nbytes: int) -> int:
-        entry = self._comm_ids.get(id(comm))
-        cid = entry[1] if entry is not None and entry[0] is comm else self._register(comm)
+        """:meth:`enter` for a collective on ``comm``, numbered on that communicator too."""
+        if comm is self._last_comm:
+            cid = self._last_cid
+        else:
+            entry = self._comm_ids.get(id(comm))
+            cid = entry[1] if entry is not None and entry[0] is comm else self._register(comm)
+            self._last_comm, self._last_cid = comm, cid
         counts = self.comm_counts
         cseq = counts[cid]
         counts[cid] = cseq + 1
-        return self.enter(COLLECTIVE, op, cid, cseq, nbytes)
+        seq = self.seq
+        self.seq = seq + 1
+        i = seq & self._mask
+        self.exits[i] = 0.0
+        self.rows[i] = (seq, COLLECTIVE, op, cid, cseq, nbytes, self.step, perf_counter())
+        return seq
 
     def exit(self, seq: int) -> float:
         """Mark record ``seq`` completed; returns its duration."""

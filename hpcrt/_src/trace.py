@@ -1,7 +1,7 @@
 """The core hook through which collectives reach the flight recorder without importing the monitor.
 
-Call pattern for every collective (one dict lookup and a tuple store when a monitor runs; a
-global read and a comparison when none does)::
+Call pattern for every collective (a tuple store, plus a dict lookup when the communicator differs
+from the last one, when a monitor runs; a global read and a comparison when none does)::
 
     from hpcrt._src.trace import trace_collective, trace_done
 
@@ -14,6 +14,8 @@ global read and a comparison when none does)::
 ``op`` is a short constant name, ``comm`` the mpi4py communicator the collective runs on (its
 k-th traced collective must be the same operation on every member rank), ``nbytes`` this rank's
 payload. A collective that fails leaves no "entered" record behind only if ``trace_done`` runs.
+``_recorder`` is None when no monitor runs: a caller may then skip working out ``comm`` and
+``nbytes`` (as the collectives' ``traced`` decorator does).
 """
 
 from __future__ import annotations
