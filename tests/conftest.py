@@ -30,6 +30,12 @@ def pytest_configure(config: pytest.Config) -> None:
         config.option.verbose = 0
 
 
+def assert_no_failures(comm, failures: list) -> None:
+    """Every rank fails together, naming what failed on which rank (Heat-style collective assert)."""
+    everyone = comm.allgather(failures[:20])
+    assert not any(everyone), "\n".join(f"rank {r}: {f}" for r, fs in enumerate(everyone) for f in fs)
+
+
 @dataclass
 class Finished:
     """A launched job's exit code, output and wall time."""

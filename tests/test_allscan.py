@@ -9,6 +9,8 @@ import time
 import numpy as np
 import pytest
 
+from conftest import assert_no_failures
+
 ALGORITHMS = ("pipeline", "allgather", "ring", "mpi", "auto")
 
 
@@ -102,12 +104,6 @@ def _compare(got, want, backend, dtype):
     return None
 
 
-def _assert_no_failures(comm, failures):
-    """Every rank fails together, naming what failed where."""
-    everyone = comm.allgather(failures[:20])
-    assert not any(everyone), "\n".join(f"rank {r}: {f}" for r, fs in enumerate(everyone) for f in fs)
-
-
 @pytest.mark.mpi(ranks=[1, 2, 3, 4], timeout=150)
 def test_all_scan_matches_serial_fold(comm):
     import hpcrt
@@ -134,7 +130,7 @@ def test_all_scan_matches_serial_fold(comm):
                 if problem:
                     failures.append(f"{name} {dtype} rows={rows} shared={shared} {backend} {algorithm} "
                                     f"blocks={blocks} inclusive={inclusive} reverse={reverse}: {problem}")
-    _assert_no_failures(comm, failures)
+    assert_no_failures(comm, failures)
 
 
 @pytest.mark.mpi(ranks=[3], timeout=60)
@@ -176,7 +172,7 @@ def test_all_scan_odd_inputs(comm):
         if not np.allclose(got, sum(wide[r] for r in range(comm.rank % 2, comm.rank + 1, 2))):
             failures.append(f"sub-communicator {algorithm}")
     evens.Free()
-    _assert_no_failures(comm, failures)
+    assert_no_failures(comm, failures)
 
 
 @pytest.mark.mpi(ranks=[2, 3], timeout=60)

@@ -9,6 +9,8 @@ import itertools
 import numpy as np
 import pytest
 
+from conftest import assert_no_failures
+
 
 def reference_forward(q, k, v, log_gates):
     """Outputs [T, d_v] and the state after every token [T, d_k, d_v], token by token."""
@@ -78,11 +80,6 @@ def _split(length, size, seed):
     return list(zip(bounds[:-1], bounds[1:]))
 
 
-def _assert_no_failures(comm, failures):
-    everyone = comm.allgather(failures[:20])
-    assert not any(everyone), "\n".join(f"rank {r}: {f}" for r, fs in enumerate(everyone) for f in fs)
-
-
 @pytest.mark.mpi(ranks=[1, 2, 3, 4], timeout=120)
 def test_gla_matches_single_rank_recurrence(comm):
     import hpcrt
@@ -113,7 +110,7 @@ def test_gla_matches_single_rank_recurrence(comm):
                 failures.append(f"{label}: {name}")
             if not np.allclose(host(again), host(got), rtol=1e-12, atol=1e-12):
                 failures.append(f"{label}: {name} differs when the backward scans for the state again")
-    _assert_no_failures(comm, failures)
+    assert_no_failures(comm, failures)
 
 
 @pytest.mark.mpi(ranks=[2], timeout=60)
