@@ -4,9 +4,15 @@ down at once, with that rank's number and traceback, instead of leaving the othe
 from __future__ import annotations
 
 import sys
+import time
 import traceback
 from types import TracebackType
 from typing import Any, Callable, Optional
+
+
+FORWARD_GRACE_S = 0.5
+"""Pause between writing the report and aborting: MPI_Abort makes the launcher kill every process,
+and output still in its forwarding path (the rank's pipe to mpiexec or srun) would be lost."""
 
 
 class AbortHook:
@@ -37,6 +43,7 @@ class AbortHook:
         sys.stdout.flush()
         sys.stderr.write("".join(f"hpcrt [{self._who}] {line}\n" for line in text.splitlines()))
         sys.stderr.flush()
+        time.sleep(FORWARD_GRACE_S)
 
     def _excepthook(self, etype: type, value: BaseException, tb: Optional[TracebackType]) -> None:
         self._report(f"died of an uncaught {etype.__name__}", value, tb)
