@@ -21,6 +21,7 @@ from . import trace
 from .dumps import write_dump
 from .faults import FaultInjector
 from .config import ConfigError
+from .abort import FORWARD_GRACE_S
 from .monitor_config import MonitorConfig, resolve_monitor_config
 from .recorder import COLLECTIVE, SECTION, STEP, FlightRecorder
 from .rundir import agree_run_dir
@@ -250,6 +251,7 @@ class Monitor:
         log.critical("%s", text)
         sys.stderr.write(text + "\n")
         sys.stderr.flush()
+        time.sleep(FORWARD_GRACE_S)  # let the launcher forward the message before the job is torn down
         from mpi4py import MPI
         MPI.COMM_WORLD.Abort(self.config.abort_exit_code)
 
