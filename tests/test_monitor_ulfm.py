@@ -27,7 +27,7 @@ def test_survivors_shrink_and_finish(tmp_path):
            "HPCRT_MONITOR_REPORT_EVERY": "20", "HPCRT_LOG_FILES": "0"}
     cmd = [str(BIN / "mpiexec"), "--with-ft", "ulfm", "--oversubscribe", "-n", "4", sys.executable, PROGRAM,
            "--run-dir", str(run_dir), "--steps", "60", "--ulfm"]
-    result = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env, cwd=tmp_path)
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=60, env=env, cwd=tmp_path)
     finished = re.findall(r"rank (\d+) finished 60 steps with (\d+) ranks", result.stdout)  # lines may be joined
     assert sorted(finished) == [("0", "3"), ("1", "3"), ("3", "3")], result.stdout + result.stderr
     assert "death: rank 2 on node" in result.stderr and "going on with 3 ranks" in result.stderr
