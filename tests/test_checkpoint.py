@@ -190,6 +190,39 @@ def test_bad_state_and_disagreeing_ranks(comm, mpi_tmp_path):
 
 
 @pytest.mark.mpi(ranks=[2], timeout=60)
+def test_retention_retires_files_off_the_commit_path(comm, mpi_tmp_path):
+    rt = runtime()
+    directory, local = mpi_tmp_path / "ckpt", mpi_tmp_path / "l"
+    with Checkpointer(directory, comm=rt.comm, local_dir=local, levels=("local", "global"), keep=1) as ck:
+        places = ck.places
+        for step in (1, 2, 3):
+            ck.save(step, make_state(step, rt.rank, rt.size))
+        ck.wait()
+        ck.save(3, make_state(30, rt.rank, rt.size))  # the newest step saved again
+        ck.wait()
+    comm.Barrier()
+    trashes = [directory / ".trash", places.node_root(rt.node) / ".trash"]
+    shared = sorted(p.relative_to(directory).as_posix() for p in directory.rglob("*") if p.is_file())
+    node = sorted(p.relative_to(places.local_root).as_posix() for p in places.local_root.rglob("*") if p.is_file())
+    assert shared == ["hpcrt-checkpoint.json", "step-000000003/global.h5", "step-000000003/manifest-global.json",
+                      "step-000000003/manifest-local.json", "step-000000003/rank-00000.h5",
+                      "step-000000003/rank-00001.h5"]
+    assert node == [f"{rt.node}/local/step-000000003/rank-0000{r}.h5" for r in range(rt.size)]
+    assert all(not any(trash.iterdir()) for trash in trashes)
+    comm.Barrier()
+    if rt.rank == 0:  # what a crash between the rename and the unlink leaves behind
+        for trash in trashes:
+            (trash / "0123abcd.tmp").write_bytes(b"retired")
+    comm.Barrier()
+    with Checkpointer(directory, comm=rt.comm, local_dir=local) as fresh:
+        assert all(not any(trash.iterdir()) for trash in trashes)
+        step, got = fresh.restore()
+        assert step == 3
+        assert_same(got, make_state(30, rt.rank, rt.size))
+    hpcrt.finalize()
+
+
+@pytest.mark.mpi(ranks=[2], timeout=60)
 def test_unwritable_and_full_targets(comm, mpi_tmp_path):
     rt = runtime()
     directory = mpi_tmp_path / "ckpt"

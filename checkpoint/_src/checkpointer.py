@@ -25,10 +25,11 @@ import hpcrt
 from hpcrt._src.staging import PinnedPool
 
 from . import manifest, retention
-from .commit import remove_file, write_json_atomic
+from .commit import fsync_dir, remove_file, write_json_atomic
 from .errors import CheckpointError, StateError
-from .format import file_attrs, write_global_file, write_rank_file
+from .format import Beside, file_attrs, write_global_file, write_rank_file
 from .levels import DISK_LEVELS, GLOBAL_FILE, LEVELS, Places, partner_holders, rank_name
+from .reaper import Reaper
 from .restore import restore as restore_collective
 from .snapshot import Snapshot, take_snapshot
 from .state import ArrayEntry, FlatState, Shard, check_layouts, flatten, unflatten
@@ -104,6 +105,7 @@ class Checkpointer:
         self._on_phase: Optional[Callable[[str], None]] = None  # fault-injection tests only
         self._snap_queue: queue.Queue = queue.Queue()
         self._flush_queue: queue.Queue = queue.Queue()
+        self._reaper = Reaper()
         self._threads = [threading.Thread(target=self._snapshot_loop, name="hpcrt-ckpt-snapshot", daemon=True),
                          threading.Thread(target=self._flush_loop, name="hpcrt-ckpt-flush", daemon=True)]
         for thread in self._threads:
@@ -187,6 +189,7 @@ class Checkpointer:
         self._snap_queue.put(None)
         for thread in self._threads:
             thread.join()
+        self._reaper.close()
         with self._memory_lock:
             for snap in self._memory.values():
                 snap.release()
@@ -334,9 +337,10 @@ class Checkpointer:
         self._phase(f"{level}:retention")
         try:
             if level == "global" and self.rank == 0:
-                retention.delete_files(self.places, level, dropped)
+                self._reaper.delete(retention.retire_files(self.places, level, dropped))
             elif level != "global" and retention.is_node_leader(self.nodes, self.rank):
-                retention.delete_files(self.places, level, [r for r in dropped if r["node"] == self.node])
+                mine = [r for r in dropped if r["node"] == self.node]
+                self._reaper.delete(retention.retire_files(self.places, level, mine))
         except OSError as exc:  # an old step's files stay behind; its manifest is gone already
             log.warning("checkpoint retention at level %s: %s", level, exc)
 
@@ -354,14 +358,19 @@ class Checkpointer:
                     held.release()
             return written
         node = self.node if level == "local" else None
-        with_global = level == "global" and self.rank == 0  # its fsync of the step folder covers both files
-        written = [self._write(level, step, snap, self.rank, node, attrs, before_rename, sync_dir=not with_global)]
-        if with_global:
-            path = self.places.step_dir(step) / GLOBAL_FILE
-            size, digest = write_global_file(path, layouts, [rank_name(r) for r in range(self.size)], attrs)
-            written.append(({"rank": None, "node": None, "path": f"{path.parent.name}/{GLOBAL_FILE}",
-                             "size": size, "xxh3_128": digest}, path))
-        return written
+        if not (level == "global" and self.rank == 0):
+            return [self._write(level, step, snap, self.rank, node, attrs, before_rename)]
+        # rank 0 writes global.h5 beside its rank file, so that their fsyncs overlap; one fsync of
+        # the step folder then makes both renames durable
+        path = self.places.step_dir(step) / GLOBAL_FILE
+        beside = Beside(write_global_file, path, layouts, [rank_name(r) for r in range(self.size)], attrs, False)
+        try:
+            written = [self._write(level, step, snap, self.rank, node, attrs, before_rename, sync_dir=False)]
+        finally:
+            size, digest = beside.result()
+        fsync_dir(path.parent)
+        return written + [({"rank": None, "node": None, "path": f"{path.parent.name}/{GLOBAL_FILE}",
+                            "size": size, "xxh3_128": digest}, path)]
 
     def _write(self, level: str, step: int, snap: Snapshot, owner: int, node: Optional[str], attrs: dict,
                before_rename: Optional[Callable[[], None]], sync_dir: bool = True) -> tuple:

@@ -2,8 +2,8 @@
 attribute) and a global file whose virtual datasets stitch the shards into global arrays.
 
 Data is placed with early allocation and written with ``os.pwrite`` (GIL-free, no HDF5 copy);
-the file checksum (xxh3-128) splices the written buffers, hashed from memory while they are
-being written, with the HDF5 metadata read back."""
+the file checksum (xxh3-128) splices the written buffers, hashed from memory while the file is
+being fsynced, with the HDF5 metadata read back."""
 
 from __future__ import annotations
 
@@ -66,33 +66,41 @@ def write_rank_file(path: Path, snap: Snapshot, attrs: dict, before_rename: Opti
         fd = os.open(tmp, os.O_RDWR)
         try:
             size = os.fstat(fd).st_size  # final already: early allocation placed every dataset
-            writer = _Writer(fd, placed)
-            writer.start()
-            try:  # hash the same buffers from memory while the writer thread (GIL-free) copies them out
+            for offset, raw in placed:
+                _pwrite_all(fd, memoryview(raw), offset)
+            syncer = Beside(os.fsync, fd)
+            try:  # hash the same buffers from memory while the disk works (fsync holds no CPU, nor the GIL)
                 digest = _spliced_digest(fd, size, placed)
             finally:
-                writer.join()
-            if writer.error is not None:
-                raise writer.error
+                syncer.result()
         finally:
             os.close(fd)
     return size, digest
 
 
-class _Writer(threading.Thread):
-    """``pwrite`` of the placed buffers at their offsets, in a thread of its own."""
+class Beside(threading.Thread):
+    """``fn(*args)`` in a thread of its own, started at once; :meth:`result` joins it and returns
+    its value or raises its error. For work that waits on the disk while this thread computes."""
 
-    def __init__(self, fd: int, placed: list):
-        super().__init__(name="hpcrt-ckpt-pwrite", daemon=True)
-        self.fd, self.placed = fd, placed
-        self.error: Optional[BaseException] = None
+    def __init__(self, fn: Callable[..., Any], *args: Any):
+        super().__init__(name="hpcrt-ckpt-beside", daemon=True)
+        self._call = (fn, args)
+        self._value: Any = None
+        self._error: Optional[BaseException] = None
+        self.start()
 
     def run(self) -> None:
+        fn, args = self._call
         try:
-            for offset, raw in self.placed:
-                _pwrite_all(self.fd, memoryview(raw), offset)
+            self._value = fn(*args)
         except BaseException as exc:
-            self.error = exc
+            self._error = exc
+
+    def result(self) -> Any:
+        self.join()
+        if self._error is not None:
+            raise self._error
+        return self._value
 
 
 def _pwrite_all(fd: int, data: memoryview, offset: int) -> None:
@@ -120,10 +128,11 @@ def _update(hasher: Any, data: np.ndarray) -> None:
         hasher.update(data[start:start + HASH_SLICE])
 
 
-def write_global_file(path: Path, layouts: list, rank_files: list, attrs: dict) -> tuple[int, str]:
+def write_global_file(path: Path, layouts: list, rank_files: list, attrs: dict,
+                      sync_dir: bool = True) -> tuple[int, str]:
     """Write the virtual-dataset file giving each sharded key its global shape; sources are the
     rank files by relative name (``rank_files[r]``), replicas of a shard mapped once."""
-    with atomic_path(path) as tmp:
+    with atomic_path(path, sync_dir=sync_dir) as tmp:
         with h5py.File(tmp, "w", libver=("earliest", "v110")) as f:
             f.attrs.update(attrs)
             f.attrs["rank_files"] = list(rank_files)

@@ -72,8 +72,12 @@ class Places:
         prefix = "" if level == "global" else level + "/"
         return f"{prefix}{step_name(step)}/{rank_name(rank)}"
 
+    def root(self, level: str, node: Optional[str]) -> Path:
+        """The folder a level's relative paths start from: DIR, or the node's root."""
+        return self.directory if level == "global" else self.node_root(node)
+
     def resolve(self, level: str, node: Optional[str], relative: str) -> Path:
-        return self.directory / relative if level == "global" else self.node_root(node) / relative
+        return self.root(level, node) / relative
 
     def steps(self) -> list:
         """Step numbers that have a directory in DIR, oldest first."""

@@ -1,7 +1,8 @@
 """Retention (keep the last k committed steps per level) and cleanup after a crash.
 
 Deletion order keeps the rule "no manifest, no checkpoint" safe: a step's manifest goes first,
-its files after; files that no manifest covers (a save a crash interrupted) are garbage."""
+its files after (moved to the trash at once, unlinked by the reaper later); files that no
+manifest covers (a save a crash interrupted) are garbage."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import shutil
 from . import manifest
 from .commit import remove_file, remove_temporaries
 from .levels import GLOBAL_FILE, NODE_LEVELS, STEP_RE, Places
+from .reaper import retire
 
 
 def uncommit_old(places: Places, level: str, keep: int) -> list:
@@ -25,11 +27,13 @@ def uncommit_old(places: Places, level: str, keep: int) -> list:
     return dropped
 
 
-def delete_files(places: Places, level: str, records: list) -> None:
-    """Delete the files of dropped steps (called by their holders: rank 0 for the global level,
-    each node's first rank for that node's files)."""
-    for record in records:
-        remove_file(places.resolve(level, record["node"], record["path"]))
+def retire_files(places: Places, level: str, records: list) -> list:
+    """Move the files of dropped steps to the trash (called by their holders: rank 0 for the
+    global level, each node's first rank for that node's files); returns the trash paths, for
+    the reaper to delete."""
+    retired = (retire(places.resolve(level, record["node"], record["path"]), places.root(level, record["node"]))
+               for record in records)
+    return [path for path in retired if path is not None]
 
 
 def clean_shared(places: Places) -> None:
