@@ -36,24 +36,28 @@ EXCHANGE_OP = "monitor.exchange"
 
 
 class _Section:
-    """``with monitor.section(name):`` — a flight-recorder record and a self-time sample
-    (its duration minus the time spent in collectives inside it)."""
+    """``with monitor.section(name):`` — a flight-recorder record and a self-time sample (its
+    duration minus the time spent in collectives inside it). One reusable object per name, so
+    that the hot path allocates nothing; nesting the same name works, sharing it across threads
+    does not (the recorder is the main thread's)."""
 
-    __slots__ = ("_monitor", "_recorder", "_name", "_seq", "_coll0")
+    __slots__ = ("_monitor", "_recorder", "_name", "_open")
 
     def __init__(self, monitor: "Monitor", name: str):
         self._monitor, self._recorder, self._name = monitor, monitor.recorder, name
+        self._open: List[tuple] = []
 
     def __enter__(self) -> "_Section":
         rec = self._recorder
-        self._coll0 = rec.coll_time
-        self._seq = rec.enter(SECTION, self._name)
+        self._open.append((rec.enter(SECTION, self._name), rec.coll_time))
         return self
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        seq, coll0 = self._open.pop()
         rec = self._recorder
-        elapsed = rec.exit(self._seq)
-        self._monitor._sections[self._name].append(elapsed - (rec.coll_time - self._coll0))
+        elapsed = rec.exit(seq)
+        if elapsed:  # 0.0: the ring overwrote the record while the section ran
+            self._monitor._sections[self._name].append(elapsed - (rec.coll_time - coll0))
 
 
 class Monitor:
@@ -75,6 +79,7 @@ class Monitor:
         self.recorder = FlightRecorder(config.capacity)
         self._callbacks: Dict[str, List[Callable[[dict], None]]] = {e: [] for e in EVENTS}
         self._sections: Dict[str, List[float]] = defaultdict(list)
+        self._section_blocks: Dict[str, _Section] = {}
         self._work: List[float] = []
         self._best: Dict[str, float] = {}
         self._tracker = StragglerTracker(config.threshold, config.consecutive)
@@ -103,7 +108,8 @@ class Monitor:
 
     def section(self, name: str) -> _Section:
         """A timed, recorded user section; its self-time is scored for stragglers."""
-        return _Section(self, name)
+        block = self._section_blocks.get(name)
+        return block if block is not None else self._section_blocks.setdefault(name, _Section(self, name))
 
     def step(self) -> None:
         """End of a step: injected faults, the step marker, and every ``report_every`` steps the
