@@ -56,6 +56,27 @@ def test_records_collectives_and_sections(recorder):
     assert array.dtype == RECORD_DTYPE and list(array["op"]) == ["forward", "allreduce", "allgather", "bcast"]
 
 
+def test_reused_section_blocks_nest_and_subtract_inner_collectives(recorder):
+    from collections import defaultdict
+    from types import SimpleNamespace
+
+    from hpcrt._src.monitor import Monitor
+    host = SimpleNamespace(recorder=recorder, _sections=defaultdict(list), _section_blocks={})
+    outer = Monitor.section(host, "layer")
+    with outer:
+        with Monitor.section(host, "layer") as inner:  # the same block, entered twice
+            token = trace.trace_collective("allreduce", FakeComm(), 8)
+            trace.trace_done(token)
+    assert inner is outer and not outer._open
+    records = recorder.records()
+    assert [(r["op"], r["state"]) for r in records] == [("layer", "completed"), ("layer", "completed"),
+                                                       ("allreduce", "completed")]
+    durations = {r["seq"]: r["t_exit"] - r["t_enter"] for r in records}
+    inner_self, outer_self = host._sections["layer"]  # the inner block ends first
+    assert inner_self == pytest.approx(durations[records[1]["seq"]] - recorder.coll_time)
+    assert outer_self == pytest.approx(durations[records[0]["seq"]] - recorder.coll_time)
+
+
 def test_ring_keeps_the_newest_records(recorder):
     comm = FakeComm()
     for _ in range(20):
