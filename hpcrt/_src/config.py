@@ -97,11 +97,7 @@ def resolve_config(config: RuntimeConfig | Mapping[str, Any] | None = None,
     """
     environ = os.environ if environ is None else environ
     values = config_as_dict(config, RuntimeConfig, "hpcrt config")
-    known = {f.name: f for f in dataclasses.fields(RuntimeConfig)}
-    unknown = sorted(set(values) - set(known))
-    if unknown:
-        raise ConfigError(f"hpcrt config key '{unknown[0]}' is unknown; known keys: {', '.join(known)}")
-    for name, f in known.items():
+    for name, f in {f.name: f for f in dataclasses.fields(RuntimeConfig)}.items():
         raw = environ.get(f"HPCRT_{name.upper()}")
         if raw is not None:
             values[name] = parse_env(name, raw, _field_kind(f))
@@ -112,14 +108,21 @@ def resolve_config(config: RuntimeConfig | Mapping[str, Any] | None = None,
 
 def config_as_dict(config: Any, schema: type, what: str) -> dict:
     """The settings of ``config`` — an instance of the dataclass ``schema``, a mapping, an OmegaConf
-    node from a Hydra job, or None — as a plain dict; ``what`` names the config in errors."""
+    node from a Hydra job, or None — as a plain dict; ``what`` names the config in errors, which
+    include a key ``schema`` does not have."""
     if config is None:
         return {}
     if isinstance(config, schema):
         return dataclasses.asdict(config)
     if hasattr(config, "_metadata"):  # an OmegaConf node
         from omegaconf import OmegaConf
-        return dict(OmegaConf.to_container(config, resolve=True))
-    if isinstance(config, Mapping):
-        return dict(config)
-    raise ConfigError(f"{what}: expected a {schema.__name__} or a mapping, got {type(config).__name__}")
+        values = dict(OmegaConf.to_container(config, resolve=True))
+    elif isinstance(config, Mapping):
+        values = dict(config)
+    else:
+        raise ConfigError(f"{what}: expected a {schema.__name__} or a mapping, got {type(config).__name__}")
+    known = [f.name for f in dataclasses.fields(schema)]
+    unknown = sorted(set(values) - set(known))
+    if unknown:
+        raise ConfigError(f"{what} key '{unknown[0]}' is unknown; known keys: {', '.join(known)}")
+    return values

@@ -137,11 +137,7 @@ def resolve_monitor_config(config: MonitorConfig | Mapping[str, Any] | None = No
     """Merge defaults, the given config (dataclass, dict or OmegaConf node) and the environment."""
     environ = os.environ if environ is None else environ
     values = config_as_dict(config, MonitorConfig, "hpcrt monitor config")
-    known = {f.name: f for f in dataclasses.fields(MonitorConfig)}
-    unknown = sorted(set(values) - set(known))
-    if unknown:
-        raise ConfigError(f"hpcrt monitor config key '{unknown[0]}' is unknown; known keys: {', '.join(known)}")
-    for name, f in known.items():
+    for name in (f.name for f in dataclasses.fields(MonitorConfig)):
         raw = environ.get(f"HPCRT_MONITOR_{name.upper()}")
         if raw is None:
             continue
