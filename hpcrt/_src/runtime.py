@@ -20,6 +20,7 @@ from .rundir import agree_run_dir
 from .staging import PinnedPool, Staging
 from .topology import Device, RankInfo, Topology, nominal_link_costs
 from .topology_file import load_topology_file
+from .ulfm import skip_finalize_fence
 
 log = logging.getLogger("hpcrt.runtime")
 THREAD_LEVEL_NAMES = {0: "MPI_THREAD_SINGLE", 1: "MPI_THREAD_FUNNELED", 2: "MPI_THREAD_SERIALIZED",
@@ -123,6 +124,7 @@ def _import_mpi(thread_level: str) -> Any:
     already = _mpi_imported()
     if not already:
         mpi4py.rc.thread_level = thread_level
+        skip_finalize_fence()  # under ULFM; read by MPI_Init
     from mpi4py import MPI
     wanted = getattr(MPI, f"THREAD_{thread_level.upper()}")
     if already and MPI.Query_thread() < wanted:

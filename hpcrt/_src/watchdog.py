@@ -29,6 +29,9 @@ class Watchdog(threading.Thread):
         self.watched: Optional[int] = None
         """The world rank whose heartbeat this rank watches (its ring successor); None for none."""
         self.beat = 0
+        self._beat_lock = threading.Lock()
+        """heartbeat() runs on this thread and on the main thread (before an injected stop or kill,
+        at close): both write the same file through the same temporary name."""
         self._halt = threading.Event()
         self._reported: set = set()
         self._seen_beat: tuple = (None, -1, time.monotonic())
@@ -51,14 +54,16 @@ class Watchdog(threading.Thread):
             self._check_alarm()
 
     def heartbeat(self, state: str) -> None:
-        """Publish this rank's liveness, step, current operation and collective counts."""
+        """Publish this rank's liveness, step, current operation and collective counts (one writer at
+        a time: two would race on the temporary file, and the loser's rename fails)."""
         rec = self.recorder
-        self.beat += 1
-        open_rows = rec.in_flight()
-        write_json(self.mdir.heartbeat(self.rank), {
-            "rank": self.rank, "node": self.node, "pid": os.getpid(), "beat": self.beat, "state": state,
-            "time": time.time(), "step": rec.step, "counts": rec.counts_by_label(),
-            "in_flight": [rec.describe(r) for r in open_rows[-4:]], "last_completed": rec.last_completed()})
+        with self._beat_lock:
+            self.beat += 1
+            open_rows = rec.in_flight()
+            write_json(self.mdir.heartbeat(self.rank), {
+                "rank": self.rank, "node": self.node, "pid": os.getpid(), "beat": self.beat, "state": state,
+                "time": time.time(), "step": rec.step, "counts": rec.counts_by_label(),
+                "in_flight": [rec.describe(r) for r in open_rows[-4:]], "last_completed": rec.last_completed()})
 
     def _check_in_flight(self) -> None:
         now = perf_counter()
