@@ -69,8 +69,8 @@ def test_reused_section_blocks_nest_and_subtract_inner_collectives(recorder):
             trace.trace_done(token)
     assert inner is outer and not outer._open
     records = recorder.records()
-    assert [(r["op"], r["state"]) for r in records] == [("layer", "completed"), ("layer", "completed"),
-                                                       ("allreduce", "completed")]
+    assert [(r["op"], r["state"]) for r in records] == [
+        ("layer", "completed"), ("layer", "completed"), ("allreduce", "completed")]
     durations = {r["seq"]: r["t_exit"] - r["t_enter"] for r in records}
     inner_self, outer_self = host._sections["layer"]  # the inner block ends first
     assert inner_self == pytest.approx(durations[records[1]["seq"]] - recorder.coll_time)
