@@ -2,7 +2,7 @@
 
 from ._src.agreement import CollectiveMismatchError
 from ._src.allscan import AllScanHandle, all_scan, all_scan_start
-from ._src.allscan_cost import best_blocks, choose_allscan, predict_allscan
+from ._src.allscan_cost import ScanLinks, best_blocks, choose_allscan, predict_allscan, scan_links
 from ._src.blocks import block_bounds
 from ._src.linear_attention import gla_backward, gla_forward
 from ._src.linkbytes import count_link_bytes
@@ -24,7 +24,7 @@ __all__: list = []
 __all__ += ["allreduce", "allgather", "reduce_scatter", "block_bounds", "predict_ring",
             "ring_attention", "token_ring_attention", "lse_merge", "count_link_bytes", "CollectiveMismatchError"]
 __all__ += ["all_scan", "all_scan_start", "AllScanHandle", "ScanOp", "flipped", "predict_allscan", "best_blocks",
-            "choose_allscan", "gla_forward", "gla_backward"]
+            "choose_allscan", "ScanLinks", "scan_links", "gla_forward", "gla_backward"]
 __all__ += ["HierarchicalPartition", "PartitionPlan", "PartitionLevelError", "make_plan", "predict_step",
             "step_link_bytes", "inter_node_bytes", "run_partition_benchmark"]
 __all__ += ["make_groups", "plan_groups", "ProcessGroups", "GroupPlan", "CommSizes", "GroupCost", "score_placement"]

@@ -1,7 +1,8 @@
 """``python -m hpcrt.jobs.bench``: collective microbenchmarks in the form nccl-tests and OSU print
 them — per size time avg/min/max across ranks, algbw, busbw, #wrong — for every algorithm side by
-side with MPI's own, beside the α-β cost model's prediction (α, β measured by a ping-pong in the
-same run). Writes ``results.csv``, ``results.json`` and ``bench.png`` into the run directory.
+side with MPI's own, beside the α-β cost model's prediction (α, β measured in the same run: a
+ping-pong per link class, and a token chain and a ring shift over all ranks). Writes
+``results.csv``, ``results.json`` and ``bench.png`` into the run directory.
 
     mpiexec -n 4 python -m hpcrt.jobs.bench bench.collectives=[allreduce] bench.max_bytes=1048576
 """
@@ -24,12 +25,14 @@ from omegaconf import DictConfig, OmegaConf
 
 import hpcrt
 from hpcrt import ConfigError
-from hpcrt._src.costmodel import bottleneck_link, measure_link_costs
+from hpcrt._src.costmodel import SCHEDULES, bottleneck_link, measure_link_costs, measure_schedule_costs
 
 from .bench_cases import COLLECTIVES, DEFAULT_EXCLUDED, KNOWN_OPS, Algorithm, BenchContext, Collective
 from .bench_config import BenchSettings, parse_settings
 from .bench_plot import plot
 from .bench_report import Row, format_row, header, summary, write_csv, write_json
+from hpcrt.collectives import scan_links
+
 from .bench_run import run_collective
 from .bench_suites import SUITES, format_suite, run_suite
 from .hydra_mpi import mpi_hydra_main
@@ -108,9 +111,13 @@ def metadata(runtime: hpcrt.Runtime, cfg: DictConfig, nominal: dict, measured: d
         "device": runtime.device.kind,
         "cuda_aware": runtime.cuda_aware.enabled,
         "numba_threads": numba.get_num_threads(),
+        "cores": len(os.sched_getaffinity(0)),
+        "ranks_on_host": sum(r.host == runtime.topology.ranks[runtime.rank].host for r in runtime.topology.ranks),
         "nominal_link_costs": _link_table(nominal),
         "measured_link_costs": _link_table(measured),
         "prediction_link": _link_entry(bottleneck_link(runtime.topology)),
+        "prediction_scan_links": {schedule: _link_entry(getattr(scan_links(runtime.topology), schedule))
+                                  for schedule in SCHEDULES},
         "command_line": list(sys.orig_argv),
         "config": OmegaConf.to_container(cfg, resolve=True),
     }
@@ -145,19 +152,23 @@ def _measure_and_report(runtime: hpcrt.Runtime, cfg: DictConfig, settings: Bench
     # Under link emulation the topology file's costs are what messages pay: measuring the real
     # path beneath would predict the wrong thing.
     measure = settings.link_costs == "measured" and not runtime.topology.emulate
-    measured = measure_link_costs(comm, runtime.topology) if measure else {}
+    measured = {}
+    if measure:
+        measured = {**measure_link_costs(comm, runtime.topology), **measure_schedule_costs(comm, runtime.topology)}
     runtime.topology.link_costs.update(measured)
-    link = bottleneck_link(runtime.topology)
+    link, scan = bottleneck_link(runtime.topology), scan_links(runtime.topology)
     source = "emulated, from the topology file" if runtime.topology.emulate else settings.link_costs
-    log.info("run directory %s; prediction link alpha %.2f us, %.2f GB/s (%s)", runtime.run_dir,
-             link.alpha * 1e6, 1e-9 / link.beta, source)
+    log.info("run directory %s; prediction link alpha %.2f us, %.2f GB/s; All-Scan chain hop alpha %.2f us, "
+             "%.2f GB/s, shift round alpha %.2f us, %.2f GB/s (%s)", runtime.run_dir, link.alpha * 1e6,
+             1e-9 / link.beta, scan.chain.alpha * 1e6, 1e-9 / scan.chain.beta, scan.shift.alpha * 1e6,
+             1e-9 / scan.shift.beta, source)
     ctx = BenchContext(comm, runtime.staging, settings.buffers, settings.arg_check)
     rows: list[Row] = []
     summaries: list[str] = []
     for name, chosen in algorithms.items():
         collective = COLLECTIVES[name]
         _say(leader, header(name, runtime.size, collective.baseline))
-        mine = run_collective(ctx, collective, chosen, settings, link,
+        mine = run_collective(ctx, collective, chosen, settings, runtime.topology,
                               lambda row: _say(leader, format_row(row)))
         lines = summary(mine, collective.baseline)
         _say(leader, "\n".join(lines))

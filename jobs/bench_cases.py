@@ -17,9 +17,10 @@ from typing import Any, Callable, Optional
 import numpy as np
 from mpi4py import MPI
 
-from hpcrt import LinkCost, backend_of, to_fake_gpu
+from hpcrt import Topology, backend_of, to_fake_gpu
+from hpcrt._src.costmodel import bottleneck_link
 from hpcrt.collectives import (all_scan, allgather, allreduce, lse_merge, predict_allscan, predict_ring,
-                               reduce_scatter)
+                               reduce_scatter, scan_links)
 
 MPI_OPS = {"sum": MPI.SUM, "max": MPI.MAX, "min": MPI.MIN}
 UFUNCS = {"sum": np.add, "max": np.maximum, "min": np.minimum}
@@ -62,7 +63,8 @@ class Algorithm:
 
     name: str
     prepare: Callable[[tuple, Optional[str], BenchContext, Layout], Callable[[], Any]]
-    predict: Callable[[int, int, LinkCost], Optional[float]]
+    predict: Callable[[int, int, Topology], Optional[float]]
+    """Predicted seconds for (nbytes, p, the topology with the run's measured costs)."""
     ops: Optional[tuple] = None
     """The ops it runs, when fewer than its collective's (MPI has no affine op)."""
     buffers: Optional[tuple] = None
@@ -230,16 +232,18 @@ def _lse_call(kernel: str) -> Callable:
     return prepare
 
 
-def _no_prediction(nbytes: int, p: int, link: LinkCost) -> Optional[float]:
+def _no_prediction(nbytes: int, p: int, topology: Topology) -> Optional[float]:
     return None
 
 
-def _ring_predictor(collective: str, algorithm: str) -> Callable[[int, int, LinkCost], float]:
-    return lambda nbytes, p, link: predict_ring(collective, algorithm, nbytes, p, link)
+def _ring_predictor(collective: str, algorithm: str) -> Callable[[int, int, Topology], float]:
+    """The ring collectives' model at the slowest link of a ring over all ranks."""
+    return lambda nbytes, p, topology: predict_ring(collective, algorithm, nbytes, p, bottleneck_link(topology))
 
 
-def _scan_predictor(algorithm: str) -> Callable[[int, int, LinkCost], float]:
-    return lambda nbytes, p, link: predict_allscan(algorithm, nbytes, p, link)
+def _scan_predictor(algorithm: str) -> Callable[[int, int, Topology], float]:
+    """The All-Scan model at the chain and shift costs of all ranks, as ``auto`` sees them."""
+    return lambda nbytes, p, topology: predict_allscan(algorithm, nbytes, p, scan_links(topology))
 
 
 RING_ALGORITHMS = ("mpi", "ring", "bidir_ring")
@@ -251,7 +255,7 @@ def _hpcrt_algorithms(function: Callable, names: tuple, predictor: Callable[[str
     """Each named algorithm of an hpcrt collective, and ``auto`` predicted as the cheapest of them."""
     found = {name: Algorithm(name, _hpcrt_call(function, name, takes_op), predictor(name)) for name in names}
     found["auto"] = Algorithm("auto", _hpcrt_call(function, "auto", takes_op),
-                              lambda nbytes, p, link: min(predictor(a)(nbytes, p, link) for a in names))
+                              lambda nbytes, p, topology: min(predictor(a)(nbytes, p, topology) for a in names))
     return found
 
 

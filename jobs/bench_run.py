@@ -10,7 +10,7 @@ from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 
-from hpcrt import LinkCost, backend_of
+from hpcrt import Topology, backend_of
 
 from .bench_cases import Algorithm, BenchContext, Collective
 from .bench_config import BenchSettings
@@ -72,7 +72,7 @@ def count_wrong(result: Any, expected: Optional[tuple], dtype: str) -> int:
 
 
 def run_collective(ctx: BenchContext, collective: Collective, algorithms: Sequence[Algorithm],
-                   settings: BenchSettings, link: LinkCost, emit: Callable[[Row], None]) -> list[Row]:
+                   settings: BenchSettings, topology: Topology, emit: Callable[[Row], None]) -> list[Row]:
     """Every op, size and algorithm of one collective; ``emit`` sees each row as it completes."""
     comm, p = ctx.comm, ctx.comm.size
     dtype = np.dtype(settings.dtype)
@@ -93,7 +93,7 @@ def run_collective(ctx: BenchContext, collective: Collective, algorithms: Sequen
                 warmup, iters = settings.warmup_for(layout.nbytes), settings.iters_for(layout.nbytes)
                 timing = time_calls(comm, call, warmup, iters)
                 algbw = layout.nbytes / timing.avg / 1e9
-                predicted = algorithm.predict(layout.nbytes, p, link)
+                predicted = algorithm.predict(layout.nbytes, p, topology)
                 row = Row(collective.name, algorithm.name, op or "none", settings.dtype, layout.nbytes, layout.count,
                           timing.avg * 1e6, timing.min * 1e6, timing.max * 1e6, algbw,
                           algbw * collective.busbw_factor(p), wrong,

@@ -255,3 +255,24 @@ def test_started_scans_overlap_local_work(comm):
                           (got_backward, all_scan(mine, "affine", algorithm="allgather", reverse=True,
                                                   inclusive=True))):
             assert all(np.allclose(g, w, rtol=1e-12) for g, w in zip(got, want)), algorithm
+
+
+@pytest.mark.mpi(ranks=[1, 2], timeout=60)
+def test_auto_follows_the_topologys_costs_as_they_change(comm):
+    """``auto`` remembers the model's links per rank set, but sees measured costs once they land."""
+    import hpcrt
+    from hpcrt import LinkCost
+    from hpcrt.collectives import ScanLinks, scan_links
+    from hpcrt.collectives._src.allscan import transport_links
+    from hpcrt.collectives._src.transport import Transport
+    runtime = hpcrt.init({"log_files": False})
+    try:
+        transport = Transport(runtime.comm)
+        assert transport_links(transport) == scan_links(runtime.topology)
+        busy = {"chain": LinkCost(40e-6, 1e-9), "shift": LinkCost(160e-6, 4e-9)}
+        runtime.topology.link_costs.update(busy)
+        # both measured schedules are slower than the nominal intra-node link alone
+        assert transport_links(transport) == ScanLinks(busy["chain"], busy["shift"])
+        assert transport_links(transport) == scan_links(runtime.topology)
+    finally:
+        hpcrt.finalize()

@@ -8,9 +8,13 @@ import numpy as np
 import pytest
 
 from hpcrt import LinkCost, to_fake_gpu
-from hpcrt.collectives import ScanOp, best_blocks, choose_allscan, flipped, predict_allscan
+from hpcrt._src.topology import Device
+from hpcrt._src.topology_file import load_topology_file
+from hpcrt.collectives import ScanLinks, ScanOp, best_blocks, choose_allscan, flipped, predict_allscan, scan_links
 from hpcrt.collectives._src.scanlayout import ScanLayout, assign, complete
 from hpcrt.collectives._src.scanops import AFFINE, resolve_op
+
+from conftest import SAMPLE_TOPOLOGY
 
 LINK = LinkCost(alpha=2e-6, beta=1 / 25e9)
 
@@ -82,15 +86,35 @@ def test_cost_formulas():
     assert predict_allscan("ring", n, p, LINK) == pytest.approx(7 * (alpha + n * beta))
     assert predict_allscan("mpi", n, p, LINK) == pytest.approx(3 * (alpha + n * beta))
     assert predict_allscan("allgather", n, 5, LINK) == pytest.approx(3 * alpha + 4 * n * beta)
-    assert predict_allscan("pipeline", n, p, LINK, blocks=4) == pytest.approx((7 + 4) * (alpha + n * beta / 4))
+    # the first block takes p−1 hops, each of the K−1 others one step more: (p−2+K) steps
+    assert predict_allscan("pipeline", n, p, LINK, blocks=4) == pytest.approx((6 + 4) * (alpha + n * beta / 4))
+    assert predict_allscan("pipeline", n, p, LINK, blocks=1) == predict_allscan("ring", n, p, LINK)
     assert predict_allscan("pipeline", n, 1, LINK) == 0.0
     with pytest.raises(ValueError, match="unknown All-Scan algorithm"):
         predict_allscan("tree", n, p, LINK)
 
 
+CHAIN = LinkCost(alpha=30e-6, beta=1 / 0.7e9)
+SHIFT = LinkCost(alpha=100e-6, beta=1 / 0.2e9)
+BUSY = ScanLinks(chain=CHAIN, shift=SHIFT)
+"""4 ranks on 2 cores as measured here: a round with every rank sending costs far more than a hop."""
+
+
+def test_cost_formulas_charge_chain_hops_and_shift_rounds_apart():
+    n, p = 1 << 20, 4
+    hop, rnd = CHAIN.alpha + n * CHAIN.beta, SHIFT.alpha + n * SHIFT.beta
+    assert predict_allscan("ring", n, p, BUSY) == pytest.approx(3 * hop)
+    assert predict_allscan("mpi", n, p, BUSY) == pytest.approx(2 * rnd)
+    assert predict_allscan("allgather", n, p, BUSY) == pytest.approx(2 * SHIFT.alpha + 3 * n * SHIFT.beta)
+    first_block = 3 * (CHAIN.alpha + n / 5 * CHAIN.beta)
+    later_blocks = 4 * (SHIFT.alpha + n / 5 * SHIFT.beta)
+    assert predict_allscan("pipeline", n, p, BUSY, blocks=5) == pytest.approx(first_block + later_blocks)
+    assert predict_allscan("ring", n, p, ScanLinks(LINK, LINK)) == predict_allscan("ring", n, p, LINK)
+
+
 def test_block_count_is_the_model_optimum_clamped_to_the_rows():
     n, p = 1 << 20, 8
-    k_star = math.sqrt((p - 1) * n * LINK.beta / LINK.alpha)
+    k_star = math.sqrt((p - 2) * n * LINK.beta / LINK.alpha)
     k = best_blocks(n, p, LINK)
     assert k in (math.floor(k_star), math.ceil(k_star))
     assert predict_allscan("pipeline", n, p, LINK, k) <= min(
@@ -98,7 +122,18 @@ def test_block_count_is_the_model_optimum_clamped_to_the_rows():
     assert best_blocks(n, p, LINK, max_blocks=3) == 3
     assert best_blocks(n, p, LINK, max_blocks=0) == 1
     assert best_blocks(0, p, LINK) == 1 and best_blocks(n, 1, LINK) == 1
+    assert best_blocks(n, 2, LINK) == 1  # one hop: splitting the message only adds α
     assert best_blocks(n, p, LinkCost(0.0, LINK.beta), max_blocks=64) == 64
+
+
+def test_block_count_weighs_the_chain_saving_against_shift_rounds():
+    n, p = 64 << 20, 8
+    k_star = math.sqrt(n * ((p - 1) * CHAIN.beta - SHIFT.beta) / SHIFT.alpha)
+    k = best_blocks(n, p, BUSY)
+    assert k in (math.floor(k_star), math.ceil(k_star))
+    assert predict_allscan("pipeline", n, p, BUSY, k) <= min(
+        predict_allscan("pipeline", n, p, BUSY, j) for j in range(1, 400))
+    assert best_blocks(n, 4, BUSY) == 1  # 3 β_c < β_s: a round moves bytes no faster than the chain
 
 
 def test_auto_choice_follows_the_model():
@@ -108,3 +143,16 @@ def test_auto_choice_follows_the_model():
     assert choose_allscan(1 << 20, 1, LINK) == ("pipeline", 1)
     assert choose_allscan(64 << 20, 64, LINK, blocks=512) == ("pipeline", 512)
     assert choose_allscan(64 << 20, 64, LINK, blocks=8)[0] == "mpi"  # too few blocks to pay off
+    # Rounds with every rank at work cost more than hops (oversubscribed cores): the one-block chain.
+    assert all(choose_allscan(n, 4, BUSY, max_blocks=n) == ("pipeline", 1) for n in (4096, 1 << 20, 64 << 20))
+
+
+def test_scan_links_take_the_measured_schedules_but_never_less_than_a_link_alone():
+    topology = load_topology_file(SAMPLE_TOPOLOGY, 4, [Device("cpu")] * 4, ["host"] * 4)
+    intra, eth = LinkCost(1e-6, 1e-10), LinkCost(5e-6, 2e-10)
+    topology.link_costs.update({"intra": intra, "eth": eth})
+    assert scan_links(topology, [0, 1]) == ScanLinks(intra, intra)  # nothing measured: the link alone
+    topology.link_costs.update({"chain": LinkCost(3e-6, 1e-10), "shift": LinkCost(9e-6, 4e-10)})
+    assert scan_links(topology, [0, 1]) == ScanLinks(LinkCost(3e-6, 1e-10), LinkCost(9e-6, 4e-10))
+    # across the nodes the eth link alone is slower than the measured chain hop in β and α
+    assert scan_links(topology) == ScanLinks(LinkCost(5e-6, 2e-10), LinkCost(9e-6, 4e-10))

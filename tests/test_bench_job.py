@@ -4,6 +4,7 @@ elements, multirun subdirectories), its config checks, and the cost model's ping
 import csv
 import json
 import math
+import os
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +12,8 @@ import pytest
 
 import hpcrt
 from hpcrt import ConfigError, LinkCost
-from hpcrt._src.costmodel import bottleneck_link, fit_link_cost, measure_link_costs, representative_pairs
+from hpcrt._src.costmodel import (bottleneck_link, fit_link_cost, measure_link_costs, measure_schedule_costs,
+                                  representative_pairs, ring_shift, shared_core_hops, token_pass)
 from hpcrt._src.topology import Device
 from hpcrt._src.topology_file import load_topology_file
 from hpcrt.jobs.bench_cases import COLLECTIVES, KNOWN_OPS
@@ -66,8 +68,9 @@ def test_two_ranks_share_one_run_dir_and_check_every_algorithm(launch, tmp_path)
     assert "size(B)" in result.stdout and "#wrong" in result.stdout and "predicted(us)" in result.stdout
     assert "allreduce sum ring: time" in result.stdout  # the ratio to MPI's own call
     assert "# Out of bounds values : 0 OK" in result.stdout
-    measured = json.loads((run_dir / "results.json").read_text())["metadata"]["measured_link_costs"]
-    assert set(measured) == {"intra"}
+    meta = json.loads((run_dir / "results.json").read_text())["metadata"]
+    assert set(meta["measured_link_costs"]) == {"intra", "chain", "shift"}
+    assert set(meta["prediction_scan_links"]) == {"chain", "shift"}
 
 
 def test_multirun_on_four_ranks_gives_one_subdir_per_point(launch, tmp_path):
@@ -83,7 +86,7 @@ def test_multirun_on_four_ranks_gives_one_subdir_per_point(launch, tmp_path):
         assert (sweep / num / ".hydra" / "overrides.yaml").exists()
         meta = json.loads((sweep / num / "results.json").read_text())["metadata"]
         assert meta["nodes"] == ["node-ib", "node-roce"]
-        assert set(meta["measured_link_costs"]) == {"intra", "eth"}
+        assert set(meta["measured_link_costs"]) == {"intra", "eth", "chain", "shift"}
     assert len(list(tmp_path.rglob(".hydra"))) == 2
     assert result.stdout.count("Launching 2 jobs locally") == 1  # Hydra's own lines from rank 0 only
 
@@ -209,5 +212,26 @@ def test_ping_pong_measures_the_classes_of_a_topology_file(comm):
         assert all(_finite_positive(c) for c in measured.values())
         rt.topology.link_costs.update(measured)
         assert rt.topology.link_cost(1, 3) == measured["eth"] and rt.topology.link_cost(2, 3) == measured["intra"]
+    finally:
+        hpcrt.finalize()
+
+
+@pytest.mark.mpi(ranks=[1, 2, 4], timeout=60)
+def test_schedule_costs_are_measured_with_every_rank_taking_part(comm):
+    rt = hpcrt.init({"log_files": False})
+    try:
+        measured = measure_schedule_costs(rt.comm, rt.topology, batches=3)
+        assert comm.allgather(measured) == [measured] * comm.size
+        if comm.size == 1:
+            assert measured == {}  # no hop: the scan model keeps the link alone
+        else:
+            assert set(measured) == {"chain", "shift"} and all(_finite_positive(c) for c in measured.values())
+            # all ranks on this host: a round of them runs ⌊cores/2⌋ hops side by side at most
+            hops = shared_core_hops(rt.comm, rt.topology)
+            assert hops == comm.size / max(1, len(os.sched_getaffinity(0)) // 2)
+            chain, shift = measured["chain"], measured["shift"]
+            assert shift.alpha >= hops * chain.alpha and shift.beta >= hops * chain.beta
+            hop, rnd = token_pass(rt.comm, 64, passes=2), ring_shift(rt.comm, 64, passes=2)
+            assert comm.allgather((hop, rnd)) == [(hop, rnd)] * comm.size and hop > 0 and rnd > 0
     finally:
         hpcrt.finalize()

@@ -3,17 +3,17 @@ associative, not necessarily commutative op, by a chosen algorithm or the cost m
 
 from __future__ import annotations
 
+import functools
 from numbers import Integral
 from typing import Any, Optional
 
 from hpcrt._src.runtime import get_runtime
-from hpcrt._src.topology import LinkCost
 from hpcrt._src.trace import trace_done
 
 from . import allscan_algos
 from .agreement import check_agreement
 from .allscan_algos import ScanCall, Steps
-from .allscan_cost import ALGORITHMS, best_blocks, choose_allscan
+from .allscan_cost import ALGORITHMS, ScanLinks, best_blocks, choose_allscan, scan_links
 from .scanlayout import ScanLayout
 from .scanops import as_parts, from_parts, resolve_op
 from .tracing import enter, payload_bytes
@@ -44,10 +44,25 @@ class AllScanHandle:
         return from_parts(self._result, self._like)
 
 
-def chain_link(transport: Transport) -> LinkCost:
-    """The worst α and the worst β over the links between consecutive ranks of the communicator."""
-    ranks = [transport.world_rank(r) for r in range(transport.size)]
-    return get_runtime().topology.slowest_link(ranks, ring=False) or LinkCost(0.0, 0.0)
+_LINKS: dict = {}
+"""Per rank set: (topology, its link costs then, the ScanLinks they gave), so a call that asks the
+model again pays a lookup, not the walk over the links, until the costs change."""
+
+
+def transport_links(transport: Transport) -> ScanLinks:
+    """The model's costs for a scan over the communicator's ranks (in the runtime's numbering)."""
+    topology = get_runtime().topology
+    ranks = tuple(transport.world_rank(r) for r in range(transport.size))
+    known = _LINKS.get(ranks)
+    if known is None or known[0] is not topology or known[1] != topology.link_costs:
+        known = _LINKS[ranks] = (topology, dict(topology.link_costs), scan_links(topology, list(ranks)))
+    return known[2]
+
+
+@functools.lru_cache(maxsize=256)
+def _choice(nbytes: int, size: int, links: ScanLinks, max_blocks: int, blocks: Optional[int]) -> tuple:
+    """:func:`choose_allscan`, remembered: ``auto`` weighs the algorithms once per shape and costs."""
+    return choose_allscan(nbytes, size, links, max_blocks, blocks)
 
 
 def _prepare(x: Any, op: Any, algorithm: str, blocks: Optional[int]) -> tuple:
@@ -107,10 +122,10 @@ def _steps(call: ScanCall, algorithm: str, blocks: Optional[int]) -> Steps:
     max_blocks = max(1, call.layout.rows) if call.op.rowwise else 1
     size = call.transport.size
     if algorithm == "auto":
-        algorithm, blocks = choose_allscan(call.layout.nbytes, size, chain_link(call.transport), max_blocks, blocks)
+        algorithm, blocks = _choice(call.layout.nbytes, size, transport_links(call.transport), max_blocks, blocks)
     if algorithm == "pipeline":
         if blocks is None:
-            blocks = best_blocks(call.layout.nbytes, size, chain_link(call.transport), max_blocks)
+            blocks = best_blocks(call.layout.nbytes, size, transport_links(call.transport), max_blocks)
         return allscan_algos.pipeline(call, min(int(blocks), max_blocks))
     if algorithm == "ring":
         return allscan_algos.pipeline(call, 1)

@@ -1,62 +1,101 @@
 """α-β cost model of the All-Scan algorithms: predicted time of each, the pipeline's block
 count, and the choice ``algorithm="auto"`` makes. ``nbytes`` is the whole state (both arrays of
-an affine pair); ``link`` the worst link along the chain."""
+an affine pair); ``links`` the costs of the two ways the algorithms use the links (:class:`ScanLinks`,
+or one :class:`LinkCost` for both).
+
+A chain hop has one message in flight while the other ranks wait; a shift round has every rank
+sending and receiving at once. On ranks with a core each the two cost alike; with more ranks than
+cores the round waits for time slices and shares memory bandwidth, which the measured costs show
+(``hpcrt._src.costmodel``) and the formulas then charge to the algorithms that run such rounds."""
 
 from __future__ import annotations
 
 import math
-from typing import Optional
+from dataclasses import dataclass
+from typing import Optional, Union
 
-from hpcrt._src.topology import LinkCost
+from hpcrt._src.costmodel import CHAIN, SHIFT, schedule_link
+from hpcrt._src.topology import LinkCost, Topology
 
 ALGORITHMS = ("pipeline", "allgather", "mpi", "ring")
 """In this order ``auto`` breaks ties."""
+
+
+@dataclass(frozen=True)
+class ScanLinks:
+    """α-β of a chain hop (ring, the pipeline's first block) and of a round in which every rank
+    exchanges at once (allgather's and MPI's rounds, the pipeline's steady state)."""
+
+    chain: LinkCost
+    shift: LinkCost
+
+
+def as_scan_links(links: Union[ScanLinks, LinkCost]) -> ScanLinks:
+    """``links`` as :class:`ScanLinks`; one :class:`LinkCost` stands for both ways."""
+    return links if isinstance(links, ScanLinks) else ScanLinks(links, links)
+
+
+def scan_links(topology: Topology, ranks: Optional[list] = None) -> ScanLinks:
+    """The costs a scan over ``ranks`` (default: all) pays: the chain along them, the shift round them."""
+    return ScanLinks(schedule_link(topology, CHAIN, ranks, ring=False), schedule_link(topology, SHIFT, ranks))
 
 
 def _log2_ceil(p: int) -> int:
     return (p - 1).bit_length()
 
 
-def predict_allscan(algorithm: str, nbytes: float, p: int, link: LinkCost, blocks: Optional[int] = None) -> float:
+def _pipeline(nbytes: float, p: int, links: ScanLinks, k: int) -> float:
+    """The first block walks p−1 chain hops, each later one arrives a shift round after the previous."""
+    chain, shift = links.chain, links.shift
+    return (p - 1) * (chain.alpha + nbytes * chain.beta / k) + (k - 1) * (shift.alpha + nbytes * shift.beta / k)
+
+
+def predict_allscan(algorithm: str, nbytes: float, p: int, links: Union[ScanLinks, LinkCost],
+                    blocks: Optional[int] = None) -> float:
     """Predicted seconds of one All-Scan; ``blocks`` (pipeline only) defaults to :func:`best_blocks`.
 
-    pipeline (p−1+K)(α+nβ/K); allgather ⌈log₂p⌉α+(p−1)nβ; ring (p−1)(α+nβ);
-    mpi (recursive doubling) ⌈log₂p⌉(α+nβ).
+    With chain hop (α_c, β_c) and shift round (α_s, β_s): pipeline (p−1)(α_c+nβ_c/K) +
+    (K−1)(α_s+nβ_s/K), which is (p−2+K)(α+nβ/K) when both are alike; ring (p−1)(α_c+nβ_c), the
+    pipeline's K = 1; allgather (Bruck) ⌈log₂p⌉α_s+(p−1)nβ_s; mpi (recursive doubling)
+    ⌈log₂p⌉(α_s+nβ_s).
     """
     if p <= 1:
         return 0.0
-    alpha, beta = link.alpha, link.beta
+    links = as_scan_links(links)
+    shift = links.shift
     if algorithm == "pipeline":
-        k = blocks if blocks is not None else best_blocks(nbytes, p, link)
-        return (p - 1 + k) * (alpha + nbytes * beta / k)
+        return _pipeline(nbytes, p, links, blocks if blocks is not None else best_blocks(nbytes, p, links))
     if algorithm == "allgather":
-        return _log2_ceil(p) * alpha + (p - 1) * nbytes * beta
+        return _log2_ceil(p) * shift.alpha + (p - 1) * nbytes * shift.beta
     if algorithm == "ring":
-        return (p - 1) * (alpha + nbytes * beta)
+        return _pipeline(nbytes, p, links, 1)
     if algorithm == "mpi":
-        return _log2_ceil(p) * (alpha + nbytes * beta)
+        return _log2_ceil(p) * (shift.alpha + nbytes * shift.beta)
     raise ValueError(f"unknown All-Scan algorithm {algorithm!r}; known: {', '.join(ALGORITHMS)}")
 
 
-def best_blocks(nbytes: float, p: int, link: LinkCost, max_blocks: Optional[int] = None) -> int:
-    """The pipeline's block count: K* = √((p−1)·n·β/α), rounded to the better neighbouring
-    integer and clamped to [1, max_blocks] (the number of rows of the state)."""
+def best_blocks(nbytes: float, p: int, links: Union[ScanLinks, LinkCost], max_blocks: Optional[int] = None) -> int:
+    """The pipeline's block count: K* = √(n((p−1)β_c − β_s)/α_s) (√((p−2)nβ/α) when chain and shift
+    cost alike), rounded to the better neighbouring integer and clamped to [1, max_blocks] (the
+    number of rows of the state); 1 where more blocks cannot pay off."""
+    links = as_scan_links(links)
     limit = max(1, max_blocks) if max_blocks is not None else None
-    if p <= 1 or nbytes <= 0:
+    saved_per_byte = (p - 1) * links.chain.beta - links.shift.beta
+    if p <= 1 or nbytes <= 0 or saved_per_byte <= 0:
         return 1
-    if link.alpha <= 0:
+    if links.shift.alpha <= 0:
         return limit or 1
-    k_star = math.sqrt((p - 1) * nbytes * link.beta / link.alpha)
+    k_star = math.sqrt(nbytes * saved_per_byte / links.shift.alpha)
     candidates = {max(1, math.floor(k_star)), max(1, math.ceil(k_star))}
     if limit is not None:
         candidates = {min(k, limit) for k in candidates}
-    return min(sorted(candidates), key=lambda k: predict_allscan("pipeline", nbytes, p, link, k))
+    return min(sorted(candidates), key=lambda k: _pipeline(nbytes, p, links, k))
 
 
-def choose_allscan(nbytes: float, p: int, link: LinkCost, max_blocks: Optional[int] = None,
+def choose_allscan(nbytes: float, p: int, links: Union[ScanLinks, LinkCost], max_blocks: Optional[int] = None,
                    blocks: Optional[int] = None) -> tuple:
     """(algorithm, blocks) with the least predicted time; ``blocks`` fixes the pipeline's K."""
-    k = blocks if blocks is not None else best_blocks(nbytes, p, link, max_blocks)
-    times = {name: predict_allscan(name, nbytes, p, link, k) for name in ALGORITHMS}
+    k = blocks if blocks is not None else best_blocks(nbytes, p, links, max_blocks)
+    times = {name: predict_allscan(name, nbytes, p, links, k) for name in ALGORITHMS}
     best = min(ALGORITHMS, key=lambda name: times[name])
     return best, (k if best == "pipeline" else 1)

@@ -1,25 +1,44 @@
-"""The α-β cost model's measurement: a ping-pong between one representative pair of ranks per
-link class of the topology, in the same run as the job it serves.
+"""The α-β cost model's measurement, in the same run as the job it serves: a ping-pong between one
+representative pair of ranks per link class of the topology (the link alone), and the two ways a
+collective's schedule uses the links with every rank of the communicator taking part.
 
-α is the one-way time of a small message, β the extra time per byte of a large one (each the
-median over single round trips). The ping-pong goes over the communicator as is, so a topology
-file's virtual classes measure the real path under them (on one machine: shared memory), and
-emulated delays are not seen.
+α is the one-way time of a small message, β the extra time per byte of a large one. The ping-pong
+takes the median over single round trips (the link, not the machine's hiccups). The schedule
+costs — a hop of a token passed along all ranks (``chain``: one message in flight, the others
+waiting in MPI, as on a scan's critical path) and a round of a ring shift (``shift``: every rank
+sends and receives at once, as in a recursive-doubling or Bruck round and a pipeline's steady
+state) — time back-to-back batches and keep their mean, since with more ranks than cores the
+waits for a time slice are the cost; the median batch leaves out bursts of other jobs. Their
+messages are fresh buffers, received and forwarded as a copy, as hpcrt's collectives do. A shift
+round is charged at least the chain hops its host's cores can run only one pair at a time
+(:func:`shared_core_hops`), so that one noisy measurement cannot make a round look cheaper than
+the cores allow.
+Everything goes over the communicator as is, so a topology file's virtual classes measure the real
+path under them (on one machine: shared memory), and emulated delays are not seen.
 """
 
 from __future__ import annotations
 
+import os
 import statistics
 import time
 from typing import Any
 
 import numpy as np
+from mpi4py import MPI
 
 from .topology import INTRA_NODE, LinkCost, Topology
 
 SMALL_BYTES = 8
 LARGE_BYTES = 1 << 20
 REPETITIONS = 21
+BATCHES = 5
+"""Timed batches per schedule and size; each ``PASSES`` passes of the token or rounds of the shift."""
+PASSES = 4
+CHAIN = "chain"
+SHIFT = "shift"
+SCHEDULES = (CHAIN, SHIFT)
+"""Keys of the schedule costs beside the link classes in a topology's ``link_costs``."""
 _TAG = 7301
 
 
@@ -92,6 +111,95 @@ def measure_link_costs(comm: Any, topology: Topology, repetitions: int = REPETIT
     for part in comm.allgather(measured):
         merged.update(part)
     return merged
+
+
+def _fresh_copy(data: np.ndarray) -> np.ndarray:
+    """A new buffer holding ``data``: what a collective allocates and fills per message."""
+    out = np.empty_like(data)
+    out[...] = data
+    return out
+
+
+def token_pass(comm: Any, nbytes: int, passes: int = PASSES) -> float:
+    """Mean seconds per hop of ``passes`` trips of a token 0 → 1 → … → p−1 → 0 (timed at rank 0)."""
+    rank, size = comm.rank, comm.size
+    token = np.zeros(nbytes, dtype=np.uint8)
+    comm.Barrier()
+    start = time.perf_counter()
+    for _ in range(passes):
+        if rank == 0:
+            comm.Send(_fresh_copy(token), 1, _TAG)
+        token = np.empty(nbytes, dtype=np.uint8)
+        comm.Recv(token, (rank - 1) % size, _TAG)
+        if rank != 0:
+            comm.Send(_fresh_copy(token), (rank + 1) % size, _TAG)
+    return comm.bcast((time.perf_counter() - start) / (passes * size))
+
+
+def ring_shift(comm: Any, nbytes: int, passes: int = PASSES) -> float:
+    """Mean seconds per round of ``passes`` rounds in which every rank sends right and receives from
+    the left at once (the slowest rank's)."""
+    rank, size = comm.rank, comm.size
+    held = np.zeros(nbytes, dtype=np.uint8)
+    comm.Barrier()
+    start = time.perf_counter()
+    for _ in range(passes):
+        incoming = np.empty(nbytes, dtype=np.uint8)
+        comm.Sendrecv(_fresh_copy(held), (rank + 1) % size, _TAG, incoming, (rank - 1) % size, _TAG)
+        held = incoming
+    return comm.allreduce((time.perf_counter() - start) / passes, op=MPI.MAX)
+
+
+_SCHEDULE_TIMERS = {CHAIN: token_pass, SHIFT: ring_shift}
+
+
+def shared_core_hops(comm: Any, topology: Topology) -> float:
+    """Chain hops' worth of time, at least, of a round in which every rank sends: on each host its
+    ranks over the hops its cores run side by side (a hop keeps a sender and a receiver busy), the
+    most over hosts. Collective, so every rank gets the same; below 1 where cores are plenty."""
+    host = topology.ranks[comm.rank].host
+    ranks_here = sum(r.host == host for r in topology.ranks)
+    side_by_side = max(1, len(os.sched_getaffinity(0)) // 2)
+    return comm.allreduce(ranks_here / side_by_side, op=MPI.MAX)
+
+
+def _no_faster_than(measured: LinkCost, hops: float, hop: LinkCost) -> LinkCost:
+    """``measured``, raised to ``hops`` times ``hop`` in α and in β where that is more."""
+    return LinkCost(max(measured.alpha, hops * hop.alpha), max(measured.beta, hops * hop.beta))
+
+
+def measure_schedule_costs(comm: Any, topology: Topology, batches: int = BATCHES) -> dict[str, LinkCost]:
+    """α-β of a ``chain`` hop and a ``shift`` round with every rank of ``comm`` (the topology's)
+    taking part; empty at one rank. Collective; batches of the two alternate, so load from other
+    jobs meets both alike. A shift round is charged no less than :func:`shared_core_hops` chain
+    hops: with more ranks than cores the round cannot move its bytes side by side, whatever the
+    noise of one measurement says."""
+    if comm.size < 2:
+        return {}
+    times: dict = {(schedule, nbytes): [] for schedule in SCHEDULES for nbytes in (SMALL_BYTES, LARGE_BYTES)}
+    for nbytes in (SMALL_BYTES, LARGE_BYTES):
+        for schedule in SCHEDULES:
+            _SCHEDULE_TIMERS[schedule](comm, nbytes, 1)  # warm the path and the allocator up
+        for _ in range(batches):
+            for schedule in SCHEDULES:
+                times[schedule, nbytes].append(_SCHEDULE_TIMERS[schedule](comm, nbytes))
+    chain, shift = (fit_link_cost(statistics.median(times[schedule, SMALL_BYTES]),
+                                  statistics.median(times[schedule, LARGE_BYTES])) for schedule in SCHEDULES)
+    return {CHAIN: chain, SHIFT: _no_faster_than(shift, shared_core_hops(comm, topology), chain)}
+
+
+def schedule_link(topology: Topology, schedule: str, ranks: list[int] | None = None, ring: bool = True) -> LinkCost:
+    """The α-β a hop of ``schedule`` (CHAIN or SHIFT) pays among ``ranks`` (default: all): no less
+    than the slowest link alone (:meth:`Topology.slowest_link`) nor than the schedule as measured.
+
+    A job without schedule measurements (nominal costs, one rank) gets the slowest link alone.
+    """
+    ranks = list(range(topology.size)) if ranks is None else ranks
+    alone = topology.slowest_link(ranks, ring=ring) or topology.link_costs[INTRA_NODE]
+    measured = topology.link_costs.get(schedule)
+    if measured is None:
+        return alone
+    return LinkCost(max(alone.alpha, measured.alpha), max(alone.beta, measured.beta))
 
 
 def bottleneck_link(topology: Topology, ranks: list[int] | None = None) -> LinkCost:
