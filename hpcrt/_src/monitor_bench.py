@@ -3,6 +3,7 @@ for the bench job; performance claims come from there, never from a timed unit t
 
 from __future__ import annotations
 
+import math
 import statistics
 from collections import defaultdict
 from contextlib import nullcontext
@@ -16,12 +17,26 @@ from . import trace
 from .monitor import Monitor
 from .recorder import FlightRecorder
 
+BLOCK_CALLS = 2000
+
 
 def _per_call(fn: Callable[[], None], n: int) -> float:
     start = perf_counter()
     for _ in range(n):
         fn()
     return (perf_counter() - start) / n
+
+
+def _interleaved(blocks: int, **variants: tuple) -> dict:
+    """Seconds per call of each variant ``name=(prepare, fn)``: the fastest of ``blocks`` blocks of
+    ``BLOCK_CALLS`` calls, the variants' blocks interleaved so that all of them meet the same
+    spells of load (a neighbour on the other vCPU, which may share the physical core)."""
+    best = {name: math.inf for name in variants}
+    for _ in range(blocks):
+        for name, (prepare, fn) in variants.items():
+            prepare()
+            best[name] = min(best[name], _per_call(fn, BLOCK_CALLS))
+    return best
 
 
 def _no_monitor_section(name: str) -> nullcontext:
@@ -32,8 +47,9 @@ def _no_monitor_section(name: str) -> nullcontext:
 def measure_recorder_overhead(records: int = 200_000, steps: int = 20, step_ms: float = 20.0,
                               collectives_per_step: int = 8, sections_per_step: int = 4,
                               repeats: int = 3, rounds: int = 10, comm: Optional[Any] = None) -> dict:
-    """Seconds per traced collective and per section (recorder on minus off, in the same loop; a
-    section off is the ``nullcontext`` that ``monitor.section`` gives with no monitor), and the
+    """Seconds per traced collective and per section (recorder on minus off, each the fastest of
+    ``records / BLOCK_CALLS`` interleaved blocks; a section off is the ``nullcontext`` that
+    ``monitor.section`` gives with no monitor), and the
     share of a training-like step they take: numpy work of about ``step_ms`` with
     ``collectives_per_step`` 8-byte Allreduces (on ``comm``, default COMM_SELF) and
     ``sections_per_step`` sections.
@@ -57,13 +73,17 @@ def measure_recorder_overhead(records: int = 200_000, steps: int = 20, step_ms: 
             with _no_monitor_section("forward"):
                 pass
 
-        empty = min(_per_call(lambda: None, records) for _ in range(repeats))
-        trace.set_recorder(None)
-        off = min(_per_call(collective, records) for _ in range(repeats))
-        section_off = min(_per_call(untraced_section, records // 4) for _ in range(repeats))
-        trace.set_recorder(recorder)
-        on = min(_per_call(collective, records) for _ in range(repeats))
-        section_s = min(_per_call(section, records // 4) for _ in range(repeats)) - section_off
+        def recorder_off() -> None:
+            trace.set_recorder(None)
+
+        def recorder_on() -> None:
+            trace.set_recorder(recorder)
+
+        best = _interleaved(max(1, records // BLOCK_CALLS), empty=(recorder_off, lambda: None),
+                            off=(recorder_off, collective), on=(recorder_on, collective),
+                            section_off=(recorder_off, untraced_section), section=(recorder_on, section))
+        empty, off, on = best["empty"], best["off"], best["on"]
+        section_s = best["section"] - best["section_off"]
         host._sections.clear()
 
         a = np.random.default_rng(0).random((128, 128))
