@@ -79,7 +79,9 @@ def bench_flush(directory: Path, local_dir: Path, level: str, nbytes: int, repea
     ``write``: the rank's file alone (write, checksum, fsync, rename, directory fsync; rank 0's
     ``global.h5`` too at the global level); both alternated with ``np.save`` + fsync of the same
     bytes into the same directory. The unlink of the previous file runs untimed on both sides (the
-    reaper's, off the commit path; the baseline's, before it). ``fixed_ms``: the commit
+    reaper's, off the commit path; the baseline's, before it), and ``os.sync()`` before each side
+    leaves neither a journal commit of the other's deletions (on ext4 mounted with ``discard``,
+    freed blocks are discarded at the next commit: whoever fsyncs next). ``fixed_ms``: the commit
     protocol's cost beyond the write (vote, manifest, retention), per save."""
     state = _state(nbytes)
     flush_s, write_s, base_s = [], [], []
@@ -98,12 +100,14 @@ def bench_flush(directory: Path, local_dir: Path, level: str, nbytes: int, repea
                 os.fsync(f.fileno())
 
         for i in range(repeats):
+            os.sync()  # each side starts from a quiet disk: no journal commit of the other's left to it
             ck.save(i, state)
             ck.wait_snapshot()
             flush_s.append(_timed(ck.wait))
             write_s.append(marks[f"{level}:vote"] - marks[f"{level}:write"])
             ck._reaper.drain()  # the retired step's unlink, like the baseline's, is not timed
             baseline.unlink(missing_ok=True)
+            os.sync()
             base_s.append(_timed(np_save_fsync))
         baseline.unlink()
     flush, write, base = (statistics.median(t) for t in (flush_s, write_s, base_s))
