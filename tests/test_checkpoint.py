@@ -49,6 +49,18 @@ def assert_same(got, want):
             assert got[key] == json.loads(json.dumps(value)), key
 
 
+def test_new_folders_are_made_durable_in_their_parents(tmp_path, monkeypatch):
+    from hpcrt.checkpoint._src import commit
+    synced = []
+    monkeypatch.setattr(commit, "fsync_dir", synced.append)
+    (tmp_path / "a").mkdir()
+    commit.make_dirs_durable(tmp_path / "a" / "b" / "c")
+    assert (tmp_path / "a" / "b" / "c").is_dir()
+    assert synced == [tmp_path / "a", tmp_path / "a" / "b"]  # the parents of the two folders created
+    commit.make_dirs_durable(tmp_path / "a" / "b")
+    assert len(synced) == 2
+
+
 @pytest.mark.mpi(ranks=[1, 2, 3], timeout=120)
 def test_round_trip_memory_and_disk(comm, mpi_tmp_path):
     rt = runtime()

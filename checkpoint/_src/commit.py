@@ -22,6 +22,19 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def make_dirs_durable(directory: Path) -> None:
+    """Create ``directory`` and its missing parents, fsyncing the parent of each one created: a
+    file fsynced in a new folder survives a crash only if the folder's own name does too."""
+    if directory.is_dir():
+        return
+    make_dirs_durable(directory.parent)
+    try:
+        directory.mkdir()
+    except FileExistsError:  # another rank or thread made it meanwhile: its creator syncs the parent
+        return
+    fsync_dir(directory.parent)
+
+
 def fsync_file(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -38,7 +51,7 @@ def atomic_path(path: Path, before_rename: Optional[Callable[[], None]] = None,
     runs between the fsync and the rename (fault-injection tests kill a rank there).
     ``sync_dir=False`` leaves the directory fsync to the caller's next file in the same directory
     (one fsync makes both renames durable)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    make_dirs_durable(path.parent)
     tmp = path.with_name(path.name + TMP_SUFFIX)
     try:
         yield tmp
