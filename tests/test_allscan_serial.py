@@ -70,7 +70,7 @@ def test_layout_splits_rows_keeps_broadcast_arrays_whole_and_packs_aligned():
     assert sum(layout.message_nbytes(lo, hi, k == 0) for k, (lo, hi) in enumerate(bounds)) == layout.nbytes
     shared = ()
     for k, (lo, hi) in enumerate(bounds):
-        message = layout.message(np, lo, hi, k == 0)
+        message = np.empty(layout.message_nbytes(lo, hi, k == 0), dtype=np.uint8)
         views = layout.views(message, lo, hi, k == 0)
         assert all(v is None or v.flags.aligned for v in views)
         assign(views, layout.block(parts, lo, hi, k == 0))
@@ -78,6 +78,21 @@ def test_layout_splits_rows_keeps_broadcast_arrays_whole_and_packs_aligned():
         unpacked = complete(layout.views(message, lo, hi, k == 0), shared)
         assert all(np.array_equal(u, p) for u, p in zip(unpacked, layout.block(parts, lo, hi)))
     assert ScanLayout.of(parts[1:], rowwise=False).row_split == (False, False)
+
+
+def test_message_buffers_are_reused_after_they_are_given_back():
+    from hpcrt.collectives._src.msgpool import Borrowed
+    first = Borrowed(np)
+    a, b = first.take(1000), first.take(0)
+    assert (a.nbytes, b.nbytes, a.dtype) == (1000, 0, np.uint8)
+    second = Borrowed(np)
+    c = second.take(1000)
+    assert not np.shares_memory(a, c)  # a is still out: the pool hands out another buffer
+    first.give_back()
+    third = Borrowed(np)
+    assert np.shares_memory(third.take(600), a)  # same size class (1 KiB), back in the pool
+    second.give_back()
+    third.give_back()
 
 
 def test_cost_formulas():

@@ -12,6 +12,7 @@ from mpi4py import MPI
 
 from hpcrt._src.backends import backend_of, get_xp
 
+from .msgpool import Borrowed
 from .scanlayout import ScanLayout, assign, complete
 from .scanops import MAX, SUM, ScanOp, from_parts
 from .transport import Transport, wait_all
@@ -86,18 +87,19 @@ def pipeline(call: ScanCall, blocks: int) -> Steps:
     """ZeCO All-Scan: per row block, receive the scan so far from the previous rank, extend it
     and forward it at once. All receives are posted up front, sends are non-blocking, so block
     k+1 arrives while block k is combined and forwarded. Each rank but the last sends n bytes."""
-    layout, transport, xp = call.layout, call.transport, call.xp
+    layout, transport = call.layout, call.transport
     before, after = call.neighbours()
     bounds = layout.bounds(blocks)
+    buffers = Borrowed(call.xp)
     receives = []
     if before is not None:
         for k, (lo, hi) in enumerate(bounds):
-            buffer = layout.message(xp, lo, hi, k == 0)
+            buffer = buffers.take(layout.message_nbytes(lo, hi, k == 0))
             receives.append((buffer, transport.irecv(buffer, before, call.tag)))
     sends = []
 
     def forward(state: tuple, lo: int, hi: int, first: bool) -> None:
-        buffer = layout.message(xp, lo, hi, first)
+        buffer = buffers.take(layout.message_nbytes(lo, hi, first))
         assign(layout.views(buffer, lo, hi, first), state)
         sends.append((buffer, transport.isend(buffer, after, call.tag)))
 
@@ -121,6 +123,7 @@ def pipeline(call: ScanCall, blocks: int) -> Steps:
                 forward(outgoing, lo, hi, k == 0)
             assign(layout.block(result, lo, hi, k == 0), outgoing if call.inclusive else incoming)
     wait_all([pending for _, pending in sends])
+    buffers.give_back()
     return result
 
 

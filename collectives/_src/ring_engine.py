@@ -15,6 +15,7 @@ from typing import Any, Callable, Optional
 from hpcrt._src.backends import get_xp
 
 from .blocks import block_bounds
+from .msgpool import Borrowed
 from .transport import Transport, wait_all
 
 RING_ALGORITHMS = ("ring", "bidir_ring")
@@ -55,10 +56,10 @@ def ring_pass(transport: Transport, work: Any, lanes: list[Lane], *,
     p, r = transport.size, transport.rank
     first = 1 if combine is not None else 0
     scratch = {}
+    buffers = Borrowed(get_xp(work))
     if combine is not None:
-        xp = get_xp(work)
         for lane in lanes:
-            scratch[lane.tag] = xp.empty(max(b - a for a, b in lane.pieces), dtype=work.dtype)
+            scratch[lane.tag] = buffers.take(max(b - a for a, b in lane.pieces) * work.itemsize).view(work.dtype)
     for step in range(p - 1):
         pending, folds = [], []
         for lane in lanes:
@@ -77,3 +78,4 @@ def ring_pass(transport: Transport, work: Any, lanes: list[Lane], *,
         wait_all(pending)
         for target, incoming in folds:
             combine(target, incoming)
+    buffers.give_back()

@@ -62,10 +62,6 @@ class ScanLayout:
         return sum(int(np.prod(shape)) * dtype.itemsize
                    for shape, dtype in zip(self._block_shapes(lo, hi, first), self.dtypes) if shape is not None)
 
-    def message(self, xp: Any, lo: int, hi: int, first: bool) -> Any:
-        """An empty uint8 buffer for the block's message, on the backend of ``xp``."""
-        return xp.empty(self.message_nbytes(lo, hi, first), dtype=np.uint8)
-
     def views(self, buffer: Any, lo: int, hi: int, first: bool) -> tuple:
         """Typed views of the arrays inside a block's message (None for those it omits)."""
         shapes = self._block_shapes(lo, hi, first)
