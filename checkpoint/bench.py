@@ -78,7 +78,8 @@ def bench_flush(directory: Path, local_dir: Path, level: str, nbytes: int, repea
     rename, checksum, vote, manifest, retention's rename of the previous step to the trash);
     ``write``: the rank's file alone (write, checksum, fsync, rename, directory fsync; rank 0's
     ``global.h5`` too at the global level); both alternated with ``np.save`` + fsync of the same
-    bytes into the same directory. The unlink of the previous file runs untimed on both sides (the
+    bytes into the same directory by every rank, done when the last rank is (a commit is
+    collective too). The unlink of the previous file runs untimed on both sides (the
     reaper's, off the commit path; the baseline's, before it), and ``os.sync()`` before each side
     leaves neither a journal commit of the other's deletions (on ext4 mounted with ``discard``,
     freed blocks are discarded at the next commit: whoever fsyncs next). ``fixed_ms``: the commit
@@ -93,14 +94,16 @@ def bench_flush(directory: Path, local_dir: Path, level: str, nbytes: int, repea
         target.mkdir(parents=True, exist_ok=True)
         baseline = target / f"baseline-{comm.rank}.npy"
 
-        def np_save_fsync() -> None:
+        def np_save_fsync() -> None:  # done, like a checkpoint of the job, when every rank is
             with open(baseline, "wb") as f:
                 np.save(f, state["params"])
                 f.flush()
                 os.fsync(f.fileno())
+            comm.Barrier()
 
         for i in range(repeats):
             os.sync()  # each side starts from a quiet disk: no journal commit of the other's left to it
+            comm.Barrier()
             ck.save(i, state)
             ck.wait_snapshot()
             flush_s.append(_timed(ck.wait))
@@ -108,6 +111,7 @@ def bench_flush(directory: Path, local_dir: Path, level: str, nbytes: int, repea
             ck._reaper.drain()  # the retired step's unlink, like the baseline's, is not timed
             baseline.unlink(missing_ok=True)
             os.sync()
+            comm.Barrier()
             base_s.append(_timed(np_save_fsync))
         baseline.unlink()
     flush, write, base = (statistics.median(t) for t in (flush_s, write_s, base_s))

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 import hpcrt
+from hpcrt._src.idle_wait import idle_until_all_arrive, idle_wait
 from hpcrt._src.staging import PinnedPool
 
 from . import manifest, retention
@@ -274,6 +275,7 @@ class Checkpointer:
                 error = error or f"{type(exc).__name__}: {exc}"
         digest = (error, [e.to_json() for e in snap.entries], snap.json_text, snap.nbytes) if snap else \
             (error, [], "{}", 0)
+        idle_until_all_arrive(self._comm)  # this thread waits for the others without taking a core
         rows = self._comm.allgather(digest)
         failed = [f"step {job.step}, level memory (snapshot), rank {r}: {row[0]}" for r, row in enumerate(rows)
                   if row[0]]
@@ -314,6 +316,7 @@ class Checkpointer:
         except Exception as exc:
             error = f"{type(exc).__name__}: {exc}"
         self._phase(f"{level}:vote")
+        idle_until_all_arrive(self._comm)
         votes = self._comm.allgather((error, [record for record, _ in written]))
         failed = [f"step {step}, level {level}, rank {r}: {e}" for r, (e, _) in enumerate(votes) if e]
         outcome = None
@@ -327,6 +330,7 @@ class Checkpointer:
             except Exception as exc:
                 outcome = (f"step {step}, level {level}, rank 0 (manifest): {type(exc).__name__}: {exc}", [])
         if not failed:
+            idle_until_all_arrive(self._comm)  # rank 0 writes the manifest meanwhile
             error, dropped = self._comm.bcast(outcome)
             failed = [error] if error else []
         if failed:
@@ -389,7 +393,7 @@ class Checkpointer:
                     for r, s in zip(held, received)]
         requests.append(self._comm.Isend(snap.buffer[:snap.nbytes], dest=self._holders[self.rank],
                                          tag=PARTNER_TAG))
-        requests[0].Waitall(requests)
+        idle_wait(requests)
         return list(zip(held, received))
 
     # --- memory level -----------------------------------------------------------------------------

@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 from mpi4py import MPI
 
+from .idle_wait import idle_until_all_arrive
 from .topology import INTRA_NODE, LinkCost, Topology
 
 SMALL_BYTES = 8
@@ -85,13 +86,6 @@ def fit_link_cost(small: float, large: float, small_bytes: int = SMALL_BYTES,
     return LinkCost(alpha=small, beta=beta)
 
 
-def _idle_until_all_arrive(comm: Any) -> None:
-    """Wait at a barrier without spinning, so idle ranks leave the cores to the measured pair."""
-    request = comm.Ibarrier()
-    while not request.Test():
-        time.sleep(1e-4)
-
-
 def measure_link_costs(comm: Any, topology: Topology, repetitions: int = REPETITIONS) -> dict[str, LinkCost]:
     """α-β of every link class present, measured pair by pair; the same dict on every rank.
 
@@ -106,7 +100,7 @@ def measure_link_costs(comm: Any, topology: Topology, repetitions: int = REPETIT
             large = ping_pong(comm, pair, LARGE_BYTES, repetitions)
             if comm.rank == pair[0]:
                 measured[link_class] = fit_link_cost(small, large)
-        _idle_until_all_arrive(comm)
+        idle_until_all_arrive(comm)
     merged: dict[str, LinkCost] = {}
     for part in comm.allgather(measured):
         merged.update(part)
