@@ -28,7 +28,7 @@ from hpcrt._src.staging import PinnedPool
 from . import manifest, retention
 from .commit import fsync_dir, remove_file, write_json_atomic
 from .errors import CheckpointError, StateError
-from .format import Beside, file_attrs, write_global_file, write_rank_file
+from .format import BESIDE, file_attrs, write_global_file, write_rank_file
 from .levels import DISK_LEVELS, GLOBAL_FILE, LEVELS, Places, partner_holders, rank_name
 from .reaper import Reaper
 from .restore import restore as restore_collective
@@ -367,7 +367,8 @@ class Checkpointer:
         # rank 0 writes global.h5 beside its rank file, so that their fsyncs overlap; one fsync of
         # the step folder then makes both renames durable
         path = self.places.step_dir(step) / GLOBAL_FILE
-        beside = Beside(write_global_file, path, layouts, [rank_name(r) for r in range(self.size)], attrs, False)
+        beside = BESIDE.submit(write_global_file, path, layouts, [rank_name(r) for r in range(self.size)], attrs,
+                               False)
         try:
             written = [self._write(level, step, snap, self.rank, node, attrs, before_rename, sync_dir=False)]
         finally:
