@@ -26,13 +26,12 @@ from omegaconf import DictConfig, OmegaConf
 import hpcrt
 from hpcrt import ConfigError
 from hpcrt._src.costmodel import SCHEDULES, bottleneck_link, measure_link_costs, measure_schedule_costs
+from hpcrt.collectives import scan_links
 
 from .bench_cases import COLLECTIVES, DEFAULT_EXCLUDED, KNOWN_OPS, Algorithm, BenchContext, Collective
 from .bench_config import BenchSettings, parse_settings
 from .bench_plot import plot
 from .bench_report import Row, format_row, header, summary, write_csv, write_json
-from hpcrt.collectives import scan_links
-
 from .bench_run import run_collective
 from .bench_suites import SUITES, format_suite, run_suite
 from .hydra_mpi import mpi_hydra_main

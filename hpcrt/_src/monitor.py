@@ -27,7 +27,7 @@ from .recorder import COLLECTIVE, SECTION, STEP, FlightRecorder
 from .rundir import agree_run_dir
 from .sidechannel import MonitorDir, read_json, start_sentinel, write_json
 from .straggler import WORK, StragglerTracker, score_window, summarize
-from .ulfm import abort_job, failed_world_ranks, ft_enabled, revoke_and_shrink, ulfm_available
+from .ulfm import abort_world, failed_world_ranks, revoke_and_shrink, ulfm_available
 from .watchdog import Watchdog
 
 log = logging.getLogger("hpcrt.monitor")
@@ -258,10 +258,7 @@ class Monitor:
         sys.stderr.write(text + "\n")
         sys.stderr.flush()
         time.sleep(FORWARD_GRACE_S)  # let the launcher forward the message before the job is torn down
-        if ft_enabled():  # under ULFM, MPI_Abort would end this rank only
-            abort_job(self.config.abort_exit_code)
-        from mpi4py import MPI
-        MPI.COMM_WORLD.Abort(self.config.abort_exit_code)
+        abort_world(self.config.abort_exit_code)
 
     # -- ULFM -----------------------------------------------------------------------------------
 

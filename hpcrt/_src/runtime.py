@@ -20,7 +20,7 @@ from .rundir import agree_run_dir
 from .staging import PinnedPool, Staging
 from .topology import Device, RankInfo, Topology, nominal_link_costs
 from .topology_file import load_topology_file
-from .ulfm import abort_job, ft_enabled, skip_finalize_fence
+from .ulfm import abort_world, skip_finalize_fence
 
 log = logging.getLogger("hpcrt.runtime")
 THREAD_LEVEL_NAMES = {0: "MPI_THREAD_SINGLE", 1: "MPI_THREAD_FUNNELED", 2: "MPI_THREAD_SERIALIZED",
@@ -86,8 +86,7 @@ def init(config: RuntimeConfig | Mapping[str, Any] | None = None) -> Runtime:
     comm = world.Clone()
     hook = None
     if cfg.abort_on_error:
-        abort = abort_job if ft_enabled() else world.Abort  # under ULFM, MPI_Abort ends only this rank
-        hook = AbortHook(abort, f"rank {comm.rank} of {comm.size} on {socket.gethostname()}")
+        hook = AbortHook(abort_world, f"rank {comm.rank} of {comm.size} on {socket.gethostname()}")
         hook.install()
     real_local_rank = _local_rank(comm, launch)
     device, xp = _select_device(cfg.device, real_local_rank)

@@ -95,6 +95,15 @@ class _PmixInfo(ctypes.Structure):
     _fields_ = [("key", ctypes.c_char * 512), ("flags", ctypes.c_uint32), ("value", _PmixValue)]
 
 
+def abort_world(errorcode: int) -> None:
+    """End the whole job with ``errorcode``: MPI_Abort on COMM_WORLD, or :func:`abort_job` under
+    ULFM, where MPI_Abort would end this rank only."""
+    if ft_enabled():
+        abort_job(errorcode)
+    from mpi4py import MPI
+    MPI.COMM_WORLD.Abort(errorcode)
+
+
 def abort_job(errorcode: int) -> None:
     """MPI_Abort for jobs under ULFM, where MPI_Abort ends only the calling process: have the
     launcher send SIGTERM to every other process of the job, then exit with ``errorcode``. Callable
