@@ -9,6 +9,7 @@ import time
 import numpy as np
 import pytest
 
+from array_backends import BACKENDS, rotating_backend, to_backend, to_host
 from conftest import assert_no_failures
 
 ALGORITHMS = ("pipeline", "allgather", "ring", "mpi", "auto")
@@ -78,24 +79,16 @@ def _parts(x):
     return tuple(x) if isinstance(x, tuple) else (x,)
 
 
-def _to_backend(x, backend):
-    from hpcrt import to_fake_gpu
-    if backend == "numpy":
-        return x
-    return tuple(to_fake_gpu(p) for p in x) if isinstance(x, tuple) else to_fake_gpu(x)
-
-
 def _compare(got, want, backend, dtype):
     """A description of what differs, or None."""
-    from hpcrt import FakeGpuArray
     got, want = _parts(got), _parts(want)
     if len(got) != len(want):
         return f"{len(got)} arrays, want {len(want)}"
     for g, w in zip(got, want):
-        expected_type = FakeGpuArray if backend == "fakegpu" else np.ndarray
+        expected_type = type(BACKENDS[backend](np.zeros(1)))
         if not isinstance(g, expected_type):
             return f"result is a {type(g).__name__}, want {expected_type.__name__}"
-        g = g.get() if backend == "fakegpu" else g
+        g = to_host(g)
         if g.shape != w.shape or g.dtype != w.dtype:
             return f"result {g.shape} {g.dtype}, want {w.shape} {w.dtype}"
         tol = {"float32": 1e-4, "float64": 1e-11}.get(str(w.dtype), 0)
@@ -118,13 +111,13 @@ def test_all_scan_matches_serial_fold(comm):
     for (name, dtype), rows in itertools.product(cases, (0, 1, 1000)):
         for shared in ((False, True) if name == "affine" else (False,)):
             seed += 1
-            backend = ("numpy", "fakegpu")[seed % 2]  # each case meets both backends across sizes
+            backend = rotating_backend(seed)  # each case meets every backend across sizes
             xs = _operands(name, dtype, rows, comm.size, seed, shared)
             op, combine = ops[name]
             for algorithm, inclusive, reverse in itertools.product(ALGORITHMS, (False, True), (False, True)):
                 blocks = (None, 3, 7, 50)[seed % 4] if algorithm == "pipeline" else None
                 want = _reference(name, combine, xs, comm.rank, inclusive, reverse)
-                got = all_scan(_to_backend(xs[comm.rank], backend), op, inclusive=inclusive, reverse=reverse,
+                got = all_scan(to_backend(xs[comm.rank], backend), op, inclusive=inclusive, reverse=reverse,
                                algorithm=algorithm, blocks=blocks)
                 problem = _compare(got, want, backend, dtype)
                 if problem:
@@ -221,17 +214,17 @@ def test_bytes_each_schedule_sends(comm):
         "affine, shared a": (np.full((32,), 0.5, dtype=np.float32), np.ones((64, 32))),
         "sum f32": np.ones((100, 7), dtype=np.float32),
     }
-    for (label, x), backend, reverse in itertools.product(states.items(), ("numpy", "fakegpu"), (False, True)):
+    for (label, x), backend, reverse in itertools.product(states.items(), BACKENDS, (False, True)):
         n = sum(part.nbytes for part in _parts(x))
         successor = r - 1 if reverse else r + 1
         for algorithm, blocks in (("pipeline", 5), ("pipeline", None), ("ring", None)):
             with count_link_bytes() as window:
-                all_scan(_to_backend(x, backend), label.split(",")[0].split()[0], algorithm=algorithm,
+                all_scan(to_backend(x, backend), label.split(",")[0].split()[0], algorithm=algorithm,
                          blocks=blocks, reverse=reverse)
             want = {(world, successor): n} if 0 <= successor < p else {}
             assert window.sent == want, (label, backend, algorithm, reverse, window.sent)
         with count_link_bytes() as window:
-            all_scan(_to_backend(x, backend), label.split(",")[0].split()[0], algorithm="allgather", reverse=reverse)
+            all_scan(to_backend(x, backend), label.split(",")[0].split()[0], algorithm="allgather", reverse=reverse)
         assert window.total() == (p - 1) * n, (label, backend, window.sent)
 
 

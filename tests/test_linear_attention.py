@@ -9,6 +9,7 @@ import itertools
 import numpy as np
 import pytest
 
+from array_backends import rotating_backend, to_backend, to_host
 from conftest import assert_no_failures
 
 
@@ -83,7 +84,6 @@ def _split(length, size, seed):
 @pytest.mark.mpi(ranks=[1, 2, 3, 4], timeout=120)
 def test_gla_matches_single_rank_recurrence(comm):
     import hpcrt
-    from hpcrt import to_fake_gpu
     from hpcrt.collectives import gla_backward, gla_forward
     hpcrt.init({"log_files": False})
     failures = []
@@ -95,20 +95,18 @@ def test_gla_matches_single_rank_recurrence(comm):
         want_grads = reference_backward(q, k, v, log_gates, grad_out)
         lo, hi = _split(length, comm.size, seed)[comm.rank]
         mine = [x[lo:hi] for x in (q, k, v, log_gates, grad_out)]
-        backend = ("numpy", "fakegpu")[seed % 2]
-        if backend == "fakegpu":
-            mine = [to_fake_gpu(x) for x in mine]
+        backend = rotating_backend(seed)
+        mine = [to_backend(x, backend) for x in mine]
         out, incoming = gla_forward(*mine[:4], algorithm=algorithm, subchunk=subchunk, return_state=True)
         grads = gla_backward(*mine, algorithm=algorithm, subchunk=subchunk, incoming_state=incoming)
         rescanned = gla_backward(*mine, algorithm=algorithm, subchunk=subchunk)
-        host = (lambda x: x.get()) if backend == "fakegpu" else np.asarray
         label = f"{algorithm} gates [L, {gate_width}] T={length} c={subchunk} {backend} rows {lo}:{hi}"
-        if not np.allclose(host(out), want_out[lo:hi], rtol=1e-10, atol=1e-10):
+        if not np.allclose(to_host(out), want_out[lo:hi], rtol=1e-10, atol=1e-10):
             failures.append(f"{label}: outputs")
         for name, got, again, want in zip(("dq", "dk", "dv", "dlog_gates"), grads, rescanned, want_grads):
-            if got.shape != want[lo:hi].shape or not np.allclose(host(got), want[lo:hi], rtol=1e-10, atol=1e-10):
+            if got.shape != want[lo:hi].shape or not np.allclose(to_host(got), want[lo:hi], rtol=1e-10, atol=1e-10):
                 failures.append(f"{label}: {name}")
-            if not np.allclose(host(again), host(got), rtol=1e-12, atol=1e-12):
+            if not np.allclose(to_host(again), to_host(got), rtol=1e-12, atol=1e-12):
                 failures.append(f"{label}: {name} differs when the backward scans for the state again")
     assert_no_failures(comm, failures)
 

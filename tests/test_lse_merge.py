@@ -8,7 +8,11 @@ import pytest
 from hpcrt import to_fake_gpu
 from hpcrt.collectives import lse_merge
 
+from array_backends import BACKENDS, to_host
+
 TOLERANCE = {np.float32: 1e-6, np.float64: 1e-14}
+# Each fused kernel with the backend it runs on: numba on numpy, CuPy's on CUDA arrays where present.
+FUSED = [("numba", "numpy")] + ([("cupy", "cupy")] if "cupy" in BACKENDS else [])
 
 
 def partials(dtype, shape=(3, 17, 8), seed=0):
@@ -35,12 +39,13 @@ def by_hand(o1, l1, o2, l2):
     return out, lse
 
 
+@pytest.mark.parametrize("kernel, backend", FUSED)
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_numba_kernel_equals_the_numpy_expression(dtype):
+def test_fused_kernel_equals_the_numpy_expression(dtype, kernel, backend):
     args = partials(dtype)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # no invalid-value warnings from −inf − −inf
-        fused = lse_merge(*args, kernel="numba")
+        fused = tuple(to_host(a) for a in lse_merge(*(BACKENDS[backend](a) for a in args), kernel=kernel))
         reference = lse_merge(*args, kernel="numpy")
     for got, want in zip(fused, reference):
         assert got.dtype == dtype and not np.isnan(got).any()
@@ -51,17 +56,19 @@ def test_numba_kernel_equals_the_numpy_expression(dtype):
     assert np.all(fused[1][0, :4] == -np.inf) and np.all(fused[0][0, :4] == 0)
 
 
-@pytest.mark.parametrize("kernel", ["auto", "numba", "numpy"])
-def test_merge_in_place_and_non_contiguous(kernel):
+@pytest.mark.parametrize("kernel, backend", [("auto", "numpy"), ("numpy", "numpy"), *FUSED])
+def test_merge_in_place_and_non_contiguous(kernel, backend):
     o1, l1, o2, l2 = partials(np.float64, seed=1)
     want = lse_merge(o1, l1, o2, l2, kernel="numpy")
-    acc_o, acc_l = o1.copy(), l1.copy()
-    got = lse_merge(acc_o, acc_l, o2, l2, out=(acc_o, acc_l), kernel=kernel)
+    xp_o1, xp_l1, xp_o2, xp_l2 = (BACKENDS[backend](a) for a in (o1, l1, o2, l2))
+    acc_o, acc_l = xp_o1.copy(), xp_l1.copy()
+    got = lse_merge(acc_o, acc_l, xp_o2, xp_l2, out=(acc_o, acc_l), kernel=kernel)
     assert got[0] is acc_o and got[1] is acc_l
-    np.testing.assert_allclose(acc_o, want[0], rtol=1e-14, atol=1e-14)
-    np.testing.assert_allclose(acc_l, want[1], rtol=1e-14, atol=1e-14)
-    strided = lse_merge(np.asfortranarray(o1), l1, np.repeat(o2, 2, axis=-1)[..., ::2], l2, kernel=kernel)
-    np.testing.assert_allclose(strided[0], want[0], rtol=1e-14, atol=1e-14)
+    np.testing.assert_allclose(to_host(acc_o), want[0], rtol=1e-14, atol=1e-14)
+    np.testing.assert_allclose(to_host(acc_l), want[1], rtol=1e-14, atol=1e-14)
+    fortran_o1, strided_o2 = xp_o1.T.copy().T, xp_o2.repeat(2, axis=-1)[..., ::2]
+    strided = lse_merge(fortran_o1, xp_l1, strided_o2, xp_l2, kernel=kernel)
+    np.testing.assert_allclose(to_host(strided[0]), want[0], rtol=1e-14, atol=1e-14)
 
 
 def test_fake_gpu_takes_the_expression_path():

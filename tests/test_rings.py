@@ -5,15 +5,16 @@ import numpy as np
 import pytest
 
 import hpcrt
-from hpcrt import LinkCost, to_fake_gpu
+from hpcrt import LinkCost
 from hpcrt.collectives import (CollectiveMismatchError, allgather, allreduce, block_bounds, count_link_bytes,
                                predict_ring, reduce_scatter)
 from hpcrt.collectives._src.ring_cost import choose_ring_algorithm
 
+from array_backends import BACKENDS, to_host as host
+
 ALGORITHMS = ("ring", "bidir_ring", "mpi", "auto")
 OPS = {"sum": np.add.reduce, "max": np.maximum.reduce, "min": np.minimum.reduce}
 DTYPES = (np.float32, np.float64, np.int32, np.int64)
-BACKENDS = {"numpy": lambda a: a, "fakegpu": to_fake_gpu}
 
 
 def rank_input(seed: int, rank: int, shape: tuple, dtype) -> np.ndarray:
@@ -22,10 +23,6 @@ def rank_input(seed: int, rank: int, shape: tuple, dtype) -> np.ndarray:
     if np.issubdtype(dtype, np.integer):
         return rng.integers(-1000, 1000, size=shape).astype(dtype)
     return rng.standard_normal(shape).astype(dtype)
-
-
-def host(array):
-    return array if isinstance(array, np.ndarray) else array.get()
 
 
 def matches(got, want) -> bool:
