@@ -27,6 +27,8 @@ import hpcrt
 from hpcrt import ConfigError
 from hpcrt._src.costmodel import SCHEDULES, bottleneck_link, measure_link_costs, measure_schedule_costs
 from hpcrt.collectives import scan_links
+from hpcrt.collectives._src.allscan_calibration import measure_pipeline_block
+from hpcrt.collectives._src.allscan_cost import PIPELINE_BLOCK
 
 from .bench_cases import COLLECTIVES, DEFAULT_EXCLUDED, KNOWN_OPS, Algorithm, BenchContext, Collective
 from .bench_config import BenchSettings, parse_settings
@@ -87,7 +89,7 @@ def share_cores(runtime: hpcrt.Runtime) -> None:
 
 
 def _link_entry(cost: hpcrt.LinkCost) -> dict:
-    return {"alpha_us": cost.alpha * 1e6, "bandwidth_gbytes_s": 1e-9 / cost.beta}
+    return {"alpha_us": cost.alpha * 1e6, "bandwidth_gbytes_s": 1e-9 / cost.beta if cost.beta > 0 else None}
 
 
 def _link_table(costs: dict) -> dict:
@@ -115,8 +117,9 @@ def metadata(runtime: hpcrt.Runtime, cfg: DictConfig, nominal: dict, measured: d
         "nominal_link_costs": _link_table(nominal),
         "measured_link_costs": _link_table(measured),
         "prediction_link": _link_entry(bottleneck_link(runtime.topology)),
-        "prediction_scan_links": {schedule: _link_entry(getattr(scan_links(runtime.topology), schedule))
-                                  for schedule in SCHEDULES},
+        "prediction_scan_links": {**{schedule: _link_entry(getattr(scan_links(runtime.topology), schedule))
+                                     for schedule in SCHEDULES},
+                                  "pipeline_block_us": scan_links(runtime.topology).block_alpha * 1e6},
         "command_line": list(sys.orig_argv),
         "config": OmegaConf.to_container(cfg, resolve=True),
     }
@@ -153,14 +156,15 @@ def _measure_and_report(runtime: hpcrt.Runtime, cfg: DictConfig, settings: Bench
     measure = settings.link_costs == "measured" and not runtime.topology.emulate
     measured = {}
     if measure:
-        measured = {**measure_link_costs(comm, runtime.topology), **measure_schedule_costs(comm, runtime.topology)}
+        measured = {**measure_link_costs(comm, runtime.topology), **measure_schedule_costs(comm, runtime.topology),
+                    PIPELINE_BLOCK: measure_pipeline_block(comm)}
     runtime.topology.link_costs.update(measured)
     link, scan = bottleneck_link(runtime.topology), scan_links(runtime.topology)
     source = "emulated, from the topology file" if runtime.topology.emulate else settings.link_costs
     log.info("run directory %s; prediction link alpha %.2f us, %.2f GB/s; All-Scan chain hop alpha %.2f us, "
-             "%.2f GB/s, shift round alpha %.2f us, %.2f GB/s (%s)", runtime.run_dir, link.alpha * 1e6,
-             1e-9 / link.beta, scan.chain.alpha * 1e6, 1e-9 / scan.chain.beta, scan.shift.alpha * 1e6,
-             1e-9 / scan.shift.beta, source)
+             "%.2f GB/s, shift round alpha %.2f us, %.2f GB/s, pipeline block %.2f us (%s)", runtime.run_dir,
+             link.alpha * 1e6, 1e-9 / link.beta, scan.chain.alpha * 1e6, 1e-9 / scan.chain.beta,
+             scan.shift.alpha * 1e6, 1e-9 / scan.shift.beta, scan.block_alpha * 1e6, source)
     ctx = BenchContext(comm, runtime.staging, settings.buffers, settings.arg_check)
     rows: list[Row] = []
     summaries: list[str] = []

@@ -151,6 +151,19 @@ def test_block_count_weighs_the_chain_saving_against_shift_rounds():
     assert best_blocks(n, 4, BUSY) == 1  # 3 β_c < β_s: a round moves bytes no faster than the chain
 
 
+def test_measured_block_cost_bounds_the_block_count():
+    """hpcrt's work per block (tens of µs in Python) adds to each later block and so shrinks K."""
+    n, p = 16 << 20, 8
+    lean = ScanLinks(LINK, LINK)
+    heavy = ScanLinks(LINK, LINK, block=100 * LINK.alpha)
+    assert heavy.block_alpha == 100 * LINK.alpha and ScanLinks(LINK, LINK, block=0.0).block_alpha == LINK.alpha
+    tenth = best_blocks(n, p, lean) / 10
+    assert best_blocks(n, p, heavy) in (math.floor(tenth), math.ceil(tenth))
+    extra = predict_allscan("pipeline", n, p, heavy, blocks=9) - predict_allscan("pipeline", n, p, lean, blocks=9)
+    assert extra == pytest.approx(8 * 99 * LINK.alpha)  # (K − 1) blocks after the first
+    assert predict_allscan("ring", n, p, heavy) == predict_allscan("ring", n, p, lean)
+
+
 def test_auto_choice_follows_the_model():
     # Large state over many ranks: the pipeline; a tiny state: MPI's log-p rounds; one rank: free.
     assert choose_allscan(64 << 20, 64, LINK, max_blocks=4096)[0] == "pipeline"
@@ -171,3 +184,5 @@ def test_scan_links_take_the_measured_schedules_but_never_less_than_a_link_alone
     assert scan_links(topology, [0, 1]) == ScanLinks(LinkCost(3e-6, 1e-10), LinkCost(9e-6, 4e-10))
     # across the nodes the eth link alone is slower than the measured chain hop in β and α
     assert scan_links(topology) == ScanLinks(LinkCost(5e-6, 2e-10), LinkCost(9e-6, 4e-10))
+    topology.link_costs["pipeline_block"] = LinkCost(40e-6, 0.0)
+    assert scan_links(topology).block == 40e-6 and scan_links(topology).block_alpha == 40e-6

@@ -16,6 +16,7 @@ from hpcrt._src.costmodel import (bottleneck_link, fit_link_cost, measure_link_c
                                   representative_pairs, ring_shift, shared_core_hops, token_pass)
 from hpcrt._src.topology import Device
 from hpcrt._src.topology_file import load_topology_file
+from hpcrt.collectives._src.allscan_calibration import measure_pipeline_block
 from hpcrt.jobs.bench_cases import COLLECTIVES, KNOWN_OPS
 from hpcrt.jobs.bench_config import message_sizes, parse_settings
 from hpcrt.jobs.bench_run import count_wrong
@@ -69,8 +70,11 @@ def test_two_ranks_share_one_run_dir_and_check_every_algorithm(launch, tmp_path)
     assert "allreduce sum ring: time" in result.stdout  # the ratio to MPI's own call
     assert "# Out of bounds values : 0 OK" in result.stdout
     meta = json.loads((run_dir / "results.json").read_text())["metadata"]
-    assert set(meta["measured_link_costs"]) == {"intra", "chain", "shift"}
-    assert set(meta["prediction_scan_links"]) == {"chain", "shift"}
+    assert set(meta["measured_link_costs"]) == {"intra", "chain", "shift", "pipeline_block"}
+    assert set(meta["prediction_scan_links"]) == {"chain", "shift", "pipeline_block_us"}
+    block = meta["measured_link_costs"]["pipeline_block"]
+    assert block["alpha_us"] > 0 and block["bandwidth_gbytes_s"] is None
+    assert meta["prediction_scan_links"]["pipeline_block_us"] >= block["alpha_us"]
 
 
 def test_multirun_on_four_ranks_gives_one_subdir_per_point(launch, tmp_path):
@@ -86,7 +90,7 @@ def test_multirun_on_four_ranks_gives_one_subdir_per_point(launch, tmp_path):
         assert (sweep / num / ".hydra" / "overrides.yaml").exists()
         meta = json.loads((sweep / num / "results.json").read_text())["metadata"]
         assert meta["nodes"] == ["node-ib", "node-roce"]
-        assert set(meta["measured_link_costs"]) == {"intra", "eth", "chain", "shift"}
+        assert set(meta["measured_link_costs"]) == {"intra", "eth", "chain", "shift", "pipeline_block"}
     assert len(list(tmp_path.rglob(".hydra"))) == 2
     assert result.stdout.count("Launching 2 jobs locally") == 1  # Hydra's own lines from rank 0 only
 
@@ -233,5 +237,8 @@ def test_schedule_costs_are_measured_with_every_rank_taking_part(comm):
             assert shift.alpha >= hops * chain.alpha and shift.beta >= hops * chain.beta
             hop, rnd = token_pass(rt.comm, 64, passes=2), ring_shift(rt.comm, 64, passes=2)
             assert comm.allgather((hop, rnd)) == [(hop, rnd)] * comm.size and hop > 0 and rnd > 0
+        block = measure_pipeline_block(rt.comm)
+        assert comm.allgather(block) == [block] * comm.size and block.beta == 0
+        assert block.alpha == 0 if comm.size == 1 else block.alpha > 0
     finally:
         hpcrt.finalize()

@@ -5,7 +5,7 @@ ring is its one-block case), the LASP-2 all-gather, and MPI's own scans."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Generator
+from typing import Any, Callable, Generator
 
 import numpy as np
 from mpi4py import MPI
@@ -62,6 +62,16 @@ class ScanCall:
         """The scan so far extended by this rank's operand, on the side the direction puts it."""
         return self.join(mine, incoming) if self.reverse else self.join(incoming, mine)
 
+    def extend_into(self, incoming: tuple, mine: tuple, out: tuple) -> None:
+        """:meth:`extend` written into ``out`` (None entries skipped): in place where the op can
+        and ``out`` is complete, else computed anew and copied."""
+        into = self.op.combine_into
+        if into is None or any(target is None for target in out):
+            assign(out, self.extend(incoming, mine))
+            return
+        lower, upper = (mine, incoming) if self.reverse else (incoming, mine)
+        into(from_parts(lower, self.like), from_parts(upper, self.like), out)
+
     def empty(self) -> tuple:
         shapes, dtypes = self.layout.shapes, self.layout.dtypes
         return tuple(self.xp.empty(shape, dtype=dtype) for shape, dtype in zip(shapes, dtypes))
@@ -98,30 +108,37 @@ def pipeline(call: ScanCall, blocks: int) -> Steps:
             receives.append((buffer, transport.irecv(buffer, before, call.tag)))
     sends = []
 
-    def forward(state: tuple, lo: int, hi: int, first: bool) -> None:
+    def forward(lo: int, hi: int, first: bool, fill: Callable[[tuple], None]) -> tuple:
+        """Send block lo:hi in a pooled message that ``fill`` writes; returns the message's views."""
         buffer = buffers.take(layout.message_nbytes(lo, hi, first))
-        assign(layout.views(buffer, lo, hi, first), state)
+        views = layout.views(buffer, lo, hi, first)
+        fill(views)
         sends.append((buffer, transport.isend(buffer, after, call.tag)))
+        return views
 
     if before is None and after is not None:
         for k, (lo, hi) in enumerate(bounds):
-            forward(layout.block(call.parts, lo, hi), lo, hi, k == 0)
+            forward(lo, hi, k == 0, lambda views: assign(views, layout.block(call.parts, lo, hi)))
     yield
     if before is None:
         result = call.copy_of_input() if call.inclusive else call.identity()
     else:
         result = call.empty()
-        needs_outgoing = after is not None or call.inclusive
         for k, ((lo, hi), (buffer, pending)) in enumerate(zip(bounds, receives)):
             pending.wait()
             incoming = layout.views(buffer, lo, hi, k == 0)
             if k == 0:
                 shared = incoming  # block 0 carries the arrays every block shares
             incoming = complete(incoming, shared)
-            outgoing = call.extend(incoming, layout.block(call.parts, lo, hi)) if needs_outgoing else None
-            if after is not None:
-                forward(outgoing, lo, hi, k == 0)
-            assign(layout.block(result, lo, hi, k == 0), outgoing if call.inclusive else incoming)
+            mine, target = layout.block(call.parts, lo, hi), layout.block(result, lo, hi, k == 0)
+            if after is None:  # the chain's end: only its own result
+                if call.inclusive:
+                    call.extend_into(incoming, mine, target)
+                else:
+                    assign(target, incoming)
+                continue
+            outgoing = forward(lo, hi, k == 0, lambda views: call.extend_into(incoming, mine, views))
+            assign(target, outgoing if call.inclusive else incoming)
     wait_all([pending for _, pending in sends])
     buffers.give_back()
     return result

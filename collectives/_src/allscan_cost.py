@@ -6,7 +6,10 @@ or one :class:`LinkCost` for both).
 A chain hop has one message in flight while the other ranks wait; a shift round has every rank
 sending and receiving at once. On ranks with a core each the two cost alike; with more ranks than
 cores the round waits for time slices and shares memory bandwidth, which the measured costs show
-(``hpcrt._src.costmodel``) and the formulas then charge to the algorithms that run such rounds."""
+(``hpcrt._src.costmodel``) and the formulas then charge to the algorithms that run such rounds.
+Each of the pipeline's blocks also costs hpcrt's own work per message (posting, waiting, views of
+the message, the combine call), measured beside the links as ``PIPELINE_BLOCK``: at a few µs of
+message α that work, tens of µs in Python, is what bounds the useful block count."""
 
 from __future__ import annotations
 
@@ -19,6 +22,9 @@ from hpcrt._src.topology import LinkCost, Topology
 
 ALGORITHMS = ("pipeline", "allgather", "mpi", "ring")
 """In this order ``auto`` breaks ties."""
+PIPELINE_BLOCK = "pipeline_block"
+"""Key, beside the link classes in a topology's ``link_costs``, of the measured time one more
+pipeline block adds beyond its bytes (a :class:`LinkCost` whose β is 0)."""
 
 
 @dataclass(frozen=True)
@@ -28,6 +34,12 @@ class ScanLinks:
 
     chain: LinkCost
     shift: LinkCost
+    block: float = 0.0
+    """Seconds one more pipeline block adds beyond its bytes, where measured; at least the shift's α."""
+
+    @property
+    def block_alpha(self) -> float:
+        return max(self.block, self.shift.alpha)
 
 
 def as_scan_links(links: Union[ScanLinks, LinkCost]) -> ScanLinks:
@@ -37,7 +49,9 @@ def as_scan_links(links: Union[ScanLinks, LinkCost]) -> ScanLinks:
 
 def scan_links(topology: Topology, ranks: Optional[list] = None) -> ScanLinks:
     """The costs a scan over ``ranks`` (default: all) pays: the chain along them, the shift round them."""
-    return ScanLinks(schedule_link(topology, CHAIN, ranks, ring=False), schedule_link(topology, SHIFT, ranks))
+    block = topology.link_costs.get(PIPELINE_BLOCK)
+    return ScanLinks(schedule_link(topology, CHAIN, ranks, ring=False), schedule_link(topology, SHIFT, ranks),
+                     block.alpha if block is not None else 0.0)
 
 
 def _log2_ceil(p: int) -> int:
@@ -45,17 +59,18 @@ def _log2_ceil(p: int) -> int:
 
 
 def _pipeline(nbytes: float, p: int, links: ScanLinks, k: int) -> float:
-    """The first block walks p−1 chain hops, each later one arrives a shift round after the previous."""
+    """The first block walks p−1 chain hops, each later one arrives a shift round (and hpcrt's work
+    on a block) after the previous."""
     chain, shift = links.chain, links.shift
-    return (p - 1) * (chain.alpha + nbytes * chain.beta / k) + (k - 1) * (shift.alpha + nbytes * shift.beta / k)
+    return (p - 1) * (chain.alpha + nbytes * chain.beta / k) + (k - 1) * (links.block_alpha + nbytes * shift.beta / k)
 
 
 def predict_allscan(algorithm: str, nbytes: float, p: int, links: Union[ScanLinks, LinkCost],
                     blocks: Optional[int] = None) -> float:
     """Predicted seconds of one All-Scan; ``blocks`` (pipeline only) defaults to :func:`best_blocks`.
 
-    With chain hop (α_c, β_c) and shift round (α_s, β_s): pipeline (p−1)(α_c+nβ_c/K) +
-    (K−1)(α_s+nβ_s/K), which is (p−2+K)(α+nβ/K) when both are alike; ring (p−1)(α_c+nβ_c), the
+    With chain hop (α_c, β_c), shift round (α_s, β_s) and block cost α_b ≥ α_s: pipeline
+    (p−1)(α_c+nβ_c/K) + (K−1)(α_b+nβ_s/K), which is (p−2+K)(α+nβ/K) when all are alike; ring (p−1)(α_c+nβ_c), the
     pipeline's K = 1; allgather (Bruck) ⌈log₂p⌉α_s+(p−1)nβ_s; mpi (recursive doubling)
     ⌈log₂p⌉(α_s+nβ_s).
     """
@@ -75,7 +90,7 @@ def predict_allscan(algorithm: str, nbytes: float, p: int, links: Union[ScanLink
 
 
 def best_blocks(nbytes: float, p: int, links: Union[ScanLinks, LinkCost], max_blocks: Optional[int] = None) -> int:
-    """The pipeline's block count: K* = √(n((p−1)β_c − β_s)/α_s) (√((p−2)nβ/α) when chain and shift
+    """The pipeline's block count: K* = √(n((p−1)β_c − β_s)/α_b) (√((p−2)nβ/α) when chain and shift
     cost alike), rounded to the better neighbouring integer and clamped to [1, max_blocks] (the
     number of rows of the state); 1 where more blocks cannot pay off."""
     links = as_scan_links(links)
@@ -83,9 +98,9 @@ def best_blocks(nbytes: float, p: int, links: Union[ScanLinks, LinkCost], max_bl
     saved_per_byte = (p - 1) * links.chain.beta - links.shift.beta
     if p <= 1 or nbytes <= 0 or saved_per_byte <= 0:
         return 1
-    if links.shift.alpha <= 0:
+    if links.block_alpha <= 0:
         return limit or 1
-    k_star = math.sqrt(nbytes * saved_per_byte / links.shift.alpha)
+    k_star = math.sqrt(nbytes * saved_per_byte / links.block_alpha)
     candidates = {max(1, math.floor(k_star)), max(1, math.ceil(k_star))}
     if limit is not None:
         candidates = {min(k, limit) for k in candidates}

@@ -3,6 +3,7 @@ message per block, so each block costs one message whatever the number of arrays
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -44,7 +45,7 @@ class ScanLayout:
 
     @property
     def nbytes(self) -> int:
-        return sum(int(np.prod(shape)) * dtype.itemsize for shape, dtype in zip(self.shapes, self.dtypes))
+        return sum(math.prod(shape) * dtype.itemsize for shape, dtype in zip(self.shapes, self.dtypes))
 
     def bounds(self, blocks: int) -> list:
         """``blocks`` balanced (lo, hi) row ranges covering the first axis."""
@@ -59,7 +60,7 @@ class ScanLayout:
         return sorted(range(len(self.shapes)), key=lambda i: -self.dtypes[i].itemsize)
 
     def message_nbytes(self, lo: int, hi: int, first: bool) -> int:
-        return sum(int(np.prod(shape)) * dtype.itemsize
+        return sum(math.prod(shape) * dtype.itemsize
                    for shape, dtype in zip(self._block_shapes(lo, hi, first), self.dtypes) if shape is not None)
 
     def views(self, buffer: Any, lo: int, hi: int, first: bool) -> tuple:
@@ -69,7 +70,7 @@ class ScanLayout:
         offset = 0
         for i in self._order():
             if shapes[i] is not None:
-                size = int(np.prod(shapes[i])) * self.dtypes[i].itemsize
+                size = math.prod(shapes[i]) * self.dtypes[i].itemsize
                 views[i] = buffer[offset:offset + size].view(self.dtypes[i]).reshape(shapes[i])
                 offset += size
         return tuple(views)

@@ -18,6 +18,9 @@ class ScanOp:
 
     ``rowwise`` says the combine acts on each index of the first axis on its own, so a pipeline
     may split the state into row blocks; ``check`` raises TypeError for inputs the op cannot take.
+    ``combine_into(lower, upper, out)``, where given, writes the combine into ``out`` (a tuple of
+    arrays, one per part, aliasing neither input), so a schedule can combine straight into its
+    outgoing message instead of into a new array that it then copies.
     """
 
     combine: Callable[[Any, Any], Any]
@@ -25,6 +28,7 @@ class ScanOp:
     name: str = "user"
     rowwise: bool = False
     check: Optional[Callable[[Any], None]] = None
+    combine_into: Optional[Callable[[Any, Any, tuple], None]] = None
 
 
 def as_parts(x: Any) -> tuple:
@@ -84,6 +88,14 @@ def _affine_combine(lower: Any, upper: Any) -> tuple:
     return a1 * a2, a2 * b1 + b2
 
 
+def _affine_combine_into(lower: Any, upper: Any, out: tuple) -> None:
+    (a1, b1), (a2, b2) = lower, upper
+    xp = get_xp(b2)
+    xp.multiply(a1, a2, out=out[0])
+    xp.multiply(a2, b1, out=out[1])
+    xp.add(out[1], b2, out=out[1])
+
+
 def _affine_identity(x: Any) -> tuple:
     a, b = x
     xp = get_xp(b)
@@ -91,10 +103,13 @@ def _affine_identity(x: Any) -> tuple:
 
 
 SUM = ScanOp(lambda lower, upper: lower + upper, lambda x: get_xp(x).zeros(x.shape, dtype=x.dtype),
-             "sum", rowwise=True, check=_check_single("sum"))
+             "sum", rowwise=True, check=_check_single("sum"),
+             combine_into=lambda lower, upper, out: get_xp(lower).add(lower, upper, out=out[0]))
 MAX = ScanOp(lambda lower, upper: get_xp(lower).maximum(lower, upper), _max_identity, "max",
-             rowwise=True, check=_check_single("max"))
-AFFINE = ScanOp(_affine_combine, _affine_identity, "affine", rowwise=True, check=_check_affine)
+             rowwise=True, check=_check_single("max"),
+             combine_into=lambda lower, upper, out: get_xp(lower).maximum(lower, upper, out=out[0]))
+AFFINE = ScanOp(_affine_combine, _affine_identity, "affine", rowwise=True, check=_check_affine,
+                combine_into=_affine_combine_into)
 BUILTIN_OPS = {op.name: op for op in (SUM, MAX, AFFINE)}
 
 

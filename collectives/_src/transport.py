@@ -8,6 +8,7 @@ import contextlib
 import time
 from typing import Any, Optional
 
+import numpy as np
 from mpi4py import MPI
 
 from hpcrt._src.runtime import get_runtime
@@ -42,22 +43,33 @@ def hold_for(seconds: float) -> None:
 
 
 class Pending:
-    """A non-blocking send or receive; :meth:`wait` completes it and lands staged data."""
+    """A non-blocking send or receive; :meth:`wait` completes it and lands staged data (``stack``
+    holds the staging to undo, None where MPI got the caller's array itself)."""
 
-    def __init__(self, request: Any, stack: contextlib.ExitStack):
+    def __init__(self, request: Any, stack: Optional[contextlib.ExitStack] = None):
         self.request = request
         self._stack = stack
 
     def wait(self) -> None:
         self.request.Wait()
-        self._stack.close()
+        self._close()
+
+    def _close(self) -> None:
+        if self._stack is not None:
+            self._stack.close()
 
 
 def wait_all(pending: list) -> None:
     """Complete several :class:`Pending` operations at once."""
     MPI.Request.Waitall([p.request for p in pending])
     for p in pending:
-        p._stack.close()
+        p._close()
+
+
+def _host_ready(array: Any) -> bool:
+    """A contiguous numpy array: MPI takes it as it is, with no staging to set up or undo (the
+    common case of a pipeline's many small messages, where that setup is a cost of its own)."""
+    return type(array) is np.ndarray and array.flags.c_contiguous
 
 
 class Transport:
@@ -97,12 +109,16 @@ class Transport:
             self.comm.Sendrecv(sbuf, dest, tag, rbuf, source, tag)
 
     def isend(self, array: Any, dest: int, tag: int = 0) -> Pending:
-        stack = contextlib.ExitStack()
         self._account(dest, array.nbytes)
+        if _host_ready(array):
+            return Pending(self.comm.Isend(array, dest, tag))
+        stack = contextlib.ExitStack()
         buf = stack.enter_context(self.staging.readable(array))
         return Pending(self.comm.Isend(buf, dest, tag), stack)
 
     def irecv(self, array: Any, source: int, tag: int = 0) -> Pending:
+        if _host_ready(array):
+            return Pending(self.comm.Irecv(array, source, tag))
         stack = contextlib.ExitStack()
         buf = stack.enter_context(self.staging.writable(array))
         return Pending(self.comm.Irecv(buf, source, tag), stack)

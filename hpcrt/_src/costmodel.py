@@ -8,8 +8,10 @@ costs — a hop of a token passed along all ranks (``chain``: one message in fli
 waiting in MPI, as on a scan's critical path) and a round of a ring shift (``shift``: every rank
 sends and receives at once, as in a recursive-doubling or Bruck round and a pipeline's steady
 state) — time back-to-back batches and keep their mean, since with more ranks than cores the
-waits for a time slice are the cost; the median batch leaves out bursts of other jobs. Their
-messages are fresh buffers, received and forwarded as a copy, as hpcrt's collectives do. A shift
+waits for a time slice are the cost; the median batch leaves out bursts of other jobs. Each hop
+or round does a scan step's memory work besides the message: the incoming bytes are combined
+with the rank's own into the outgoing message and copied into its result (where every rank
+shifts at once, that work competes for the memory bandwidth the messages use). A shift
 round is charged at least the chain hops its host's cores can run only one pair at a time
 (:func:`shared_core_hops`), so that one noisy measurement cannot make a round look cheaper than
 the cores allow.
@@ -107,40 +109,47 @@ def measure_link_costs(comm: Any, topology: Topology, repetitions: int = REPETIT
     return merged
 
 
-def _fresh_copy(data: np.ndarray) -> np.ndarray:
-    """A new buffer holding ``data``: what a collective allocates and fills per message."""
-    out = np.empty_like(data)
-    out[...] = data
-    return out
+class _ScanStep:
+    """The buffers of one rank's step of a scan schedule: its operand, the message coming in, the
+    message going out and its result. A step does what the pipeline does per block: the incoming
+    message combined with the operand straight into the outgoing one, and kept as the result."""
+
+    def __init__(self, nbytes: int):
+        # Written once here, so that no page is first touched inside the timed steps.
+        self.mine, self.incoming, self.outgoing, self.kept = (np.full(nbytes, 1, dtype=np.uint8) for _ in range(4))
+
+    def combine(self) -> None:
+        np.add(self.incoming, self.mine, out=self.outgoing)
+        self.kept[...] = self.incoming
 
 
 def token_pass(comm: Any, nbytes: int, passes: int = PASSES) -> float:
-    """Mean seconds per hop of ``passes`` trips of a token 0 → 1 → … → p−1 → 0 (timed at rank 0)."""
+    """Mean seconds per hop of ``passes`` trips of a token 0 → 1 → … → p−1 → 0 (timed at rank 0),
+    each rank combining what it receives before it forwards it, as a scan's chain does."""
     rank, size = comm.rank, comm.size
-    token = np.zeros(nbytes, dtype=np.uint8)
+    step = _ScanStep(nbytes)
     comm.Barrier()
     start = time.perf_counter()
     for _ in range(passes):
         if rank == 0:
-            comm.Send(_fresh_copy(token), 1, _TAG)
-        token = np.empty(nbytes, dtype=np.uint8)
-        comm.Recv(token, (rank - 1) % size, _TAG)
+            comm.Send(step.outgoing, 1, _TAG)
+        comm.Recv(step.incoming, (rank - 1) % size, _TAG)
+        step.combine()
         if rank != 0:
-            comm.Send(_fresh_copy(token), (rank + 1) % size, _TAG)
+            comm.Send(step.outgoing, (rank + 1) % size, _TAG)
     return comm.bcast((time.perf_counter() - start) / (passes * size))
 
 
 def ring_shift(comm: Any, nbytes: int, passes: int = PASSES) -> float:
-    """Mean seconds per round of ``passes`` rounds in which every rank sends right and receives from
-    the left at once (the slowest rank's)."""
+    """Mean seconds per round of ``passes`` rounds in which every rank sends right, receives from
+    the left and combines, all at once, as in a pipeline's steady state (the slowest rank's)."""
     rank, size = comm.rank, comm.size
-    held = np.zeros(nbytes, dtype=np.uint8)
+    step = _ScanStep(nbytes)
     comm.Barrier()
     start = time.perf_counter()
     for _ in range(passes):
-        incoming = np.empty(nbytes, dtype=np.uint8)
-        comm.Sendrecv(_fresh_copy(held), (rank + 1) % size, _TAG, incoming, (rank - 1) % size, _TAG)
-        held = incoming
+        comm.Sendrecv(step.outgoing, (rank + 1) % size, _TAG, step.incoming, (rank - 1) % size, _TAG)
+        step.combine()
     return comm.allreduce((time.perf_counter() - start) / passes, op=MPI.MAX)
 
 

@@ -1,0 +1,46 @@
+"""The time one more All-Scan pipeline block adds beyond its bytes, measured with hpcrt's own
+pipeline on every rank of a communicator: the cost model's term that the links alone do not show
+(hpcrt's work per message in Python, tens of µs, against a few µs of message α)."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from typing import Any
+
+import numpy as np
+from mpi4py import MPI
+
+from hpcrt._src.topology import LinkCost
+
+from .allscan import all_scan
+
+ROWS = 64
+"""Rows of the measured state (float32): small enough that the bytes cost nothing."""
+MANY_BLOCKS = 33
+BATCHES = 5
+CALLS = 10
+
+
+def _batch(comm: Any, state: np.ndarray, blocks: int) -> float:
+    """Seconds per call of ``CALLS`` pipeline scans with ``blocks`` blocks (the slowest rank's)."""
+    comm.Barrier()
+    start = time.perf_counter()
+    for _ in range(CALLS):
+        all_scan(state, "sum", comm=comm, algorithm="pipeline", blocks=blocks, validate=False)
+    return comm.allreduce((time.perf_counter() - start) / CALLS, op=MPI.MAX)
+
+
+def measure_pipeline_block(comm: Any) -> LinkCost:
+    """Seconds per extra block, as a :class:`LinkCost` with β 0: the median of ``BATCHES`` batches
+    with ``MANY_BLOCKS`` blocks less the median with one, over the extra blocks. Collective; 0 at one
+    rank. Batches alternate, so load from other jobs meets both alike."""
+    if comm.size < 2:
+        return LinkCost(0.0, 0.0)
+    state = np.zeros(ROWS, dtype=np.float32)
+    _batch(comm, state, 1), _batch(comm, state, MANY_BLOCKS)  # warm the path and the pools up
+    one, many = [], []
+    for _ in range(BATCHES):
+        one.append(_batch(comm, state, 1))
+        many.append(_batch(comm, state, MANY_BLOCKS))
+    return LinkCost(max(0.0, (statistics.median(many) - statistics.median(one)) / (MANY_BLOCKS - 1)), 0.0)
