@@ -269,3 +269,14 @@ def test_auto_follows_the_topologys_costs_as_they_change(comm):
         assert transport_links(transport) == scan_links(runtime.topology)
     finally:
         hpcrt.finalize()
+
+
+def test_block_count_sweep_prints_the_model_choice_beside_each_measured_k(launch):
+    result = launch(["-m", "hpcrt.collectives._src.scan_blocks_cli", "--sizes", "4096", "65536",
+                     "--blocks", "1", "4"], ranks=2, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    lines = [line.split() for line in result.stdout.splitlines() if not line.startswith("#")]
+    assert [int(row[0]) for row in lines] == [4096, 65536]
+    for size, model_k, predicted, *times in lines:
+        assert int(model_k) >= 1 and float(predicted) > 0 and len(times) == 2 and all(float(t) > 0 for t in times)
+    assert "pipeline block" in result.stdout

@@ -1,0 +1,70 @@
+"""The All-Scan pipeline's time per block count K beside the cost model's K, on every rank of the
+job: how well the model's block count sits against the measured optimum. Rank 0 prints a table.
+
+    mpiexec -n 8 python -m hpcrt.collectives._src.scan_blocks_cli --sizes 262144 1048576 --blocks 1 4 16 64
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from typing import Any, Optional, Sequence
+
+import numpy as np
+from mpi4py import MPI
+
+import hpcrt
+from hpcrt._src.costmodel import CHAIN, SHIFT, measure_schedule_costs
+
+from .allscan import all_scan
+from .allscan_calibration import measure_pipeline_block
+from .allscan_cost import ScanLinks, best_blocks, predict_allscan
+
+BATCHES = 3
+
+
+def time_pipeline(comm: Any, state: np.ndarray, blocks: int, calls: int) -> float:
+    """Median over ``BATCHES`` of the seconds per call of ``calls`` back-to-back pipeline scans (slowest rank)."""
+    all_scan(state, "sum", comm=comm, algorithm="pipeline", blocks=blocks, validate=False)
+    samples = []
+    for _ in range(BATCHES):
+        comm.Barrier()
+        start = time.perf_counter()
+        for _ in range(calls):
+            all_scan(state, "sum", comm=comm, algorithm="pipeline", blocks=blocks, validate=False)
+        samples.append(comm.allreduce((time.perf_counter() - start) / calls, op=MPI.MAX))
+    return statistics.median(samples)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> None:
+    parser = argparse.ArgumentParser(description="All-Scan pipeline time per block count vs the model's choice")
+    parser.add_argument("--sizes", type=int, nargs="+", default=[1 << 18, 1 << 20, 1 << 22, 1 << 24],
+                        help="state sizes in bytes (float32)")
+    parser.add_argument("--blocks", type=int, nargs="+", default=[1, 2, 4, 8, 16, 32, 64, 128])
+    args = parser.parse_args(argv)
+    runtime = hpcrt.init({"log_files": False})
+    try:
+        comm = runtime.comm
+        costs = measure_schedule_costs(comm, runtime.topology)
+        if not costs:
+            raise SystemExit("scan_blocks: needs at least 2 ranks")
+        links = ScanLinks(costs[CHAIN], costs[SHIFT], measure_pipeline_block(comm).alpha)
+        say = print if runtime.rank == 0 else (lambda *_: None)
+        say(f"# {comm.size} ranks; chain hop α {links.chain.alpha * 1e6:.1f} µs, {1e-9 / links.chain.beta:.2f} GB/s; "
+            f"shift round α {links.shift.alpha * 1e6:.1f} µs, {1e-9 / links.shift.beta:.2f} GB/s; "
+            f"pipeline block {links.block * 1e6:.1f} µs")
+        say("# size(B)  model K  predicted(us)  " + "  ".join(f"K={k}(us)" for k in args.blocks))
+        for nbytes in args.sizes:
+            state = np.ones(nbytes // 4, dtype=np.float32)
+            calls = max(3, min(50, (32 << 20) // max(nbytes, 1)))
+            times = [time_pipeline(comm, state, k, calls) for k in args.blocks]
+            model_k = best_blocks(nbytes, comm.size, links, state.size)
+            say(f"{nbytes:>10}  {model_k:>7}  {predict_allscan('pipeline', nbytes, comm.size, links) * 1e6:>13.0f}  "
+                + "  ".join(f"{t * 1e6:>8.0f}" for t in times))
+    finally:
+        hpcrt.finalize()
+
+
+if __name__ == "__main__":
+    main()
