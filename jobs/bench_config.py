@@ -13,6 +13,7 @@ from hpcrt import ConfigError
 DTYPES = ("float32", "float64", "int32", "int64")
 BUFFERS = ("numpy", "cupy", "fakegpu")
 LINK_COSTS = ("measured", "nominal")
+TIMINGS = ("loop", "per_call")
 LARGE_MESSAGE = 64 << 10
 """Above this size a message is large (OSU's split): ``iters_large`` timed calls instead of ``iters``,
 and proportionally fewer warm-up calls (at least one)."""
@@ -35,6 +36,9 @@ class BenchSettings:
     validate: bool
     arg_check: bool
     link_costs: str
+    timing: str
+    """``loop``: back-to-back calls timed together (OSU, nccl-tests); ``per_call``: a barrier
+    before every call and each call timed alone, so no call overlaps the next."""
     suites: tuple[str, ...]
     """Benchmarks beyond collectives to run after them (see :mod:`.bench_suites`)."""
 
@@ -137,5 +141,6 @@ def parse_settings(raw: Mapping[str, Any], known_algorithms: Mapping[str, tuple[
         validate=_bool(raw, "validate"),
         arg_check=_bool(raw, "arg_check"),
         link_costs=_choice(raw, "link_costs", LINK_COSTS),
+        timing=_choice(raw, "timing", TIMINGS),
         suites=suites,
     )

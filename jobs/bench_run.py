@@ -39,16 +39,28 @@ def _synchronize(result: Any) -> None:
         backend_of(part).synchronize(part)
 
 
-def time_calls(comm: Any, call: Callable[[], Any], warmup: int, iters: int) -> Timing:
-    """``warmup`` untimed calls, a barrier, then ``iters`` timed ones (device work included)."""
+def time_calls(comm: Any, call: Callable[[], Any], warmup: int, iters: int, per_call: bool = False) -> Timing:
+    """``warmup`` untimed calls, a barrier, then ``iters`` timed ones (device work included), timed
+    together, or with ``per_call`` each alone after a barrier of its own: back to back, the first
+    ranks of a chain (a ring All-Scan) start the next call while the last still finish this one,
+    which hides the chain's latency that a scan between two compute phases pays."""
     for _ in range(warmup):
         call()
     comm.Barrier()
+    total = 0.0
     start = time.perf_counter()
     for _ in range(iters):
+        if per_call:
+            comm.Barrier()
+            start = time.perf_counter()
         result = call()
-    _synchronize(result)
-    times = comm.allgather((time.perf_counter() - start) / iters)
+        if per_call:
+            _synchronize(result)
+            total += time.perf_counter() - start
+    if not per_call:
+        _synchronize(result)
+        total = time.perf_counter() - start
+    times = comm.allgather(total / iters)
     return Timing(sum(times) / len(times), min(times), max(times))
 
 
@@ -91,7 +103,7 @@ def run_collective(ctx: BenchContext, collective: Collective, algorithms: Sequen
                 call = algorithm.prepare(operand, op, ctx, layout)
                 wrong = comm.allreduce(count_wrong(call(), expected, settings.dtype)) if settings.validate else None
                 warmup, iters = settings.warmup_for(layout.nbytes), settings.iters_for(layout.nbytes)
-                timing = time_calls(comm, call, warmup, iters)
+                timing = time_calls(comm, call, warmup, iters, settings.timing == "per_call")
                 algbw = layout.nbytes / timing.avg / 1e9
                 predicted = algorithm.predict(layout.nbytes, p, topology)
                 row = Row(collective.name, algorithm.name, op or "none", settings.dtype, layout.nbytes, layout.count,

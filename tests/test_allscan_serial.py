@@ -159,9 +159,11 @@ def test_measured_block_cost_bounds_the_block_count():
     assert heavy.block_alpha == 100 * LINK.alpha and ScanLinks(LINK, LINK, block=0.0).block_alpha == LINK.alpha
     tenth = best_blocks(n, p, lean) / 10
     assert best_blocks(n, p, heavy) in (math.floor(tenth), math.ceil(tenth))
+    # every hop of the first block's chain and each of the K − 1 later blocks pays it
     extra = predict_allscan("pipeline", n, p, heavy, blocks=9) - predict_allscan("pipeline", n, p, lean, blocks=9)
-    assert extra == pytest.approx(8 * 99 * LINK.alpha)  # (K − 1) blocks after the first
-    assert predict_allscan("ring", n, p, heavy) == predict_allscan("ring", n, p, lean)
+    assert extra == pytest.approx((p - 1 + 8) * 99 * LINK.alpha)
+    ring_extra = predict_allscan("ring", n, p, heavy) - predict_allscan("ring", n, p, lean)
+    assert ring_extra == pytest.approx((p - 1) * 99 * LINK.alpha)
 
 
 def test_auto_choice_follows_the_model():

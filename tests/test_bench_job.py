@@ -19,7 +19,7 @@ from hpcrt._src.topology_file import load_topology_file
 from hpcrt.collectives._src.allscan_calibration import measure_pipeline_block
 from hpcrt.jobs.bench_cases import COLLECTIVES, KNOWN_OPS
 from hpcrt.jobs.bench_config import message_sizes, parse_settings
-from hpcrt.jobs.bench_run import count_wrong
+from hpcrt.jobs.bench_run import count_wrong, time_calls
 from hpcrt.jobs.hydra_mpi import with_run_dir
 
 from conftest import SAMPLE_TOPOLOGY
@@ -115,7 +115,7 @@ def test_bad_config_stops_the_job_with_the_key_named(launch):
 
 BASE = {"collectives": ["allreduce"], "algorithms": {}, "ops": ["sum"], "min_bytes": 8, "max_bytes": 64,
         "factor": 2, "warmup": 1, "iters": 1, "iters_large": 1, "dtype": "float32", "buffers": "numpy",
-        "validate": True, "arg_check": False, "link_costs": "measured"}
+        "validate": True, "arg_check": False, "link_costs": "measured", "timing": "loop"}
 
 
 @pytest.mark.parametrize("change, message", [
@@ -128,6 +128,7 @@ BASE = {"collectives": ["allreduce"], "algorithms": {}, "ops": ["sum"], "min_byt
     ({"buffers": "rocm"}, "'buffers': expected one of"),
     ({"iters": 0}, "'iters': expected an integer >= 1"),
     ({"validate": "yes"}, "'validate': expected true or false"),
+    ({"timing": "barrier"}, "'timing': expected one of loop, per_call"),
 ])
 def test_settings_checks_name_the_key(change, message):
     with pytest.raises(ConfigError, match=message):
@@ -242,3 +243,19 @@ def test_schedule_costs_are_measured_with_every_rank_taking_part(comm):
         assert block.alpha == 0 if comm.size == 1 else block.alpha > 0
     finally:
         hpcrt.finalize()
+
+
+@pytest.mark.mpi(ranks=[2], timeout=60)
+@pytest.mark.parametrize("per_call", [False, True])
+def test_timing_counts_each_rank_its_own_calls(comm, per_call):
+    """Rank 0's calls take 4 ms, rank 1's none: each rank's mean is its own, in both modes (per call,
+    rank 1 waits for rank 0 in the barrier before each call, and that wait is not timed)."""
+    import time
+
+    def call():
+        time.sleep(0.004 if comm.rank == 0 else 0)
+        return np.zeros(1)
+
+    timing = time_calls(comm, call, warmup=1, iters=5, per_call=per_call)
+    assert comm.allgather(timing) == [timing] * 2
+    assert timing.min < 0.002 < 0.004 <= timing.max and timing.min <= timing.avg <= timing.max

@@ -59,20 +59,21 @@ def _log2_ceil(p: int) -> int:
 
 
 def _pipeline(nbytes: float, p: int, links: ScanLinks, k: int) -> float:
-    """The first block walks p−1 chain hops, each later one arrives a shift round (and hpcrt's work
-    on a block) after the previous."""
+    """The first block walks p−1 chain hops, each later one arrives a shift round after the previous;
+    every hop and round also costs hpcrt's work on a block."""
     chain, shift = links.chain, links.shift
-    return (p - 1) * (chain.alpha + nbytes * chain.beta / k) + (k - 1) * (links.block_alpha + nbytes * shift.beta / k)
+    hop = max(chain.alpha, links.block)
+    return (p - 1) * (hop + nbytes * chain.beta / k) + (k - 1) * (links.block_alpha + nbytes * shift.beta / k)
 
 
 def predict_allscan(algorithm: str, nbytes: float, p: int, links: Union[ScanLinks, LinkCost],
                     blocks: Optional[int] = None) -> float:
     """Predicted seconds of one All-Scan; ``blocks`` (pipeline only) defaults to :func:`best_blocks`.
 
-    With chain hop (α_c, β_c), shift round (α_s, β_s) and block cost α_b ≥ α_s: pipeline
-    (p−1)(α_c+nβ_c/K) + (K−1)(α_b+nβ_s/K), which is (p−2+K)(α+nβ/K) when all are alike; ring (p−1)(α_c+nβ_c), the
-    pipeline's K = 1; allgather (Bruck) ⌈log₂p⌉α_s+(p−1)nβ_s; mpi (recursive doubling)
-    ⌈log₂p⌉(α_s+nβ_s).
+    With chain hop (α_c, β_c), shift round (α_s, β_s) and the measured block cost b (hpcrt's work on
+    a block, paid on every hop and round; α_b = max(b, α_s)): pipeline (p−1)(max(α_c, b)+nβ_c/K) +
+    (K−1)(α_b+nβ_s/K), which is (p−2+K)(α+nβ/K) when all are alike; ring (p−1)(max(α_c, b)+nβ_c),
+    the pipeline's K = 1; allgather (Bruck) ⌈log₂p⌉α_s+(p−1)nβ_s; mpi (recursive doubling) ⌈log₂p⌉(α_s+nβ_s).
     """
     if p <= 1:
         return 0.0
