@@ -183,18 +183,23 @@ def _reversed_comm(comm: Any) -> Any:
 
 
 def mpi(call: ScanCall) -> Steps:
-    """MPI_Iexscan / MPI_Iscan on host copies: the builtin op for sum and max of plain dtypes,
-    else a non-commutative user op over the packed bytes. A reverse scan runs on the reversed
-    communicator, where the op applies its operands in flipped order."""
+    """MPI_Iexscan / MPI_Iscan: the builtin op for sum and max of plain dtypes (on the operand
+    itself when it is one host array), else a non-commutative user op over packed host copies. A
+    reverse scan runs on the reversed communicator, where the op applies its operands in flipped
+    order."""
     layout = call.layout
     comm = _reversed_comm(call.transport.comm) if call.reverse else call.transport.comm
+    start = comm.Iscan if call.inclusive else comm.Iexscan
+    builtin = next((mpi_op for op, mpi_op in _MPI_BUILTIN_OPS if op is call.op), None)
+    if (builtin is not None and len(call.parts) == 1 and type(call.parts[0]) is np.ndarray
+            and layout.dtypes[0] in _MPI_BUILTIN_DTYPES and layout.nbytes):
+        result = call.empty()
+        return (yield from _mpi_direct(call, comm.rank, start(call.parts[0], result[0], builtin), result))
     sendbuf = np.empty(layout.nbytes, dtype=np.uint8)
     recvbuf = np.empty(layout.nbytes, dtype=np.uint8)
     assign(layout.views(sendbuf, 0, layout.rows, True),
            tuple(backend_of(part).to_host(part) for part in call.parts))
-    start = comm.Iscan if call.inclusive else comm.Iexscan
     freed: list = []
-    builtin = next((mpi_op for op, mpi_op in _MPI_BUILTIN_OPS if op is call.op), None)
     if layout.nbytes == 0:
         request = MPI.REQUEST_NULL
     elif builtin is not None and layout.dtypes[0] in _MPI_BUILTIN_DTYPES:
@@ -219,4 +224,14 @@ def mpi(call: ScanCall) -> Steps:
     result = call.empty()
     for target, host in zip(result, layout.views(recvbuf, 0, layout.rows, True)):
         backend_of(target).copy_from_host(target, host)
+    return result
+
+
+def _mpi_direct(call: ScanCall, rank: int, request: Any, result: tuple) -> Steps:
+    """The scan of one host array under a builtin op, which the caller started straight from the
+    operand into ``result``: no packed host copies to make and unpack (the common case)."""
+    yield
+    request.Wait()
+    if rank == 0 and not call.inclusive:
+        return call.identity()
     return result
