@@ -280,3 +280,24 @@ def test_block_count_sweep_prints_the_model_choice_beside_each_measured_k(launch
     for size, model_k, predicted, *times in lines:
         assert int(model_k) >= 1 and float(predicted) > 0 and len(times) == 2 and all(float(t) > 0 for t in times)
     assert "pipeline block" in result.stdout
+
+
+@pytest.mark.mpi(ranks=[3, 4], timeout=60)
+def test_affine_with_float_decay_and_integer_state(comm):
+    """a float, b integer: every algorithm gives the fold computed in float and cast to b's dtype
+    (values kept integral, so no rounding can differ between schedules)."""
+    import hpcrt
+    from hpcrt.collectives import all_scan
+    hpcrt.init({"log_files": False})
+    rows = 50
+    xs = [(np.full((rows, 1), 2.0), np.full((rows, 1), r + 1, dtype=np.int64)) for r in range(comm.size)]
+    failures = []
+    for algorithm, inclusive in itertools.product(ALGORITHMS, (False, True)):
+        a, b = np.ones((rows, 1)), np.zeros((rows, 1))
+        for x_a, x_b in xs[:comm.rank + (1 if inclusive else 0)]:
+            a, b = a * x_a, x_a * b + x_b
+        got_a, got_b = all_scan(xs[comm.rank], "affine", algorithm=algorithm, inclusive=inclusive,
+                                blocks=5 if algorithm == "pipeline" else None)
+        if got_b.dtype != np.int64 or not (np.array_equal(got_a, a) and np.array_equal(got_b, b.astype(np.int64))):
+            failures.append(f"{algorithm} inclusive={inclusive}: a {got_a[0]}, b {got_b[0]}; want {a[0]}, {b[0]}")
+    assert_no_failures(comm, failures)

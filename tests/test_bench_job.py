@@ -74,7 +74,6 @@ def test_two_ranks_share_one_run_dir_and_check_every_algorithm(launch, tmp_path)
     assert set(meta["prediction_scan_links"]) == {"chain", "shift", "pipeline_block_us"}
     block = meta["measured_link_costs"]["pipeline_block"]
     assert block["alpha_us"] > 0 and block["bandwidth_gbytes_s"] is None
-    assert meta["prediction_scan_links"]["pipeline_block_us"] >= block["alpha_us"]
 
 
 def test_multirun_on_four_ranks_gives_one_subdir_per_point(launch, tmp_path):
@@ -247,15 +246,20 @@ def test_schedule_costs_are_measured_with_every_rank_taking_part(comm):
 
 @pytest.mark.mpi(ranks=[2], timeout=60)
 @pytest.mark.parametrize("per_call", [False, True])
-def test_timing_counts_each_rank_its_own_calls(comm, per_call):
-    """Rank 0's calls take 4 ms, rank 1's none: each rank's mean is its own, in both modes (per call,
-    rank 1 waits for rank 0 in the barrier before each call, and that wait is not timed)."""
+def test_per_call_timing_keeps_one_call_out_of_the_next(comm, per_call):
+    """Each call is a barrier, then 4 ms of work on rank 0 alone. Back to back, rank 1 waits in the
+    next call's barrier for rank 0's work, so its calls take 4 ms too; per call, that wait falls in
+    the untimed barrier before the call, and rank 1's calls take next to nothing."""
     import time
 
     def call():
+        comm.Barrier()
         time.sleep(0.004 if comm.rank == 0 else 0)
         return np.zeros(1)
 
-    timing = time_calls(comm, call, warmup=1, iters=5, per_call=per_call)
-    assert comm.allgather(timing) == [timing] * 2
-    assert timing.min < 0.002 < 0.004 <= timing.max and timing.min <= timing.avg <= timing.max
+    timing = time_calls(comm, call, warmup=1, iters=6, per_call=per_call)
+    assert timing.max >= 0.004 and timing.min <= timing.avg <= timing.max
+    if per_call:
+        assert timing.min < 0.002  # rank 1
+    else:
+        assert timing.min > 0.003

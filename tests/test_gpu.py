@@ -51,15 +51,17 @@ def test_checkpoint_of_device_state(comm, mpi_tmp_path):
     mine = full[rt.rank * rows:(rt.rank + 1) * rows]
     state = {"w": Shard(cupy.asarray(mine), full.shape, (rt.rank * rows, 0)),
              "bias": cupy.arange(10, dtype=cupy.float64) + rt.rank}
-    with Checkpointer(mpi_tmp_path / "ckpt", comm=rt.comm, local_dir=mpi_tmp_path / "local") as ck:
-        ck.save(1, state)
-        ck.wait_snapshot()
-        state["w"].array[...] = 0
-        state["bias"] += 100
-        ck.wait()
-    with Checkpointer(mpi_tmp_path / "ckpt", comm=rt.comm, local_dir=mpi_tmp_path / "local") as fresh:
-        step, got = fresh.restore()
+    try:
+        with Checkpointer(mpi_tmp_path / "ckpt", comm=rt.comm, local_dir=mpi_tmp_path / "local") as ck:
+            ck.save(1, state)
+            ck.wait_snapshot()
+            state["w"].array[...] = 0
+            state["bias"] += 100
+            ck.wait()
+        with Checkpointer(mpi_tmp_path / "ckpt", comm=rt.comm, local_dir=mpi_tmp_path / "local") as fresh:
+            step, got = fresh.restore()
+    finally:
+        hpcrt.finalize()
     assert step == 1 and set(fresh.restored_from.values()) == {"local"}
     assert got["w"].offset == (rt.rank * rows, 0) and np.array_equal(got["w"].array, mine)
     assert np.array_equal(got["bias"], np.arange(10.0) + rt.rank)
-    hpcrt.finalize()

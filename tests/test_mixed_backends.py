@@ -46,8 +46,12 @@ def test_host_and_device_ranks_in_one_collective(comm):
         check(failures, f"reduce_scatter {label}", reduce_scatter(mine, "sum", comm=comm, algorithm=algorithm),
               mine, np.array_split(total, p)[r])
     for algorithm in ("pipeline", "allgather", "ring", "mpi", "auto"):
-        got = all_scan(mine, "sum", comm=comm, algorithm=algorithm, inclusive=True)
-        check(failures, f"all_scan {algorithm} rank {r} on {backend}", got, mine, np.sum(inputs[:r + 1], axis=0))
+        for inclusive in (False, True):
+            for reverse in (False, True):
+                lo, hi = (r + (0 if inclusive else 1), p) if reverse else (0, r + (1 if inclusive else 0))
+                got = all_scan(mine, "sum", comm=comm, algorithm=algorithm, inclusive=inclusive, reverse=reverse)
+                check(failures, f"all_scan {algorithm} inclusive={inclusive} reverse={reverse} rank {r} on {backend}",
+                      got, mine, np.sum(inputs[lo:hi], axis=0) if hi > lo else np.zeros(n))
     lengths = [5 + 3 * i for i in range(p)]
     start = sum(lengths[:r])
     q, k, v = full_sequence(3, (2,), sum(lengths), np.float64)
@@ -56,4 +60,5 @@ def test_host_and_device_ranks_in_one_collective(comm):
     for name, attention in (("ring", ring_attention), ("token_ring", token_ring_attention)):
         check(failures, f"{name}_attention rank {r} on {backend}", attention(*parts, comm=comm, causal=True),
               parts[0], want)
+    hpcrt.finalize()
     assert_no_failures(comm, failures)

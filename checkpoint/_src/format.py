@@ -39,7 +39,7 @@ BESIDE = ThreadPoolExecutor(max_workers=4, thread_name_prefix="hpcrt-ckpt-beside
 def _sync_file_range() -> Optional[Callable[..., int]]:
     """libc's ``sync_file_range`` (Linux; not in ``os``), or None where there is none."""
     try:
-        function = ctypes.CDLL(None, use_errno=True).sync_file_range
+        function = ctypes.CDLL(None).sync_file_range
     except (OSError, AttributeError):
         return None
     function.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
@@ -106,6 +106,8 @@ def _write_with_early_writeback(fd: int, data: memoryview, offset: int) -> None:
         piece = data[start:start + WRITEBACK_PIECE]
         _pwrite_all(fd, piece, offset + start)
         if SYNC_FILE_RANGE is not None:
+            # Advisory, so its result is not checked: a refusal only loses the early start, and
+            # the fsync that follows reports any real write error.
             SYNC_FILE_RANGE(fd, offset + start, len(piece), SYNC_FILE_RANGE_WRITE)
 
 

@@ -86,7 +86,8 @@ def all_scan_start(x: Any, op: Any, *, comm: Any = None, inclusive: bool = False
 
     Communication that can start does; the pipeline forwards its blocks inside ``wait()``, so
     the caller's local work between start and wait overlaps the other ranks' progress.
-    Concurrent scans in the same direction on one communicator must be waited in start order.
+    Concurrent scans in the same direction on one communicator must be waited in start order,
+    and ``x`` must not change until ``wait()`` returns (MPI and the pipeline read it meanwhile).
     """
     transport = Transport(comm)
     token = enter("all_scan", transport.comm, payload_bytes(x))

@@ -63,10 +63,11 @@ class ScanCall:
         return self.join(mine, incoming) if self.reverse else self.join(incoming, mine)
 
     def extend_into(self, incoming: tuple, mine: tuple, out: tuple) -> None:
-        """:meth:`extend` written into ``out`` (None entries skipped): in place where the op can
-        and ``out`` is complete, else computed anew and copied."""
+        """:meth:`extend` written into ``out`` (None entries skipped): in place where the op can, the
+        parts share one dtype (so no intermediate is cast) and ``out`` is complete, else computed
+        anew and copied."""
         into = self.op.combine_into
-        if into is None or any(target is None for target in out):
+        if into is None or len(set(self.layout.dtypes)) > 1 or any(target is None for target in out):
             assign(out, self.extend(incoming, mine))
             return
         lower, upper = (mine, incoming) if self.reverse else (incoming, mine)

@@ -38,7 +38,8 @@ def measure_pipeline_block(comm: Any) -> LinkCost:
     if comm.size < 2:
         return LinkCost(0.0, 0.0)
     state = np.zeros(ROWS, dtype=np.float32)
-    _batch(comm, state, 1), _batch(comm, state, MANY_BLOCKS)  # warm the path and the pools up
+    for blocks in (1, MANY_BLOCKS):  # warm the path and the pools up
+        _batch(comm, state, blocks)
     one, many = [], []
     for _ in range(BATCHES):
         one.append(_batch(comm, state, 1))

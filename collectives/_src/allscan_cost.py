@@ -35,10 +35,11 @@ class ScanLinks:
     chain: LinkCost
     shift: LinkCost
     block: float = 0.0
-    """Seconds one more pipeline block adds beyond its bytes, where measured; at least the shift's α."""
+    """Seconds one more pipeline block adds beyond its bytes, where measured (0: not measured)."""
 
     @property
     def block_alpha(self) -> float:
+        """What a later block of the pipeline pays besides its bytes: the block cost, at least the shift's α."""
         return max(self.block, self.shift.alpha)
 
 

@@ -60,8 +60,9 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
             calls = max(3, min(50, (32 << 20) // max(nbytes, 1)))
             times = [time_pipeline(comm, state, k, calls) for k in args.blocks]
             model_k = best_blocks(nbytes, comm.size, links, state.size)
-            say(f"{nbytes:>10}  {model_k:>7}  {predict_allscan('pipeline', nbytes, comm.size, links) * 1e6:>13.0f}  "
-                + "  ".join(f"{t * 1e6:>8.0f}" for t in times))
+            predicted = predict_allscan("pipeline", nbytes, comm.size, links, model_k)
+            measured = "  ".join(f"{t * 1e6:>8.0f}" for t in times)
+            say(f"{nbytes:>10}  {model_k:>7}  {predicted * 1e6:>13.0f}  {measured}")
     finally:
         hpcrt.finalize()
 

@@ -116,8 +116,10 @@ BUILTIN_OPS = {op.name: op for op in (SUM, MAX, AFFINE)}
 def flipped(op: ScanOp) -> ScanOp:
     """The opposite operator, a ⊕' b = b ⊕ a: a reverse scan with it applies the higher ranks'
     operands first (the backward pass of a recurrence runs from the last rank down)."""
+    into = op.combine_into
     return ScanOp(lambda lower, upper: op.combine(upper, lower), op.identity, f"flipped({op.name})",
-                  op.rowwise, op.check)
+                  op.rowwise, op.check,
+                  None if into is None else (lambda lower, upper, out: into(upper, lower, out)))
 
 
 def resolve_op(op: Any) -> ScanOp:

@@ -29,7 +29,7 @@ def collect_info(runtime: Runtime) -> dict:
         "link_emulation": topo.emulate,
         "nodes": topo.nodes,
         "link_costs": {name: {"alpha_us": cost.alpha * 1e6, "bandwidth_gbytes_s": 1e-9 / cost.beta}
-                       for name, cost in topo.link_costs.items()},
+                       for name, cost in topo.link_costs.items() if cost.beta > 0},
         "ranks": [r.to_dict() for r in topo.ranks],
     }
 
