@@ -25,10 +25,9 @@ from omegaconf import DictConfig, OmegaConf
 
 import hpcrt
 from hpcrt import ConfigError
-from hpcrt._src.costmodel import SCHEDULES, bottleneck_link, measure_link_costs, measure_schedule_costs
+from hpcrt._src.costmodel import SCHEDULES, bottleneck_link, measure_link_costs
 from hpcrt.collectives import scan_links
-from hpcrt.collectives._src.allscan_calibration import measure_pipeline_block
-from hpcrt.collectives._src.allscan_cost import PIPELINE_BLOCK
+from hpcrt.collectives._src.allscan_calibration import measure_scan_costs
 
 from .bench_cases import COLLECTIVES, DEFAULT_EXCLUDED, KNOWN_OPS, Algorithm, BenchContext, Collective
 from .bench_config import BenchSettings, parse_settings
@@ -98,6 +97,7 @@ def _link_table(costs: dict) -> dict:
 
 def metadata(runtime: hpcrt.Runtime, cfg: DictConfig, nominal: dict, measured: dict, started: str) -> dict:
     """What a reader needs to trust and reproduce the numbers."""
+    scan = scan_links(runtime.topology)
     return {
         "started": started,
         "finished": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -117,9 +117,8 @@ def metadata(runtime: hpcrt.Runtime, cfg: DictConfig, nominal: dict, measured: d
         "nominal_link_costs": _link_table(nominal),
         "measured_link_costs": _link_table(measured),
         "prediction_link": _link_entry(bottleneck_link(runtime.topology)),
-        "prediction_scan_links": {**{schedule: _link_entry(getattr(scan_links(runtime.topology), schedule))
-                                     for schedule in SCHEDULES},
-                                  "pipeline_block_us": scan_links(runtime.topology).block_alpha * 1e6},
+        "prediction_scan_links": {**{schedule: _link_entry(getattr(scan, schedule)) for schedule in SCHEDULES},
+                                  "pipeline_block_us": scan.block_alpha * 1e6},
         "command_line": list(sys.orig_argv),
         "config": OmegaConf.to_container(cfg, resolve=True),
     }
@@ -156,8 +155,7 @@ def _measure_and_report(runtime: hpcrt.Runtime, cfg: DictConfig, settings: Bench
     measure = settings.link_costs == "measured" and not runtime.topology.emulate
     measured = {}
     if measure:
-        measured = {**measure_link_costs(comm, runtime.topology), **measure_schedule_costs(comm, runtime.topology),
-                    PIPELINE_BLOCK: measure_pipeline_block(comm)}
+        measured = {**measure_link_costs(comm, runtime.topology), **measure_scan_costs(comm, runtime.topology)}
     runtime.topology.link_costs.update(measured)
     link, scan = bottleneck_link(runtime.topology), scan_links(runtime.topology)
     source = "emulated, from the topology file" if runtime.topology.emulate else settings.link_costs

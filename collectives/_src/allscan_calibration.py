@@ -11,9 +11,11 @@ from typing import Any
 import numpy as np
 from mpi4py import MPI
 
-from hpcrt._src.topology import LinkCost
+from hpcrt._src.costmodel import measure_schedule_costs
+from hpcrt._src.topology import LinkCost, Topology
 
 from .allscan import all_scan
+from .allscan_cost import PIPELINE_BLOCK
 
 ROWS = 64
 """Rows of the measured state (float32): small enough that the bytes cost nothing."""
@@ -45,3 +47,13 @@ def measure_pipeline_block(comm: Any) -> LinkCost:
         one.append(_batch(comm, state, 1))
         many.append(_batch(comm, state, MANY_BLOCKS))
     return LinkCost(max(0.0, (statistics.median(many) - statistics.median(one)) / (MANY_BLOCKS - 1)), 0.0)
+
+
+def measure_scan_costs(comm: Any, topology: Topology) -> dict[str, LinkCost]:
+    """Everything All-Scan's model measures in a run: the chain and shift schedules and the
+    pipeline block, keyed as :func:`~hpcrt.collectives.scan_links` reads them from the topology's
+    ``link_costs``. Collective; empty at one rank."""
+    costs = measure_schedule_costs(comm, topology)
+    if costs:
+        costs[PIPELINE_BLOCK] = measure_pipeline_block(comm)
+    return costs

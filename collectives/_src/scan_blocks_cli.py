@@ -15,11 +15,10 @@ import numpy as np
 from mpi4py import MPI
 
 import hpcrt
-from hpcrt._src.costmodel import CHAIN, SHIFT, measure_schedule_costs
 
 from .allscan import all_scan
-from .allscan_calibration import measure_pipeline_block
-from .allscan_cost import ScanLinks, best_blocks, predict_allscan
+from .allscan_calibration import measure_scan_costs
+from .allscan_cost import best_blocks, predict_allscan, scan_links
 
 BATCHES = 3
 
@@ -46,10 +45,10 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     runtime = hpcrt.init({"log_files": False})
     try:
         comm = runtime.comm
-        costs = measure_schedule_costs(comm, runtime.topology)
-        if not costs:
+        if comm.size < 2:
             raise SystemExit("scan_blocks: needs at least 2 ranks")
-        links = ScanLinks(costs[CHAIN], costs[SHIFT], measure_pipeline_block(comm).alpha)
+        runtime.topology.link_costs.update(measure_scan_costs(comm, runtime.topology))
+        links = scan_links(runtime.topology)  # what algorithm="auto" weighs
         say = print if runtime.rank == 0 else (lambda *_: None)
         say(f"# {comm.size} ranks; chain hop α {links.chain.alpha * 1e6:.1f} µs, {1e-9 / links.chain.beta:.2f} GB/s; "
             f"shift round α {links.shift.alpha * 1e6:.1f} µs, {1e-9 / links.shift.beta:.2f} GB/s; "
