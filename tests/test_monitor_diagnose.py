@@ -4,6 +4,8 @@ missing or truncated files are named and the rest is still reported."""
 import json
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import pytest
 
@@ -14,6 +16,8 @@ from hpcrt._src.recorder import FlightRecorder
 from hpcrt._src.sidechannel import MonitorDir, write_json
 from hpcrt._src.watchdog import Watchdog
 from hpcrt.monitor import diagnose, format_diagnosis
+
+PROGRESS_RANK = Path(__file__).parent / "monitor_cases" / "progress_rank.py"
 
 
 class FakeComm:
@@ -72,3 +76,44 @@ def test_directory_without_monitor_files(tmp_path):
     result = subprocess.run([sys.executable, "-m", "hpcrt", "diagnose", str(tmp_path / "nowhere")],
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 2 and "does not exist" in result.stdout
+
+
+def _killed_ranks(mdir: MonitorDir, progress: dict, kill_order: list, pause_s: float = 0.0) -> None:
+    """Real processes with their sentinels, SIGKILLed in ``kill_order``; ``progress`` maps a rank to
+    its (step, collectives entered, collectives completed) at the kill."""
+    write_json(mdir.meta, {"size": len(progress), "nodes": ["n0"] * len(progress)})
+    procs = {rank: subprocess.Popen([sys.executable, str(PROGRESS_RANK), str(mdir.root), str(rank),
+                                     *map(str, words)], stdout=subprocess.PIPE, text=True)
+             for rank, words in progress.items()}
+    for proc in procs.values():
+        assert proc.stdout.readline() == "ready\n"
+    for rank in kill_order:
+        procs[rank].kill()
+        procs[rank].wait()
+        time.sleep(pause_s)
+    deadline = time.time() + 20
+    while not all(mdir.exit_record(r).exists() for r in progress) and time.time() < deadline:
+        time.sleep(0.05)
+
+
+def test_sentinels_record_progress_and_the_rank_that_got_least_far_died_first(tmp_path):
+    # rank 1 dies at step 15 between collectives; the launcher kills the others, blocked in
+    # step 16's collective or still computing, in the same few milliseconds: their sentinels'
+    # clocks cannot order the ends, their progress words can
+    mdir = MonitorDir(tmp_path / "monitor").create()
+    _killed_ranks(mdir, {0: (16, 16, 16), 1: (15, 16, 16), 2: (16, 17, 16)}, kill_order=[2, 0, 1])
+    exits = {r: json.loads(mdir.exit_record(r).read_text()) for r in range(3)}
+    assert [(exits[r]["step"], exits[r]["in_collective"]) for r in range(3)] == [(16, False), (15, False),
+                                                                                 (16, True)]
+    d = diagnose(mdir.root)
+    assert [x["rank"] for x in d["deaths"]][0] == 1 and {x["rank"] for x in d["deaths"]} == {0, 1, 2}
+    assert "died first: rank 1 on node n0 (last step 15)" in format_diagnosis(d)
+    assert [r["last_step"] for r in d["ranks"]] == [16, 15, 16]
+
+
+def test_ends_far_apart_are_ordered_by_clock(tmp_path):
+    mdir = MonitorDir(tmp_path / "monitor").create()
+    _killed_ranks(mdir, {0: (16, 17, 16), 1: (15, 16, 16)}, kill_order=[0, 1], pause_s=1.0)
+    d = diagnose(mdir.root)
+    assert [x["rank"] for x in d["deaths"]] == [0, 1] and d["deaths"][1]["after_first_s"] >= 0.9
+    assert "died first: rank 0 on node n0 (last step 16)" in format_diagnosis(d)

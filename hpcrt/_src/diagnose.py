@@ -13,6 +13,10 @@ from .sidechannel import MonitorDir, read_json
 
 TEARDOWN_S = 5.0
 """Ranks that ended within this long after the first death were taken down with the job."""
+CLOCK_TIE_S = 0.25
+"""Ends closer than this are too close to order by the sentinels' clocks: a sentinel records its
+rank's end when it is next scheduled, which on a node busy with ranks spinning in MPI can be tens
+of milliseconds late, while a launcher like mpiexec kills the rest of the job within milliseconds."""
 
 
 def find_monitor_dir(path: Path) -> MonitorDir:
@@ -120,7 +124,7 @@ def _rank_state(rank: int, node: Optional[str], dump: Optional[dict], beat: Opti
                 exit_record: Optional[dict]) -> dict:
     state: dict = {"rank": rank, "node": node, "dump": dump is not None,
                    "heartbeat": None if beat is None else beat.get("state"),
-                   "last_step": (dump or beat or {}).get("step"), "last_completed": None, "stuck_in": None,
+                   "last_step": _last_step(dump, beat, exit_record), "last_completed": None, "stuck_in": None,
                    "stack": None, "ended": exit_record is not None and not exit_record.get("finished")}
     if dump is not None:
         done = [r for r in dump["records"] if r["state"] == "completed" and r["kind"] != "step"]
@@ -136,16 +140,35 @@ def _rank_state(rank: int, node: Optional[str], dump: Optional[dict], beat: Opti
     return state
 
 
+def _last_step(dump: Optional[dict], beat: Optional[dict], exit_record: Optional[dict]) -> Optional[int]:
+    """The step the rank was at when it ended, else the one its dump recorded, else its last heartbeat's."""
+    for source in (exit_record, dump, beat):
+        if source is not None and source.get("step") is not None:
+            return source["step"]
+    return None
+
+
 def _deaths(exits: Dict[int, dict], heartbeats: Dict[int, dict], node_of: Dict[int, Optional[str]],
             alarm: Optional[dict]) -> List[dict]:
     """Ranks that ended without finishing, first death first; the later ones within
     ``TEARDOWN_S`` are marked as taken down with the job. Ends after the monitor's alarm are its
-    own abort, not deaths."""
+    own abort, not deaths. Among ends within ``CLOCK_TIE_S`` of the earliest, the rank that got
+    least far (lowest step, then not yet blocked in that step's collective) goes first: the others
+    were waiting on it when the launcher took them down."""
     after = alarm.get("time", float("inf")) if alarm else float("inf")
     ended = sorted((e["ended_at"], r) for r, e in exits.items() if not e.get("finished") and e["ended_at"] < after)
+    if not ended:
+        return []
+    tied = [(at, r) for at, r in ended if at - ended[0][0] < CLOCK_TIE_S]
+    if all(exits[r].get("step") is not None for _, r in tied):
+        behind = min(tied, key=lambda e: (exits[e[1]]["step"], bool(exits[e[1]].get("in_collective")), e[0]))
+        ended.remove(behind)
+        ended.insert(0, behind)
+    first_at = ended[0][0]
     return [{"rank": rank, "node": node_of.get(rank), "ended_at": at,
-             "last_step": heartbeats.get(rank, {}).get("step"),
-             "after_first_s": at - ended[0][0], "torn_down": i > 0 and at - ended[0][0] <= TEARDOWN_S}
+             "last_step": _last_step(None, heartbeats.get(rank), exits[rank]),
+             "in_collective": exits[rank].get("in_collective"), "after_first_s": at - first_at,
+             "torn_down": i > 0 and at - first_at <= TEARDOWN_S}
             for i, (at, rank) in enumerate(ended)]
 
 
@@ -176,6 +199,10 @@ def format_diagnosis(d: dict) -> str:
     if deaths:
         first = deaths[0]
         lines.append(f"died first: rank {first['rank']} on node {first['node']} (last step {first['last_step']})")
+        tied = [x["rank"] for x in deaths[1:] if abs(x["after_first_s"]) < CLOCK_TIE_S]
+        if tied:
+            lines.append(f"  (ranks {_ranks(tied)} ended within {CLOCK_TIE_S * 1000:g} ms of it, too close to order by "
+                         f"clock; it had got least far, so they were waiting on it)")
         torn = [x["rank"] for x in deaths[1:] if x["torn_down"]]
         if torn:
             lines.append(f"ended within {TEARDOWN_S:g} s after it (taken down with the job): ranks {_ranks(torn)}")

@@ -23,6 +23,7 @@ from .faults import FaultInjector
 from .config import ConfigError
 from .abort import FORWARD_GRACE_S
 from .monitor_config import MonitorConfig, resolve_monitor_config
+from .progress import STEP_WORD, map_progress
 from .recorder import COLLECTIVE, SECTION, STEP, FlightRecorder
 from .rundir import agree_run_dir
 from .sidechannel import MonitorDir, read_json, start_sentinel, write_json
@@ -97,7 +98,8 @@ class Monitor:
                                         "config": config.__dict__})
         self.watchdog = Watchdog(config, self.mdir, self.rank, self.node, self.recorder, self._on_event)
         self.watchdog.heartbeat("running")
-        self._sentinel = start_sentinel(self.rank, self.mdir.exit_record(self.rank), self.mdir.heartbeat(self.rank))
+        self.recorder.progress = map_progress(self.mdir.progress(self.rank))
+        self._sentinel = start_sentinel(self.rank, self.mdir)
         self.comm.Barrier()  # every heartbeat exists before anyone watches
         self.watchdog.watch(self._successor())
         trace.set_recorder(self.recorder)
@@ -121,6 +123,7 @@ class Monitor:
         self._work.append(now - self._t_step - (rec.coll_time - self._coll_at_step))
         rec.exit(rec.enter(STEP, "step"))
         rec.step += 1
+        rec.progress[STEP_WORD] = rec.step
         if rec.step % self.config.report_every == 0:
             self._report_window()
         self._t_step = perf_counter()

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import math
 import statistics
+import tempfile
 from collections import defaultdict
 from contextlib import nullcontext
 from time import perf_counter
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, Callable, Optional
 
@@ -15,6 +17,7 @@ import numpy as np
 
 from . import trace
 from .monitor import Monitor
+from .progress import map_progress
 from .recorder import FlightRecorder
 
 BLOCK_CALLS = 2000
@@ -60,6 +63,8 @@ def measure_recorder_overhead(records: int = 200_000, steps: int = 20, step_ms: 
     comm = comm if comm is not None else MPI.COMM_SELF
     previous = trace._recorder
     recorder = FlightRecorder(4096)
+    with tempfile.TemporaryDirectory() as scratch:  # progress words mapped as in a monitored rank
+        recorder.progress = map_progress(Path(scratch) / "progress")
     host = SimpleNamespace(recorder=recorder, _sections=defaultdict(list), _section_blocks={})
     try:
         def collective() -> None:

@@ -38,6 +38,9 @@ class FlightRecorder:
         self._comm_ids: Dict[int, tuple] = {}
         self._last_comm: Any = self._comm_ids  # the communicator of the last collective (none yet)
         self._last_cid = -1
+        self.progress: Any = [0, 0, 0]  # a list until the monitor maps the shared words
+        """The entered and completed marks and the step (see :mod:`.progress`); the monitor swaps
+        in a shared mapping so the rank's sentinel can read them after the rank dies."""
 
     def enter(self, kind: int, op: str, comm_id: int = -1, cseq: int = -1, nbytes: int = 0) -> int:
         seq = self.seq
@@ -59,7 +62,7 @@ class FlightRecorder:
         cseq = counts[cid]
         counts[cid] = cseq + 1
         seq = self.seq
-        self.seq = seq + 1
+        self.seq = self.progress[0] = seq + 1  # the entered mark
         i = seq & self._mask
         self.exits[i] = 0.0
         self.rows[i] = (seq, COLLECTIVE, op, cid, cseq, nbytes, self.step, perf_counter())
@@ -76,6 +79,7 @@ class FlightRecorder:
         elapsed = now - row[7]
         if row[1] == COLLECTIVE:
             self.coll_time += elapsed
+            self.progress[1] = self.seq  # the completed mark
         return elapsed
 
     def _register(self, comm: Any) -> int:

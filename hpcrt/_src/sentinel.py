@@ -1,14 +1,29 @@
 """Run as a detached script (standard library only) by a monitored rank: waits for end of file on
-stdin, i.e. for the rank's death, and records when it happened next to the rank's heartbeat."""
+stdin, i.e. for the rank's death, and records when it happened next to the rank's heartbeat, with
+the rank's step and whether it was blocked in a collective, from its progress words."""
 
 import json
 import os
 import socket
+import struct
 import sys
 import time
 
 
-def main(rank: str, pid: str, exit_record: str, heartbeat: str) -> None:
+PROGRESS_LAYOUT = "3q"
+"""Entered mark, completed mark, step: the layout of hpcrt/_src/progress.py."""
+
+
+def _progress(path: str) -> dict:
+    try:
+        with open(path, "rb") as f:
+            entered, completed, step = struct.unpack(PROGRESS_LAYOUT, f.read(struct.calcsize(PROGRESS_LAYOUT)))
+    except (OSError, struct.error):
+        return {}
+    return {"step": step, "in_collective": entered > completed}
+
+
+def main(rank: str, pid: str, exit_record: str, heartbeat: str, progress: str) -> None:
     while sys.stdin.buffer.read(4096):
         pass
     wall, mono = time.time(), time.monotonic()
@@ -18,7 +33,7 @@ def main(rank: str, pid: str, exit_record: str, heartbeat: str) -> None:
     except (OSError, ValueError):
         finished = False
     record = {"rank": int(rank), "pid": int(pid), "host": socket.gethostname(), "ended_at": wall,
-              "ended_monotonic": mono, "finished": finished}
+              "ended_monotonic": mono, "finished": finished, **_progress(progress)}
     tmp = f"{exit_record}.tmp"
     with open(tmp, "w") as f:
         json.dump(record, f)
@@ -26,4 +41,4 @@ def main(rank: str, pid: str, exit_record: str, heartbeat: str) -> None:
 
 
 if __name__ == "__main__":
-    main(*sys.argv[1:5])
+    main(*sys.argv[1:6])

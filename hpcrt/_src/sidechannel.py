@@ -74,6 +74,9 @@ class MonitorDir:
     def exit_record(self, rank: int) -> Path:
         return self.heartbeats / f"rank-{rank:05d}.exit.json"
 
+    def progress(self, rank: int) -> Path:
+        return self.heartbeats / f"rank-{rank:05d}.progress"
+
     def dump(self, rank: int) -> Path:
         return self.dumps / f"rank-{rank:05d}.json"
 
@@ -90,11 +93,11 @@ class MonitorDir:
             tmp.unlink()
 
 
-def start_sentinel(rank: int, exit_record: Path, heartbeat: Path) -> subprocess.Popen:
+def start_sentinel(rank: int, mdir: MonitorDir) -> subprocess.Popen:
     """A detached helper that records the moment this process ends, however it ends (even SIGKILL,
     even when the launcher kills the rest of the job right after): it blocks on a pipe whose only
     writer is this process, so end of file means this process is gone."""
     return subprocess.Popen([sys.executable, "-I", str(SENTINEL), str(rank), str(os.getpid()),
-                             str(exit_record), str(heartbeat)],
+                             str(mdir.exit_record(rank)), str(mdir.heartbeat(rank)), str(mdir.progress(rank))],
                             stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True, close_fds=True)
