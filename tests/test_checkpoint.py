@@ -235,6 +235,24 @@ def test_retention_retires_files_off_the_commit_path(comm, mpi_tmp_path):
 
 
 @pytest.mark.mpi(ranks=[2], timeout=60)
+def test_retention_counts_the_steps_an_earlier_run_committed(comm, mpi_tmp_path):
+    rt = runtime()
+    directory, local = mpi_tmp_path / "ckpt", mpi_tmp_path / "l"
+    for steps in ((1, 2), (3,)):  # the second checkpointer finds steps 1 and 2 on disk
+        with Checkpointer(directory, comm=rt.comm, local_dir=local, levels=("local", "global"), keep=2) as ck:
+            for step in steps:
+                ck.save(step, make_state(step, rt.rank, rt.size))
+            ck.wait()
+            listed, places = [e["step"] for e in ck.list()], ck.places
+    assert listed == [2, 3]
+    comm.Barrier()
+    assert sorted(p.name for p in directory.glob("step-*")) == ["step-000000002", "step-000000003"]
+    assert sorted(p.parent.name for p in places.local_root.rglob("*.h5")) == ["step-000000002"] * 2 + \
+        ["step-000000003"] * 2
+    hpcrt.finalize()
+
+
+@pytest.mark.mpi(ranks=[2], timeout=60)
 def test_unwritable_and_full_targets(comm, mpi_tmp_path):
     rt = runtime()
     directory = mpi_tmp_path / "ckpt"

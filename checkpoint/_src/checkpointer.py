@@ -17,6 +17,7 @@ import queue
 import socket
 import sys
 import threading
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -26,7 +27,7 @@ from hpcrt._src.idle_wait import idle_until_all_arrive, idle_wait
 from hpcrt._src.staging import PinnedPool
 
 from . import manifest, retention
-from .commit import fsync_dir, remove_file, write_json_atomic
+from .commit import fsync_dir, make_dirs_durable, remove_file, write_json_atomic
 from .errors import CheckpointError, StateError
 from .format import BESIDE, file_attrs, write_global_file, write_rank_file
 from .levels import DISK_LEVELS, GLOBAL_FILE, LEVELS, Places, partner_holders, rank_name
@@ -47,6 +48,7 @@ class _Save:
     step: int
     flat: Optional[FlatState]
     levels: tuple
+    folders: Future
     snapshot: Optional[Snapshot] = None
     error: Optional[str] = None
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -126,7 +128,7 @@ class Checkpointer:
                        and (lv != "global" or self._count % self.global_every == 0))
         self._count += 1
         self._slots.acquire()
-        self._last = _Save(step, flat, levels)
+        self._last = _Save(step, flat, levels, folders=BESIDE.submit(self._make_folders, step, levels))
         self._unsnapshotted.append(self._last)
         self._snap_queue.put(self._last)
 
@@ -212,10 +214,12 @@ class Checkpointer:
     def _open_directory(self) -> None:
         """Rank 0 creates or checks DIR; each node's first rank cleans what a crash left there."""
         error = None
+        self._ledger: Optional[retention.Ledger] = None
         try:
             if self.rank == 0:
                 manifest.create_directory(self.places)
                 retention.clean_shared(self.places)
+                self._ledger = retention.Ledger(self.places)
         except (CheckpointError, OSError) as exc:
             error = exc
         error = self._comm.bcast(error)
@@ -266,11 +270,11 @@ class Checkpointer:
 
     def _flush(self, job: _Save) -> None:
         snap, error = job.snapshot, job.error
+        job.folders.result()
         self._phase("digest")
-        if self.rank == 0:  # a step saved again: its old manifests must not vouch for new files
+        if self._ledger is not None:  # a step saved again: its old manifests must not vouch for new files
             try:
-                for level in DISK_LEVELS:
-                    remove_file(self.places.manifest_path(job.step, level))
+                self._ledger.uncommit(job.step)
             except OSError as exc:
                 error = error or f"{type(exc).__name__}: {exc}"
         digest = (error, [e.to_json() for e in snap.entries], snap.json_text, snap.nbytes) if snap else \
@@ -306,6 +310,20 @@ class Checkpointer:
             while len(self._memory) > self.keep["memory"]:
                 self._memory.popitem(last=False)[1].release()
 
+    def _make_folders(self, step: int, levels: tuple) -> None:
+        """Create the step's folders while the snapshot is copied (mkdir and fsync wait on the disk
+        without holding the GIL): rank 0's shared one for the manifests, each rank's of each level.
+        Any still missing when a file is written is made then."""
+        folders = {self.places.step_dir(step)} if self.rank == 0 else set()
+        for level in levels:
+            node = None if level == "global" else self.node
+            folders.add(self.places.resolve(level, node, Places.relative(level, step, self.rank)).parent)
+        for folder in folders:
+            try:
+                make_dirs_durable(folder)
+            except OSError:  # the write reports it, naming the level
+                pass
+
     def _commit_level(self, step: int, level: str, snap: Snapshot, layouts: list, texts: list,
                       sizes: list) -> None:
         """Write this rank's files of ``level``, vote, and let rank 0 write the manifest."""
@@ -326,7 +344,7 @@ class Checkpointer:
                 files = [record for _, records in votes for record in records]
                 manifest_doc = manifest.build(step, level, self.nodes, layouts, files)
                 write_json_atomic(self.places.manifest_path(step, level), manifest_doc)
-                outcome = (None, retention.uncommit_old(self.places, level, self.keep[level]))
+                outcome = (None, self._ledger.committed(step, level, self.keep[level]))
             except Exception as exc:
                 outcome = (f"step {step}, level {level}, rank 0 (manifest): {type(exc).__name__}: {exc}", [])
         if not failed:
@@ -364,25 +382,25 @@ class Checkpointer:
         node = self.node if level == "local" else None
         if not (level == "global" and self.rank == 0):
             return [self._write(level, step, snap, self.rank, node, attrs, before_rename)]
-        # rank 0 writes global.h5 beside its rank file, so that their fsyncs overlap; one fsync of
-        # the step folder then makes both renames durable
+        # rank 0 writes global.h5 while its rank file syncs, so that their fsyncs overlap; one fsync
+        # of the step folder then makes both renames durable
         path = self.places.step_dir(step) / GLOBAL_FILE
-        beside = BESIDE.submit(write_global_file, path, layouts, [rank_name(r) for r in range(self.size)], attrs,
-                               False)
-        try:
-            written = [self._write(level, step, snap, self.rank, node, attrs, before_rename, sync_dir=False)]
-        finally:
-            size, digest = beside.result()
+        beside: list = []
+        written = [self._write(level, step, snap, self.rank, node, attrs, before_rename, sync_dir=False,
+                               while_syncing=lambda: beside.append(write_global_file(
+                                   path, layouts, [rank_name(r) for r in range(self.size)], attrs, False)))]
+        [(size, digest)] = beside
         fsync_dir(path.parent)
         return written + [({"rank": None, "node": None, "path": f"{path.parent.name}/{GLOBAL_FILE}",
                             "size": size, "xxh3_128": digest}, path)]
 
     def _write(self, level: str, step: int, snap: Snapshot, owner: int, node: Optional[str], attrs: dict,
-               before_rename: Optional[Callable[[], None]], sync_dir: bool = True) -> tuple:
+               before_rename: Optional[Callable[[], None]], sync_dir: bool = True,
+               while_syncing: Callable[[], None] = lambda: None) -> tuple:
         """Write ``owner``'s snapshot as a file of ``level``; returns (manifest record, path)."""
         relative = Places.relative(level, step, owner)
         path = self.places.resolve(level, node, relative)
-        size, digest = write_rank_file(path, snap, {**attrs, "rank": owner}, before_rename, sync_dir)
+        size, digest = write_rank_file(path, snap, {**attrs, "rank": owner}, before_rename, sync_dir, while_syncing)
         return {"rank": owner, "node": node, "path": relative, "size": size, "xxh3_128": digest}, path
 
     def _exchange_partner(self, snap: Snapshot, layouts: list, texts: list, sizes: list) -> list:

@@ -45,17 +45,18 @@ def fsync_file(path: Path) -> None:
 
 @contextlib.contextmanager
 def atomic_path(path: Path, before_rename: Optional[Callable[[], None]] = None,
-                sync_dir: bool = True) -> Iterator[Path]:
+                sync_dir: bool = True, fsynced: bool = False) -> Iterator[Path]:
     """Yield a temporary path to write ``path``'s content to; on success it is fsynced and renamed
     into place and the directory fsynced; on error the temporary is removed. ``before_rename``
     runs between the fsync and the rename (fault-injection tests kill a rank there).
     ``sync_dir=False`` leaves the directory fsync to the caller's next file in the same directory
-    (one fsync makes both renames durable)."""
+    (one fsync makes both renames durable). ``fsynced=True``: the caller fsyncs the file itself."""
     make_dirs_durable(path.parent)
     tmp = path.with_name(path.name + TMP_SUFFIX)
     try:
         yield tmp
-        fsync_file(tmp)
+        if not fsynced:
+            fsync_file(tmp)
         if before_rename is not None:
             before_rename()
         os.replace(tmp, path)

@@ -32,8 +32,8 @@ HASH_SLICE = 1 << 20
 WRITEBACK_PIECE = 8 << 20
 SYNC_FILE_RANGE_WRITE = 2
 BESIDE = ThreadPoolExecutor(max_workers=4, thread_name_prefix="hpcrt-ckpt-beside")
-"""Threads for work that waits on the disk while the flush thread computes (an fsync, rank 0's
-``global.h5``); kept across saves, since starting a thread costs half a millisecond here."""
+"""Threads for work that waits on the disk while other threads compute (a file's fsync, a new step's
+folders); kept across saves, since starting a thread costs half a millisecond here."""
 
 
 def _sync_file_range() -> Optional[Callable[..., int]]:
@@ -64,38 +64,53 @@ def _dcpl() -> h5py.h5p.PropDCID:
 
 
 def write_rank_file(path: Path, snap: Snapshot, attrs: dict, before_rename: Optional[Callable[[], None]] = None,
-                    sync_dir: bool = True) -> tuple[int, str]:
+                    sync_dir: bool = True, while_syncing: Callable[[], None] = lambda: None) -> tuple[int, str]:
     """Write ``snap`` to ``path`` atomically (``sync_dir``: see :func:`atomic_path`); returns the
-    file's size and xxh3-128 hex digest."""
-    with atomic_path(path, before_rename, sync_dir) as tmp:
-        placed = []
+    file's size and xxh3-128 hex digest. The datasets are created first, so that their places are
+    known before any attribute exists; the data goes there while HDF5 still holds the file open,
+    and the attributes and the rest of HDF5's metadata are written while the disk writes the data.
+    ``while_syncing`` runs once the file is hashed, while the disk still syncs it (rank 0 writes
+    ``global.h5`` there, in this thread: two threads running h5py take turns on its lock and the GIL)."""
+    with atomic_path(path, before_rename, sync_dir, fsynced=True) as tmp:
         with h5py.File(tmp, "w") as f:
-            f.attrs.update(attrs)
-            f.attrs[JSON_ATTR] = snap.json_text
-            for entry in snap.entries:
-                dset = f.create_dataset(entry.key, shape=entry.shape, dtype=entry.dtype, dcpl=_dcpl())
-                if entry.global_shape is not None:
-                    dset.attrs["global_shape"] = np.asarray(entry.global_shape, dtype=np.int64)
-                    dset.attrs["offset"] = np.asarray(entry.offset, dtype=np.int64)
-                offset = dset.id.get_offset()
-                if offset is not None:
-                    placed.append((offset, snap.buffer[entry.buf_offset:entry.buf_offset + entry.nbytes]))
-                elif entry.nbytes:  # a scalar gets no early allocation: HDF5 writes it
-                    dset[()] = snap.view(entry)
-        placed.sort(key=lambda item: item[0])
-        fd = os.open(tmp, os.O_RDWR)
+            placed = _create_datasets(f, snap)
+            fd = os.open(tmp, os.O_RDWR)
+            try:
+                for offset, raw in placed:
+                    _write_with_early_writeback(fd, memoryview(raw), offset)
+                f.attrs.update(attrs)
+                f.attrs[JSON_ATTR] = snap.json_text
+            except BaseException:
+                os.close(fd)
+                raise
         try:
-            size = os.fstat(fd).st_size  # final already: early allocation placed every dataset
-            for offset, raw in placed:
-                _write_with_early_writeback(fd, memoryview(raw), offset)
+            size = os.fstat(fd).st_size  # final now that HDF5 closed the file
             syncer = BESIDE.submit(os.fsync, fd)
             try:  # hash the same buffers from memory while the disk works (fsync holds no CPU, nor the GIL)
                 digest = _spliced_digest(fd, size, placed)
+                while_syncing()
             finally:
                 syncer.result()
         finally:
             os.close(fd)
     return size, digest
+
+
+def _create_datasets(f: h5py.File, snap: Snapshot) -> list:
+    """Every array's dataset, allocated at creation; returns ``[(file offset, bytes)]`` in file
+    order for the data HDF5 leaves to the caller (a scalar gets no early allocation: HDF5 writes it)."""
+    placed = []
+    for entry in snap.entries:
+        dset = f.create_dataset(entry.key, shape=entry.shape, dtype=entry.dtype, dcpl=_dcpl())
+        if entry.global_shape is not None:
+            dset.attrs["global_shape"] = np.asarray(entry.global_shape, dtype=np.int64)
+            dset.attrs["offset"] = np.asarray(entry.offset, dtype=np.int64)
+        offset = dset.id.get_offset()
+        if offset is not None:
+            placed.append((offset, snap.buffer[entry.buf_offset:entry.buf_offset + entry.nbytes]))
+        elif entry.nbytes:
+            dset[()] = snap.view(entry)
+    return sorted(placed, key=lambda item: item[0])
 
 
 def _write_with_early_writeback(fd: int, data: memoryview, offset: int) -> None:
@@ -171,7 +186,7 @@ def _virtual_dataset(f: h5py.File, first, layouts: list, rank_files: list) -> No
 def file_digest(path: Path) -> tuple[int, str]:
     """Size and xxh3-128 hex digest of a file, streamed."""
     hasher, size = xxhash.xxh3_128(), 0
-    buf = bytearray(READ_CHUNK)
+    buf = bytearray(min(READ_CHUNK, os.stat(path).st_size) or 1)
     with open(path, "rb", buffering=0) as f:
         while n := f.readinto(buf):
             hasher.update(memoryview(buf)[:n])

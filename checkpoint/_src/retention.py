@@ -6,25 +6,45 @@ manifest covers (a save a crash interrupted) are garbage."""
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import shutil
 
 from . import manifest
 from .commit import remove_file, remove_temporaries
-from .levels import GLOBAL_FILE, NODE_LEVELS, STEP_RE, Places
+from .levels import DISK_LEVELS, GLOBAL_FILE, NODE_LEVELS, STEP_RE, Places
 from .reaper import retire
 
 
-def uncommit_old(places: Places, level: str, keep: int) -> list:
-    """Remove the manifests of ``level`` beyond the newest ``keep`` (rank 0); returns the
-    removed manifests' file records, which the file holders then delete."""
-    steps = sorted(s for s, levels in manifest.committed(places).items() if level in levels)
-    dropped = []
-    for step in steps[:max(len(steps) - keep, 0)]:
-        with contextlib.suppress(Exception):  # an unreadable manifest still gets removed
-            dropped.extend(manifest.read(places, step, level)["files"])
-        remove_file(places.manifest_path(step, level))
-    return dropped
+class Ledger:
+    """Rank 0's record of the steps committed at each level: read from the manifests once, then
+    kept by the commits and retention themselves, so that no save rescans DIR."""
+
+    def __init__(self, places: Places):
+        self._places = places
+        found = manifest.committed(places)
+        self._steps = {level: sorted(s for s, levels in found.items() if level in levels) for level in DISK_LEVELS}
+
+    def uncommit(self, step: int) -> None:
+        """Remove ``step``'s manifests (it is being saved again: they must not vouch for new files)."""
+        for level, steps in self._steps.items():
+            if step in steps:
+                remove_file(self._places.manifest_path(step, level))
+                steps.remove(step)
+
+    def committed(self, step: int, level: str, keep: int) -> list:
+        """Record ``step`` as committed at ``level`` and remove the manifests beyond the newest
+        ``keep``; returns the removed manifests' file records, which the file holders then delete."""
+        steps = self._steps[level]
+        if step not in steps:
+            bisect.insort(steps, step)
+        dropped = []
+        while len(steps) > keep:
+            old = steps.pop(0)
+            with contextlib.suppress(Exception):  # an unreadable manifest still gets removed
+                dropped.extend(manifest.read(self._places, old, level)["files"])
+            remove_file(self._places.manifest_path(old, level))
+        return dropped
 
 
 def retire_files(places: Places, level: str, records: list) -> list:
