@@ -190,7 +190,7 @@ def _h5py_save(path: Path, state: dict) -> None:
 
 
 def run_checkpoint_benchmark(sizes_mb: Sequence[int] = (1, 16, 64, 256), *, directory: Optional[str] = None,
-                             local_dir: Optional[str] = None, repeats: int = 7, loop_mb: int = 16,
+                             local_dir: Optional[str] = None, repeats: int = 15, loop_mb: int = 16,
                              loop_steps: int = 16, loop_rounds: int = 16, comm: Any = None) -> list:
     """Every measurement above for each state size; returns one dict per row (rank 0's timings).
     ``directory`` is the global level (default: a temporary directory), ``local_dir`` the
@@ -235,7 +235,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--sizes-mb", type=int, nargs="+", default=[1, 16, 64, 256])
     parser.add_argument("--dir", help="global level directory (default: a temporary directory)")
     parser.add_argument("--local-dir", help="node-local directory (default: $SLURM_TMPDIR or the system tmp)")
-    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--repeats", type=int, default=15,
+                        help="saves per size and level (a single pair's ratio swings 0.2-7x with the disk)")
     parser.add_argument("--loop-mb", type=int, default=16)
     parser.add_argument("--loop-steps", type=int, default=16)
     parser.add_argument("--loop-rounds", type=int, default=16, help="matmuls per loop step (the step's compute)")

@@ -61,6 +61,24 @@ def test_new_folders_are_made_durable_in_their_parents(tmp_path, monkeypatch):
     assert len(synced) == 2
 
 
+def test_snapshot_copies_every_kind_of_array_to_its_place():
+    import sys
+    from hpcrt._src.staging import PinnedPool
+    from hpcrt.checkpoint._src.snapshot import GIL_FREE_COPY_BYTES, take_snapshot
+    from hpcrt.checkpoint._src.state import flatten
+    rng = np.random.default_rng(3)
+    state = {"big": rng.random(GIL_FREE_COPY_BYTES // 8 + 3), "small": rng.random((5, 7)).astype(np.float32),
+             "strided": rng.random((6, 8))[:, ::3], "scalar": np.array(7, dtype=np.int16),
+             "mask": rng.random(9) > 0.5, "swapped": np.arange(4, dtype=">i4"), "gpu": hpcrt.to_fake_gpu(np.ones(3))}
+    flat = flatten(state)
+    snap = take_snapshot(1, flat, PinnedPool(sys.maxsize))
+    for entry in snap.entries:
+        want = np.asarray(state[entry.key].get() if entry.key == "gpu" else state[entry.key])
+        got = snap.view(entry)
+        assert got.dtype == want.dtype and got.shape == want.shape and np.array_equal(got, want), entry.key
+    snap.release()
+
+
 @pytest.mark.mpi(ranks=[1, 2, 3], timeout=120)
 def test_round_trip_memory_and_disk(comm, mpi_tmp_path):
     rt = runtime()

@@ -42,12 +42,27 @@ class Snapshot:
             self.pool = None
 
 
+GIL_FREE_COPY_BYTES = 4 << 20
+"""Contiguous numpy arrays from this size on are copied by ``memmove`` through ctypes, which
+releases the GIL (``np.copyto`` holds it) so that the caller's Python thread runs on during the
+copy; a smaller copy is over before that matters and skips the foreign call's cost."""
+
+
 def take_snapshot(step: int, flat: FlatState, pool: PinnedPool) -> Snapshot:
-    """Copy every array of ``flat`` to a host buffer from ``pool`` (GPU arrays after a stream sync)."""
-    snap = Snapshot(step, flat.entries, flat.json_text, pool.acquire(max(flat.nbytes, 1)), pool)
+    """Copy every array of ``flat`` to a host buffer from ``pool`` (GPU arrays after a stream sync);
+    contiguous numpy arrays go to their place in the buffer as raw bytes, without a typed view."""
+    buffer = pool.acquire(max(flat.nbytes, 1))
+    snap = Snapshot(step, flat.entries, flat.json_text, buffer, pool)
     try:
         for entry, array in zip(flat.entries, flat.arrays):
-            copy_to_host(array, snap.view(entry))
+            if type(array) is np.ndarray and array.flags.c_contiguous:
+                start, nbytes = entry.buf_offset, array.nbytes
+                if nbytes >= GIL_FREE_COPY_BYTES:
+                    ctypes.memmove(buffer.ctypes.data + start, array.ctypes.data, nbytes)
+                else:
+                    np.copyto(buffer[start:start + nbytes], array.reshape(-1).view(np.uint8))
+            else:
+                copy_to_host(array, snap.view(entry))
     except BaseException:
         snap.release()
         raise
@@ -55,13 +70,9 @@ def take_snapshot(step: int, flat: FlatState, pool: PinnedPool) -> Snapshot:
 
 
 def copy_to_host(array: Any, out: np.ndarray) -> None:
-    """``out[...] = array`` for a numpy, CuPy or fake-GPU array (CuPy straight into ``out``). A
-    contiguous numpy array is copied by ``memmove`` through ctypes, which releases the GIL
-    (``np.copyto`` holds it), so the caller's Python thread runs on during the copy."""
+    """``out[...] = array`` for a numpy, CuPy or fake-GPU array (CuPy straight into ``out``)."""
     backend = backend_of(array)
-    if backend.name == "numpy" and array.flags.c_contiguous:
-        ctypes.memmove(out.ctypes.data, array.ctypes.data, array.nbytes)
-    elif backend.name == "numpy":
+    if backend.name == "numpy":
         np.copyto(out, array)
     elif backend.name == "cupy" and array.flags.c_contiguous:
         array.get(out=out)
