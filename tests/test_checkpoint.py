@@ -2,8 +2,10 @@
 fallback on corrupt or lost copies, retention, resharding by request, and bad input."""
 
 import json
+import os
 import resource
 import signal
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -59,6 +61,35 @@ def test_new_folders_are_made_durable_in_their_parents(tmp_path, monkeypatch):
     assert synced == [tmp_path / "a", tmp_path / "a" / "b"]  # the parents of the two folders created
     commit.make_dirs_durable(tmp_path / "a" / "b")
     assert len(synced) == 2
+
+
+def test_ledger_retains_what_is_committed_on_disk(tmp_path):
+    from hpcrt.checkpoint._src import manifest
+    from hpcrt.checkpoint._src.commit import write_json_atomic
+    from hpcrt.checkpoint._src.levels import Places
+    from hpcrt.checkpoint._src.retention import Ledger
+    places = Places.of(tmp_path / "ckpt", tmp_path / "local")
+    manifest.create_directory(places)
+
+    def commit(ledger, step):
+        ledger.add(step, "local")
+        write_json_atomic(places.manifest_path(step, "local"), manifest.build(step, "local", ["n"], [[]], [
+            {"rank": 0, "node": "n", "path": f"local/step-{step:09d}/rank-00000.h5", "size": 1, "xxh3_128": "0"}]))
+
+    def on_disk():
+        return sorted(manifest.committed(places))
+
+    first = Ledger(places)
+    commit(first, 1)
+    commit(first, 2)
+    ledger = Ledger(places)  # reopened: finds steps 1 and 2
+    ledger.add(3, "local")
+    ledger.discard(3, "local")  # a commit that failed must not count against keep
+    commit(ledger, 4)
+    dropped = ledger.retire("local", 2)
+    assert on_disk() == [2, 4] and [r["path"] for r in dropped] == ["local/step-000000001/rank-00000.h5"]
+    ledger.uncommit(4)  # step 4 saved again
+    assert on_disk() == [2] and places.step_dir(4).is_dir()
 
 
 def test_snapshot_copies_every_kind_of_array_to_its_place():
@@ -292,10 +323,17 @@ def test_unwritable_and_full_targets(comm, mpi_tmp_path):
             ck.save(3, {"big": np.ones(1 << 16)})
             with pytest.raises(CheckpointError, match=r"step 3, level local, rank 0: .*File too large"):
                 ck.wait()
+            # the data fits, HDF5's metadata (a 64 KiB JSON attribute after the data) does not
+            resource.setrlimit(resource.RLIMIT_FSIZE, ((1 << 19) + (16 << 10), old[1]))
+            ck.save(3, {"big": np.ones(1 << 16), "note": "x" * (64 << 10)})
+            with pytest.raises(CheckpointError, match=r"step 3, level local, rank 0"):
+                ck.wait()
         finally:
             resource.setrlimit(resource.RLIMIT_FSIZE, old)
             signal.signal(signal.SIGXFSZ, handler)
         assert not list(ck.places.local_root.rglob("*.tmp"))
+        open_files = [os.readlink(fd) for fd in Path("/proc/self/fd").iterdir() if fd.is_symlink()]
+        assert not [f for f in open_files if ".h5" in f], open_files  # no file left open by a failed save
         ck.save(4, make_state(4, rt.rank, rt.size))  # the job goes on
         ck.wait()
     if rt.rank == 0:

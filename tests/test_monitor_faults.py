@@ -99,6 +99,8 @@ def test_killed_rank_is_named_with_its_last_step(launch, tmp_path):
     deadline = time.time() + 10  # the exit records are written by detached helpers
     while len(list((run_dir / "monitor" / "heartbeat").glob("*.exit.json"))) < 4 and time.time() < deadline:
         time.sleep(0.1)
+    killed = json.loads((run_dir / "monitor" / "heartbeat" / "rank-00001.exit.json").read_text())
+    assert (killed["step"], killed["in_collective"]) == (15, False)  # its progress words, read after SIGKILL
     report = _diagnose(run_dir)
     assert "died first: rank 1 on node" in report and "(last step 15)" in report, report
 

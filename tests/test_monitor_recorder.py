@@ -50,6 +50,9 @@ def test_records_collectives_and_sections(recorder):
     assert [r["comm"] for r in records[1:]] == ["c%08x.0" % recorder.comm_labels[0]["key"]] * 2 + [
         "c%08x.1" % recorder.comm_labels[0]["key"]]
     assert [r[0] for r in recorder.in_flight()] == [blocked, blocked + 1]
+    assert recorder.depth == 2 and list(recorder.progress) == [2, 0]  # what the sentinel would read
+    trace.trace_done(blocked + 1)
+    assert recorder.depth == 1
     assert recorder.counts_by_label() == {records[1]["comm"]: 2, records[3]["comm"]: 1}
     assert recorder.coll_time > 0
     array = recorder.to_array()

@@ -343,9 +343,11 @@ class Checkpointer:
             try:
                 files = [record for _, records in votes for record in records]
                 manifest_doc = manifest.build(step, level, self.nodes, layouts, files)
+                self._ledger.add(step, level)
                 write_json_atomic(self.places.manifest_path(step, level), manifest_doc)
-                outcome = (None, self._ledger.committed(step, level, self.keep[level]))
-            except Exception as exc:
+                outcome = (None, self._ledger.retire(level, self.keep[level]))
+            except Exception as exc:  # the files go below: no manifest may vouch for them
+                self._ledger.discard(step, level)
                 outcome = (f"step {step}, level {level}, rank 0 (manifest): {type(exc).__name__}: {exc}", [])
         if not failed:
             idle_until_all_arrive(self._comm)  # rank 0 writes the manifest meanwhile

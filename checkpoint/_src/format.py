@@ -8,6 +8,7 @@ buffers, hashed from memory while the file is being fsynced, with the HDF5 metad
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import io
 import os
@@ -72,19 +73,17 @@ def write_rank_file(path: Path, snap: Snapshot, attrs: dict, before_rename: Opti
     ``while_syncing`` runs once the file is hashed, while the disk still syncs it (rank 0 writes
     ``global.h5`` there, in this thread: two threads running h5py take turns on its lock and the GIL)."""
     with atomic_path(path, before_rename, sync_dir, fsynced=True) as tmp:
-        with h5py.File(tmp, "w") as f:
+        f = h5py.File(tmp, "w")
+        fd = -1
+        try:
             placed = _create_datasets(f, snap)
             fd = os.open(tmp, os.O_RDWR)
-            try:
-                for offset, raw in placed:
-                    _write_with_early_writeback(fd, memoryview(raw), offset)
-                f.attrs.update(attrs)
-                f.attrs[JSON_ATTR] = snap.json_text
-            except BaseException:
-                os.close(fd)
-                raise
-        try:
-            size = os.fstat(fd).st_size  # final now that HDF5 closed the file
+            for offset, raw in placed:
+                _write_with_early_writeback(fd, memoryview(raw), offset)
+            f.attrs.update(attrs)
+            f.attrs[JSON_ATTR] = snap.json_text
+            f.close()  # HDF5 writes its metadata here (a full disk fails here too)
+            size = os.fstat(fd).st_size
             syncer = BESIDE.submit(os.fsync, fd)
             try:  # hash the same buffers from memory while the disk works (fsync holds no CPU, nor the GIL)
                 digest = _spliced_digest(fd, size, placed)
@@ -92,7 +91,10 @@ def write_rank_file(path: Path, snap: Snapshot, attrs: dict, before_rename: Opti
             finally:
                 syncer.result()
         finally:
-            os.close(fd)
+            if fd >= 0:
+                os.close(fd)
+            with contextlib.suppress(Exception):  # closed already, or failing again for the error raised
+                f.close()
     return size, digest
 
 

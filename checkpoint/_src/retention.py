@@ -18,7 +18,9 @@ from .reaper import retire
 
 class Ledger:
     """Rank 0's record of the steps committed at each level: read from the manifests once, then
-    kept by the commits and retention themselves, so that no save rescans DIR."""
+    kept by the commits and retention themselves, so that no save rescans DIR. It errs on the side
+    of listing a step: one is entered before its manifest is written and left only once the
+    manifest is gone. (One checkpointer writes a directory at a time.)"""
 
     def __init__(self, places: Places):
         self._places = places
@@ -26,24 +28,37 @@ class Ledger:
         self._steps = {level: sorted(s for s, levels in found.items() if level in levels) for level in DISK_LEVELS}
 
     def uncommit(self, step: int) -> None:
-        """Remove ``step``'s manifests (it is being saved again: they must not vouch for new files)."""
+        """Remove every manifest of ``step`` (it is being saved again: they must not vouch for new
+        files), known or not; the step's folder stays, made for the new files already."""
         for level, steps in self._steps.items():
+            with contextlib.suppress(FileNotFoundError):
+                self._places.manifest_path(step, level).unlink()
             if step in steps:
-                remove_file(self._places.manifest_path(step, level))
                 steps.remove(step)
 
-    def committed(self, step: int, level: str, keep: int) -> list:
-        """Record ``step`` as committed at ``level`` and remove the manifests beyond the newest
-        ``keep``; returns the removed manifests' file records, which the file holders then delete."""
-        steps = self._steps[level]
-        if step not in steps:
+    def add(self, step: int, level: str) -> None:
+        """Enter ``step`` at ``level``, before its manifest is written."""
+        if step not in (steps := self._steps[level]):
             bisect.insort(steps, step)
-        dropped = []
+
+    def discard(self, step: int, level: str) -> None:
+        """Forget ``step`` at ``level`` after a failed commit, removing its manifest if it got written."""
+        with contextlib.suppress(OSError):
+            self._places.manifest_path(step, level).unlink()
+        with contextlib.suppress(ValueError):
+            self._steps[level].remove(step)
+
+    def retire(self, level: str, keep: int) -> list:
+        """Remove the manifests of ``level`` beyond the newest ``keep``; returns their file records,
+        which the file holders then delete."""
+        steps, dropped = self._steps[level], []
         while len(steps) > keep:
-            old = steps.pop(0)
+            records = []
             with contextlib.suppress(Exception):  # an unreadable manifest still gets removed
-                dropped.extend(manifest.read(self._places, old, level)["files"])
-            remove_file(self._places.manifest_path(old, level))
+                records = manifest.read(self._places, steps[0], level)["files"]
+            remove_file(self._places.manifest_path(steps[0], level))
+            steps.pop(0)
+            dropped.extend(records)
         return dropped
 
 

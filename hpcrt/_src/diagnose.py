@@ -152,23 +152,25 @@ def _deaths(exits: Dict[int, dict], heartbeats: Dict[int, dict], node_of: Dict[i
             alarm: Optional[dict]) -> List[dict]:
     """Ranks that ended without finishing, first death first; the later ones within
     ``TEARDOWN_S`` are marked as taken down with the job. Ends after the monitor's alarm are its
-    own abort, not deaths. Among ends within ``CLOCK_TIE_S`` of the earliest, the rank that got
-    least far (lowest step, then not yet blocked in that step's collective) goes first: the others
-    were waiting on it when the launcher took them down."""
+    own abort, not deaths. Among ends within ``CLOCK_TIE_S`` of the earliest, when every one of
+    them has its progress on record, a rank that was not blocked in a collective goes before one
+    that was (it was waited on), then the lowest step; the clock only breaks ties of progress."""
     after = alarm.get("time", float("inf")) if alarm else float("inf")
     ended = sorted((e["ended_at"], r) for r, e in exits.items() if not e.get("finished") and e["ended_at"] < after)
     if not ended:
         return []
     tied = [(at, r) for at, r in ended if at - ended[0][0] < CLOCK_TIE_S]
-    if all(exits[r].get("step") is not None for _, r in tied):
-        behind = min(tied, key=lambda e: (exits[e[1]]["step"], bool(exits[e[1]].get("in_collective")), e[0]))
-        ended.remove(behind)
-        ended.insert(0, behind)
+    by_progress = len(tied) > 1 and all(exits[r].get("step") is not None for _, r in tied)
+    if by_progress:
+        first = min(tied, key=lambda e: (bool(exits[e[1]].get("in_collective")), exits[e[1]]["step"], e[0]))
+        ended.remove(first)
+        ended.insert(0, first)
     first_at = ended[0][0]
     return [{"rank": rank, "node": node_of.get(rank), "ended_at": at,
              "last_step": _last_step(None, heartbeats.get(rank), exits[rank]),
              "in_collective": exits[rank].get("in_collective"), "after_first_s": at - first_at,
-             "torn_down": i > 0 and at - first_at <= TEARDOWN_S}
+             "torn_down": i > 0 and at - first_at <= TEARDOWN_S,
+             "ordered_by": "progress" if by_progress and (at, rank) in tied else "clock"}
             for i, (at, rank) in enumerate(ended)]
 
 
@@ -199,10 +201,10 @@ def format_diagnosis(d: dict) -> str:
     if deaths:
         first = deaths[0]
         lines.append(f"died first: rank {first['rank']} on node {first['node']} (last step {first['last_step']})")
-        tied = [x["rank"] for x in deaths[1:] if abs(x["after_first_s"]) < CLOCK_TIE_S]
-        if tied:
+        tied = [x["rank"] for x in deaths[1:] if x["ordered_by"] == "progress"]
+        if first["ordered_by"] == "progress":
             lines.append(f"  (ranks {_ranks(tied)} ended within {CLOCK_TIE_S * 1000:g} ms of it, too close to order by "
-                         f"clock; it had got least far, so they were waiting on it)")
+                         f"clock; by their progress it was the one they waited on)")
         torn = [x["rank"] for x in deaths[1:] if x["torn_down"]]
         if torn:
             lines.append(f"ended within {TEARDOWN_S:g} s after it (taken down with the job): ranks {_ranks(torn)}")

@@ -23,7 +23,7 @@ from .faults import FaultInjector
 from .config import ConfigError
 from .abort import FORWARD_GRACE_S
 from .monitor_config import MonitorConfig, resolve_monitor_config
-from .progress import STEP_WORD, map_progress
+from .progress import STEP_WORD, map_progress, progress_path
 from .recorder import COLLECTIVE, SECTION, STEP, FlightRecorder
 from .rundir import agree_run_dir
 from .sidechannel import MonitorDir, read_json, start_sentinel, write_json
@@ -98,8 +98,9 @@ class Monitor:
                                         "config": config.__dict__})
         self.watchdog = Watchdog(config, self.mdir, self.rank, self.node, self.recorder, self._on_event)
         self.watchdog.heartbeat("running")
-        self.recorder.progress = map_progress(self.mdir.progress(self.rank))
-        self._sentinel = start_sentinel(self.rank, self.mdir)
+        progress = progress_path(self.rank)
+        self.recorder.progress = map_progress(progress)
+        self._sentinel = start_sentinel(self.rank, self.mdir, progress)
         self.comm.Barrier()  # every heartbeat exists before anyone watches
         self.watchdog.watch(self._successor())
         trace.set_recorder(self.recorder)

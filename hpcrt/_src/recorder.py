@@ -38,8 +38,10 @@ class FlightRecorder:
         self._comm_ids: Dict[int, tuple] = {}
         self._last_comm: Any = self._comm_ids  # the communicator of the last collective (none yet)
         self._last_cid = -1
-        self.progress: Any = [0, 0, 0]  # a list until the monitor maps the shared words
-        """The entered and completed marks and the step (see :mod:`.progress`); the monitor swaps
+        self.depth = 0
+        """Collectives entered and not completed (more than one when traced collectives nest)."""
+        self.progress: Any = [0, 0]  # a list until the monitor maps the shared words
+        """The depth and the step (see :mod:`.progress`); the monitor swaps
         in a shared mapping so the rank's sentinel can read them after the rank dies."""
 
     def enter(self, kind: int, op: str, comm_id: int = -1, cseq: int = -1, nbytes: int = 0) -> int:
@@ -62,24 +64,35 @@ class FlightRecorder:
         cseq = counts[cid]
         counts[cid] = cseq + 1
         seq = self.seq
-        self.seq = self.progress[0] = seq + 1  # the entered mark
+        self.seq = seq + 1
+        self.depth = self.progress[0] = self.depth + 1
         i = seq & self._mask
         self.exits[i] = 0.0
         self.rows[i] = (seq, COLLECTIVE, op, cid, cseq, nbytes, self.step, perf_counter())
         return seq
 
     def exit(self, seq: int) -> float:
-        """Mark record ``seq`` completed; returns its duration."""
+        """Mark record ``seq`` (a section or a step) completed; returns its duration."""
         now = perf_counter()
         i = seq & self._mask
         row = self.rows[i]
         if row[0] != seq:  # overwritten by newer records while in flight
             return 0.0
         self.exits[i] = now
+        return now - row[7]
+
+    def exit_collective(self, seq: int) -> float:
+        """:meth:`exit` for a collective, which also counts its time and leaves the depth one less
+        (even when its record was overwritten)."""
+        self.depth = self.progress[0] = self.depth - 1
+        i = seq & self._mask
+        row = self.rows[i]
+        if row[0] != seq:
+            return 0.0
+        now = perf_counter()
+        self.exits[i] = now
         elapsed = now - row[7]
-        if row[1] == COLLECTIVE:
-            self.coll_time += elapsed
-            self.progress[1] = self.seq  # the completed mark
+        self.coll_time += elapsed
         return elapsed
 
     def _register(self, comm: Any) -> int:

@@ -10,17 +10,23 @@ import sys
 import time
 
 
-PROGRESS_LAYOUT = "3q"
-"""Entered mark, completed mark, step: the layout of hpcrt/_src/progress.py."""
+PROGRESS_LAYOUT = "2q"
+"""Collective depth, step: the layout of hpcrt/_src/progress.py."""
 
 
 def _progress(path: str) -> dict:
+    """The rank's last step and whether it was in a collective, from its progress file (then removed)."""
     try:
         with open(path, "rb") as f:
-            entered, completed, step = struct.unpack(PROGRESS_LAYOUT, f.read(struct.calcsize(PROGRESS_LAYOUT)))
+            depth, step = struct.unpack(PROGRESS_LAYOUT, f.read(struct.calcsize(PROGRESS_LAYOUT)))
     except (OSError, struct.error):
         return {}
-    return {"step": step, "in_collective": entered > completed}
+    finally:
+        try:
+            os.unlink(path)
+        except OSError:
+            pass
+    return {"step": step, "in_collective": depth > 0}
 
 
 def main(rank: str, pid: str, exit_record: str, heartbeat: str, progress: str) -> None:

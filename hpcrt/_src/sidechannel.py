@@ -74,9 +74,6 @@ class MonitorDir:
     def exit_record(self, rank: int) -> Path:
         return self.heartbeats / f"rank-{rank:05d}.exit.json"
 
-    def progress(self, rank: int) -> Path:
-        return self.heartbeats / f"rank-{rank:05d}.progress"
-
     def dump(self, rank: int) -> Path:
         return self.dumps / f"rank-{rank:05d}.json"
 
@@ -93,11 +90,12 @@ class MonitorDir:
             tmp.unlink()
 
 
-def start_sentinel(rank: int, mdir: MonitorDir) -> subprocess.Popen:
+def start_sentinel(rank: int, mdir: MonitorDir, progress: Path) -> subprocess.Popen:
     """A detached helper that records the moment this process ends, however it ends (even SIGKILL,
     even when the launcher kills the rest of the job right after): it blocks on a pipe whose only
-    writer is this process, so end of file means this process is gone."""
+    writer is this process, so end of file means this process is gone. ``progress``: the file of
+    this process's progress words, read into the exit record."""
     return subprocess.Popen([sys.executable, "-I", str(SENTINEL), str(rank), str(os.getpid()),
-                             str(mdir.exit_record(rank)), str(mdir.heartbeat(rank)), str(mdir.progress(rank))],
+                             str(mdir.exit_record(rank)), str(mdir.heartbeat(rank)), str(progress)],
                             stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True, close_fds=True)

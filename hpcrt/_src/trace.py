@@ -43,4 +43,4 @@ def trace_done(token: int) -> None:
     """Record that the collective of ``token`` completed on this rank."""
     recorder = _recorder
     if token >= 0 and recorder is not None:
-        recorder.exit(token)
+        recorder.exit_collective(token)
