@@ -229,6 +229,9 @@ def test_bad_state_and_disagreeing_ranks(comm, mpi_tmp_path):
         ck.save(4, {"w": Shard(np.zeros((2, 2)), (4, 2), (2 * rt.rank, 0))})  # the job goes on
         ck.wait()
         assert ck.latest() == 4
+        # the failed saves left no folders behind (they were made while their snapshots were copied)
+        assert [p.name for p in ck.places.directory.glob("step-*")] == ["step-000000004"]
+        assert [p.name for p in (ck.places.node_root(ck.node) / "local").iterdir()] == ["step-000000004"]
     # the wrong directories
     if rt.rank == 0:
         (mpi_tmp_path / "other").mkdir()

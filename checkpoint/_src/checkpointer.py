@@ -11,6 +11,7 @@ every rank, and nothing ever waits on a peer that gave up."""
 from __future__ import annotations
 
 import collections
+import contextlib
 import json
 import logging
 import queue
@@ -270,7 +271,7 @@ class Checkpointer:
 
     def _flush(self, job: _Save) -> None:
         snap, error = job.snapshot, job.error
-        job.folders.result()
+        folders = job.folders.result()
         self._phase("digest")
         if self._ledger is not None:  # a step saved again: its old manifests must not vouch for new files
             try:
@@ -294,6 +295,9 @@ class Checkpointer:
             self._errors.extend(failed)
             if snap is not None:
                 snap.release()
+            for folder in folders:  # made for this save's files; kept if anything else is in them
+                with contextlib.suppress(OSError):
+                    folder.rmdir()
             return
         for level in job.levels:
             self._commit_level(job.step, level, snap, layouts, texts, [row[3] for row in rows])
@@ -310,10 +314,10 @@ class Checkpointer:
             while len(self._memory) > self.keep["memory"]:
                 self._memory.popitem(last=False)[1].release()
 
-    def _make_folders(self, step: int, levels: tuple) -> None:
+    def _make_folders(self, step: int, levels: tuple) -> set:
         """Create the step's folders while the snapshot is copied (mkdir and fsync wait on the disk
         without holding the GIL): rank 0's shared one for the manifests, each rank's of each level.
-        Any still missing when a file is written is made then."""
+        Any still missing when a file is written is made then. Returns the folders."""
         folders = {self.places.step_dir(step)} if self.rank == 0 else set()
         for level in levels:
             node = None if level == "global" else self.node
@@ -323,6 +327,7 @@ class Checkpointer:
                 make_dirs_durable(folder)
             except OSError:  # the write reports it, naming the level
                 pass
+        return folders
 
     def _commit_level(self, step: int, level: str, snap: Snapshot, layouts: list, texts: list,
                       sizes: list) -> None:
