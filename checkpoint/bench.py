@@ -4,6 +4,8 @@
 - ``snapshot``: the host snapshot's bandwidth against a plain ``np.copyto`` of the same bytes;
 - ``flush``: each disk level's throughput (write, fsync, rename, checksum, vote, manifest) against
   ``np.save`` + fsync of the same bytes to the same directory;
+- ``restore``: a step read back (whole files, checksums verified) against ``np.load`` of the
+  same bytes, both from a cold page cache;
 - ``loop``: blocking time per step of a training-like loop that checkpoints every step —
   asynchronously, with a synchronous h5py save, and not at all.
 
@@ -122,6 +124,55 @@ def bench_flush(directory: Path, local_dir: Path, level: str, nbytes: int, repea
             "fixed_ms": 1e3 * fixed}
 
 
+def _evict(root: Path) -> None:
+    """Drop the clean cached pages of every file under ``root``, so that the next read of them
+    comes from the disk (``POSIX_FADV_DONTNEED``: no privileges needed, fsynced pages are clean)."""
+    for path in root.rglob("*"):
+        if path.is_file():
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            finally:
+                os.close(fd)
+
+
+def bench_restore(directory: Path, local_dir: Path, level: str, nbytes: int, repeats: int, comm: Any) -> dict:
+    """``restore()`` of a step committed at ``level`` alone (every file read whole, its size and
+    xxh3-128 checked, the HDF5 image opened in memory, the arrays copied out; the restored arrays
+    are compared with the saved ones) against ``np.load`` of the same bytes from the same
+    directory, done when the last rank is. Both start from a cold page cache for their files."""
+    state = _state(nbytes)
+    restore_s, base_s = [], []
+    with Checkpointer(directory / f"restore-{level}-{nbytes}", levels=(level,), comm=comm, local_dir=local_dir,
+                      keep=1) as ck:
+        ck.save(0, state)
+        ck.wait()
+        root = ck.places.directory if level == "global" else ck.places.node_root(ck.node)
+        baseline = root / f"baseline-{comm.rank}.npy"
+        with open(baseline, "wb") as f:
+            np.save(f, state["params"])
+            f.flush()
+            os.fsync(f.fileno())
+        for _ in range(repeats):
+            _evict(root)
+            comm.Barrier()
+            start = time.perf_counter()
+            _, restored = ck.restore()
+            restore_s.append(time.perf_counter() - start)
+            if not np.array_equal(restored["params"], state["params"]):
+                raise RuntimeError(f"restore benchmark: rank {comm.rank} restored other data than it saved")
+            _evict(root)
+            comm.Barrier()
+            start = time.perf_counter()
+            np.load(baseline)
+            comm.Barrier()
+            base_s.append(time.perf_counter() - start)
+        baseline.unlink()
+    return {"bench": "restore", "level": level, "bytes": nbytes,
+            "restore_gbps": nbytes / statistics.median(restore_s) / 1e9,
+            "np_load_gbps": nbytes / statistics.median(base_s) / 1e9, "ratio": _paired_ratio(base_s, restore_s)}
+
+
 def _paired_ratio(baseline: list, measured: list) -> float:
     """Median over saves of baseline time / measured time, each pair taken back to back: a load
     that comes and goes during the run moves both sides of a pair alike."""
@@ -209,6 +260,7 @@ def run_checkpoint_benchmark(sizes_mb: Sequence[int] = (1, 16, 64, 256), *, dire
     for mb in sizes_mb:
         rows.append(bench_snapshot(mb * MB, repeats))
         rows.extend(bench_flush(base, local or base / "local", level, mb * MB, repeats, comm) for level in levels)
+        rows.extend(bench_restore(base, local or base / "local", level, mb * MB, repeats, comm) for level in levels)
     rows.extend(bench_loop(base, local or base / "local", loop_mb * MB, loop_steps, loop_rounds, comm))
     comm.Barrier()
     if scratch and comm.rank == 0:

@@ -138,6 +138,7 @@ def test_benchmark_entry_point_runs(launch, tmp_path):
                  ranks=1, timeout=120)
     assert run.returncode == 0, run.stdout + run.stderr
     rows = json.loads(out.read_text())
-    assert {r["bench"] for r in rows} == {"save_blocking", "snapshot", "flush", "loop"}
+    assert {r["bench"] for r in rows} == {"save_blocking", "snapshot", "flush", "restore", "loop"}
     assert {r["level"] for r in rows if r["bench"] == "flush"} == {"local", "global"}
+    assert {r["level"] for r in rows if r["bench"] == "restore"} == {"local", "global"}
     assert {r["mode"] for r in rows if r["bench"] == "loop"} == {"none", "async", "async_no_overlap", "sync_h5py"}

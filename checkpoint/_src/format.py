@@ -209,6 +209,46 @@ def read_verified(path: Path, size: int, digest: str) -> np.ndarray:
     return data
 
 
+class _ImageReader(io.RawIOBase):
+    """A read-only file over a byte array, without copying it (``io.BytesIO`` would)."""
+
+    def __init__(self, data: np.ndarray):
+        self._data = memoryview(data).cast("B")
+        self._pos = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: len(self._data)}[whence]
+        self._pos = base + offset
+        return self._pos
+
+    def tell(self) -> int:
+        return self._pos
+
+    def readinto(self, buffer: Any) -> int:
+        chunk = self._data[self._pos:self._pos + len(buffer)]
+        memoryview(buffer).cast("B")[:len(chunk)] = chunk
+        self._pos += len(chunk)
+        return len(chunk)
+
+
 def open_image(data: np.ndarray) -> h5py.File:
-    """Open a verified file image held in memory (never re-reading the disk)."""
-    return h5py.File(io.BytesIO(memoryview(data)), "r")
+    """Open a verified file image held in memory (never re-reading the disk, never copying it)."""
+    return h5py.File(_ImageReader(data), "r")
+
+
+def dataset_view(f: h5py.File, image: np.ndarray, key: str) -> Optional[np.ndarray]:
+    """Dataset ``key`` of the file ``f`` opened on ``image``, as an array viewing the image's bytes
+    (contiguous, allocated datasets: all that :func:`write_rank_file` makes; None for others, which
+    HDF5 must read). It is copied when misaligned for its dtype."""
+    dset = f[key]
+    offset = dset.id.get_offset()
+    if offset is None or dset.chunks is not None or dset.compression is not None:
+        return None
+    view = image[offset:offset + dset.size * dset.dtype.itemsize].view(dset.dtype).reshape(dset.shape)
+    return view if view.flags.aligned else view.copy()

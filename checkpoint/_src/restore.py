@@ -22,7 +22,7 @@ import numpy as np
 
 from . import manifest
 from .errors import CheckpointError, CheckpointNotFoundError, NotACheckpointDirectoryError
-from .format import JSON_ATTR, open_image, read_verified
+from .format import JSON_ATTR, dataset_view, open_image, read_verified
 from .levels import DISK_LEVELS, Places
 from .state import Shard
 
@@ -192,29 +192,48 @@ def _distribute(comm: Any, needers: dict, resolved: dict, images: dict) -> None:
 
 def _assemble(layouts: list, plan: dict, source: int, images: dict) -> dict:
     """This rank's flat state: JSON values and plain arrays of old rank ``source``, shards sliced
-    out of every old file that overlaps the planned boxes."""
+    out of every old file that overlaps the planned boxes. An array that is a whole dataset is a
+    view of its verified image; a box assembled from parts is copied out of the images."""
     files = {old: open_image(data) for old, data in images.items()}
     try:
         base = files[source]
         flat: dict = json.loads(base.attrs[JSON_ATTR])
         for entry in layouts[source]:
             if entry.global_shape is None:
-                out = np.empty(entry.shape, dtype=entry.dtype)
-                if out.size:
-                    base[entry.key].read_direct(out)
-                flat[entry.key] = out
+                flat[entry.key] = _read(files[source], images[source], entry.key, entry)
                 continue
             offset, shape = plan[entry.key]
+            whole = [old for old, owned in _owners(layouts, entry.key)
+                     if (owned.offset, owned.shape) == (offset, shape)]
+            if whole:
+                flat[entry.key] = Shard(_read(files[whole[0]], images[whole[0]], entry.key, entry), entry.global_shape,
+                                        offset)
+                continue
             out = np.empty(shape, dtype=entry.dtype)
             for old, owned in _owners(layouts, entry.key):
                 box = _intersection(offset, shape, owned.offset, owned.shape)
                 if box is not None:
                     lo, hi = box
-                    files[old][entry.key].read_direct(
-                        out, tuple(slice(a - o, b - o) for a, b, o in zip(lo, hi, owned.offset)),
-                        tuple(slice(a - o, b - o) for a, b, o in zip(lo, hi, offset)))
+                    source_box = tuple(slice(a - o, b - o) for a, b, o in zip(lo, hi, owned.offset))
+                    target_box = tuple(slice(a - o, b - o) for a, b, o in zip(lo, hi, offset))
+                    part = dataset_view(files[old], images[old], entry.key)
+                    if part is not None:
+                        out[target_box] = part[source_box]
+                    else:
+                        files[old][entry.key].read_direct(out, source_box, target_box)
             flat[entry.key] = Shard(out, entry.global_shape, offset)
         return flat
     finally:
         for f in files.values():
             f.close()
+
+
+def _read(f: Any, image: np.ndarray, key: str, entry: Any) -> np.ndarray:
+    """A whole dataset: a view of the image where it can be, else read by HDF5."""
+    view = dataset_view(f, image, key)
+    if view is not None:
+        return view
+    out = np.empty(entry.shape, dtype=entry.dtype)
+    if out.size:
+        f[key].read_direct(out)
+    return out
