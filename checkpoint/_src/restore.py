@@ -10,7 +10,8 @@ Every decision is made from allgathered facts, so all ranks agree without extra 
    rank that can see the copy (on the copy's node for node-local levels, preferably a rank that
    needs it) reads it whole and checks size and xxh3-128; outcomes are allgathered.
 4. loaders send verified file images to the other ranks that need them; each rank opens the
-   images in memory (never re-reading the disk) and copies out its slices.
+   images in memory (never re-reading the disk): whole datasets come back as views of an image,
+   resharded boxes are copied out of them.
 """
 
 from __future__ import annotations
