@@ -92,6 +92,31 @@ def test_ledger_retains_what_is_committed_on_disk(tmp_path):
     assert on_disk() == [2] and places.step_dir(4).is_dir()
 
 
+def test_restore_views_images_it_mostly_uses_and_copies_from_others(tmp_path):
+    import sys
+    from hpcrt._src.staging import PinnedPool
+    from hpcrt.checkpoint._src.format import ALIGNMENT, file_attrs, open_image, read_verified, write_rank_file
+    from hpcrt.checkpoint._src.restore import _assemble
+    from hpcrt.checkpoint._src.snapshot import take_snapshot
+    from hpcrt.checkpoint._src.state import flatten
+    images, layouts, N = {}, [], 100_000
+    for rank in range(2):  # two saved ranks: a shard of a global array, and small per-rank arrays
+        state = {"big": Shard(np.arange(N) + N * rank, (2 * N,), (N * rank,)),
+                 "flag": np.array([True, False, rank == 1]), "small": np.array([rank], dtype=np.int16)}
+        snap = take_snapshot(0, flatten(state), PinnedPool(sys.maxsize))
+        path = tmp_path / f"rank-{rank}.h5"
+        size, digest = write_rank_file(path, snap, file_attrs(0, 2, rank=rank))
+        images[rank], layouts = read_verified(path, size, digest), layouts + [snap.entries]
+        with open_image(images[rank]) as f:  # every dataset aligned, whatever came before it
+            assert all(f[k].id.get_offset() % ALIGNMENT == 0 for k in ("big", "flag", "small"))
+    same = _assemble(layouts, {"big": ((N,), (N,))}, 1, images)  # the saved layout: views
+    assert np.array_equal(same["big"].array, np.arange(N) + N) and same["small"][0] == 1
+    assert all(np.shares_memory(a, images[1]) for a in (same["big"].array, same["flag"], same["small"]))
+    one = _assemble(layouts, {"big": ((0,), (2 * N,))}, 0, images)  # resharded onto one rank
+    assert np.array_equal(one["big"].array, np.arange(2 * N)) and list(one["flag"]) == [True, False, False]
+    assert not any(np.shares_memory(a, images[0]) for a in (one["big"].array, one["flag"], one["small"]))
+
+
 def test_snapshot_copies_every_kind_of_array_to_its_place():
     import sys
     from hpcrt._src.staging import PinnedPool

@@ -32,6 +32,9 @@ READ_CHUNK = 16 << 20
 HASH_SLICE = 1 << 20
 WRITEBACK_PIECE = 8 << 20
 PROBE_READ = 4096
+ALIGNMENT = 64
+"""Every dataset of a rank file starts at a multiple of this, so that a restore can hand it back
+as a view of the file image that is aligned for any dtype."""
 SYNC_FILE_RANGE_WRITE = 2
 BESIDE = ThreadPoolExecutor(max_workers=4, thread_name_prefix="hpcrt-ckpt-beside")
 """Threads for work that waits on the disk while other threads compute (a file's fsync, a new step's
@@ -74,7 +77,7 @@ def write_rank_file(path: Path, snap: Snapshot, attrs: dict, before_rename: Opti
     ``while_syncing`` runs once the file is hashed, while the disk still syncs it (rank 0 writes
     ``global.h5`` there, in this thread: two threads running h5py take turns on its lock and the GIL)."""
     with atomic_path(path, before_rename, sync_dir, fsynced=True) as tmp:
-        f = h5py.File(tmp, "w")
+        f = h5py.File(tmp, "w", alignment_threshold=1, alignment_interval=ALIGNMENT)
         fd = -1
         try:
             placed = _create_datasets(f, snap)
@@ -203,6 +206,8 @@ def read_verified(path: Path, size: int, digest: str) -> np.ndarray:
     if actual != size:
         raise ValueError(f"{path}: size {actual} bytes, manifest says {size}")
     data = _read_whole(path, actual)
+    if len(data) != size:
+        raise ValueError(f"{path}: {len(data)} bytes read, manifest says {size} (shrank while read)")
     hasher = xxhash.xxh3_128()
     _update(hasher, data)
     if (got := hasher.hexdigest()) != digest:
@@ -224,16 +229,19 @@ class _ImageReader(io.RawIOBase):
         return True
 
     def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: len(self._data)}[whence]
-        self._pos = base + offset
-        return self._pos
+        position = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: len(self._data)}[whence] + offset
+        if position < 0:
+            raise ValueError(f"negative seek position {position}")
+        self._pos = position
+        return position
 
     def tell(self) -> int:
         return self._pos
 
     def readinto(self, buffer: Any) -> int:
-        chunk = self._data[self._pos:self._pos + len(buffer)]
-        memoryview(buffer).cast("B")[:len(chunk)] = chunk
+        target = memoryview(buffer).cast("B")
+        chunk = self._data[self._pos:self._pos + len(target)]
+        target[:len(chunk)] = chunk
         self._pos += len(chunk)
         return len(chunk)
 
@@ -258,10 +266,9 @@ def open_image(data: np.ndarray) -> h5py.File:
 def dataset_view(f: h5py.File, image: np.ndarray, key: str) -> Optional[np.ndarray]:
     """Dataset ``key`` of the file ``f`` opened on ``image``, as an array viewing the image's bytes
     (contiguous, allocated datasets: all that :func:`write_rank_file` makes; None for others, which
-    HDF5 must read). It is copied when misaligned for its dtype."""
+    HDF5 must read). Files from before ``ALIGNMENT`` may give misaligned views: fine to copy from."""
     dset = f[key]
     offset = dset.id.get_offset()
     if offset is None or dset.chunks is not None or dset.compression is not None:
         return None
-    view = image[offset:offset + dset.size * dset.dtype.itemsize].view(dset.dtype).reshape(dset.shape)
-    return view if view.flags.aligned else view.copy()
+    return image[offset:offset + dset.size * dset.dtype.itemsize].view(dset.dtype).reshape(dset.shape)

@@ -16,6 +16,7 @@ Every decision is made from allgathered facts, so all ranks agree without extra 
 
 from __future__ import annotations
 
+import collections
 import json
 from typing import Any, Optional
 
@@ -28,6 +29,9 @@ from .levels import DISK_LEVELS, Places
 from .state import Shard
 
 TAG = 0x4B7
+VIEW_SHARE = 0.5
+"""Whole datasets come back as views of their file image only when this rank takes at least this
+share of the image's bytes as such; below it they are copied, so that the image can be freed."""
 
 
 def restore(comm: Any, places: Places, nodes: list, step: Optional[int],
@@ -193,23 +197,34 @@ def _distribute(comm: Any, needers: dict, resolved: dict, images: dict) -> None:
 
 def _assemble(layouts: list, plan: dict, source: int, images: dict) -> dict:
     """This rank's flat state: JSON values and plain arrays of old rank ``source``, shards sliced
-    out of every old file that overlaps the planned boxes. An array that is a whole dataset is a
-    view of its verified image; a box assembled from parts is copied out of the images."""
+    out of every old file that overlaps the planned boxes. A whole dataset comes back as a view of
+    its verified image when this rank takes at least ``VIEW_SHARE`` of that image's bytes so (a
+    small array must not keep a large image alive), else as a copy; other boxes are assembled."""
     files = {old: open_image(data) for old, data in images.items()}
     try:
-        base = files[source]
-        flat: dict = json.loads(base.attrs[JSON_ATTR])
+        flat: dict = json.loads(files[source].attrs[JSON_ATTR])
+        whole, boxes = {}, []
         for entry in layouts[source]:
             if entry.global_shape is None:
-                flat[entry.key] = _read(files[source], images[source], entry.key, entry)
+                whole[entry.key] = (source, entry)
                 continue
+            box = plan[entry.key]
+            exact = [(old, owned) for old, owned in _owners(layouts, entry.key) if (owned.offset, owned.shape) == box]
+            if exact:
+                whole[entry.key] = exact[0]
+            else:
+                boxes.append(entry)
+        taken: dict = collections.Counter()
+        for old, owned in whole.values():
+            taken[old] += owned.nbytes
+        for entry in layouts[source]:
+            if entry.key in whole:
+                old, owned = whole[entry.key]
+                array = _read(files[old], images[old], owned, taken[old] >= VIEW_SHARE * images[old].nbytes)
+                flat[entry.key] = array if entry.global_shape is None else \
+                    Shard(array, entry.global_shape, plan[entry.key][0])
+        for entry in boxes:
             offset, shape = plan[entry.key]
-            whole = [old for old, owned in _owners(layouts, entry.key)
-                     if (owned.offset, owned.shape) == (offset, shape)]
-            if whole:
-                flat[entry.key] = Shard(_read(files[whole[0]], images[whole[0]], entry.key, entry), entry.global_shape,
-                                        offset)
-                continue
             out = np.empty(shape, dtype=entry.dtype)
             for old, owned in _owners(layouts, entry.key):
                 box = _intersection(offset, shape, owned.offset, owned.shape)
@@ -229,12 +244,12 @@ def _assemble(layouts: list, plan: dict, source: int, images: dict) -> dict:
             f.close()
 
 
-def _read(f: Any, image: np.ndarray, key: str, entry: Any) -> np.ndarray:
-    """A whole dataset: a view of the image where it can be, else read by HDF5."""
-    view = dataset_view(f, image, key)
+def _read(f: Any, image: np.ndarray, entry: Any, as_view: bool) -> np.ndarray:
+    """A whole dataset: a view of the image (``as_view``, and aligned), a copy of it, or read by HDF5."""
+    view = dataset_view(f, image, entry.key)
     if view is not None:
-        return view
+        return view if as_view and view.flags.aligned else view.copy()
     out = np.empty(entry.shape, dtype=entry.dtype)
     if out.size:
-        f[key].read_direct(out)
+        f[entry.key].read_direct(out)
     return out
