@@ -97,10 +97,7 @@ def bench_flush(directory: Path, local_dir: Path, level: str, nbytes: int, repea
         baseline = target / f"baseline-{comm.rank}.npy"
 
         def np_save_fsync() -> None:  # done, like a checkpoint of the job, when every rank is
-            with open(baseline, "wb") as f:
-                np.save(f, state["params"])
-                f.flush()
-                os.fsync(f.fileno())
+            _np_save_fsync(baseline, state["params"])
             comm.Barrier()
 
         for i in range(repeats):
@@ -124,10 +121,18 @@ def bench_flush(directory: Path, local_dir: Path, level: str, nbytes: int, repea
             "fixed_ms": 1e3 * fixed}
 
 
-def _evict(root: Path) -> None:
-    """Drop the clean cached pages of every file under ``root``, so that the next read of them
+def _np_save_fsync(path: Path, array: np.ndarray) -> None:
+    """The baseline write: ``np.save`` into a new file, then fsync."""
+    with open(path, "wb") as f:
+        np.save(f, array)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _evict(*roots: Path) -> None:
+    """Drop the clean cached pages of every file under ``roots``, so that the next read of them
     comes from the disk (``POSIX_FADV_DONTNEED``: no privileges needed, fsynced pages are clean)."""
-    for path in root.rglob("*"):
+    for path in (p for root in roots for p in root.rglob("*")):
         if path.is_file():
             fd = os.open(path, os.O_RDONLY)
             try:
@@ -151,13 +156,9 @@ def bench_restore(directory: Path, local_dir: Path, level: str, nbytes: int, rep
         root = ck.places.directory if level == "global" else ck.places.node_root(ck.node)
         cold = {root, ck.places.directory}  # the level's files, and the manifests
         baseline = root / f"baseline-{comm.rank}.npy"
-        with open(baseline, "wb") as f:
-            np.save(f, state["params"])
-            f.flush()
-            os.fsync(f.fileno())
+        _np_save_fsync(baseline, state["params"])
         for _ in range(repeats):
-            for folder in cold:
-                _evict(folder)
+            _evict(*cold)
             comm.Barrier()
             start = time.perf_counter()
             _, restored = ck.restore()
@@ -165,8 +166,7 @@ def bench_restore(directory: Path, local_dir: Path, level: str, nbytes: int, rep
             restore_s.append(time.perf_counter() - start)
             if not np.array_equal(restored["params"], state["params"]):
                 raise RuntimeError(f"restore benchmark: rank {comm.rank} restored other data than it saved")
-            for folder in cold:
-                _evict(folder)
+            _evict(*cold)
             comm.Barrier()
             start = time.perf_counter()
             np.load(baseline)

@@ -309,7 +309,7 @@ def test_retention_retires_files_off_the_commit_path(comm, mpi_tmp_path):
         assert step == 3
         assert_same(got, make_state(30, rt.rank, rt.size))
         arrays = [got["opt"]["count"], got["opt"]["mask"], got["opt"]["z"], got["params"]["w"].array]
-        assert all(a.flags.writeable and a.flags.aligned for a in arrays)  # views of the image: the caller's
+        assert all(a.flags.writeable and a.flags.aligned for a in arrays)  # the caller's to change, view or copy
     hpcrt.finalize()
 
 

@@ -24,13 +24,14 @@ BATCHES = 5
 CALLS = 10
 
 
-def _batch(comm: Any, state: np.ndarray, blocks: int) -> float:
-    """Seconds per call of ``CALLS`` pipeline scans with ``blocks`` blocks (the slowest rank's)."""
+def pipeline_batch(comm: Any, state: np.ndarray, blocks: int, calls: int = CALLS) -> float:
+    """Seconds per call of ``calls`` back-to-back pipeline scans with ``blocks`` blocks (the
+    slowest rank's). Collective."""
     comm.Barrier()
     start = time.perf_counter()
-    for _ in range(CALLS):
+    for _ in range(calls):
         all_scan(state, "sum", comm=comm, algorithm="pipeline", blocks=blocks, validate=False)
-    return comm.allreduce((time.perf_counter() - start) / CALLS, op=MPI.MAX)
+    return comm.allreduce((time.perf_counter() - start) / calls, op=MPI.MAX)
 
 
 def measure_pipeline_block(comm: Any) -> LinkCost:
@@ -41,11 +42,11 @@ def measure_pipeline_block(comm: Any) -> LinkCost:
         return LinkCost(0.0, 0.0)
     state = np.zeros(ROWS, dtype=np.float32)
     for blocks in (1, MANY_BLOCKS):  # warm the path and the pools up
-        _batch(comm, state, blocks)
+        pipeline_batch(comm, state, blocks)
     one, many = [], []
     for _ in range(BATCHES):
-        one.append(_batch(comm, state, 1))
-        many.append(_batch(comm, state, MANY_BLOCKS))
+        one.append(pipeline_batch(comm, state, 1))
+        many.append(pipeline_batch(comm, state, MANY_BLOCKS))
     return LinkCost(max(0.0, (statistics.median(many) - statistics.median(one)) / (MANY_BLOCKS - 1)), 0.0)
 
 

@@ -8,32 +8,22 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 from typing import Any, Optional, Sequence
 
 import numpy as np
-from mpi4py import MPI
-
 import hpcrt
 
 from .allscan import all_scan
-from .allscan_calibration import measure_scan_costs
+from .allscan_calibration import measure_scan_costs, pipeline_batch
 from .allscan_cost import best_blocks, predict_allscan, scan_links
 
 BATCHES = 3
 
 
 def time_pipeline(comm: Any, state: np.ndarray, blocks: int, calls: int) -> float:
-    """Median over ``BATCHES`` of the seconds per call of ``calls`` back-to-back pipeline scans (slowest rank)."""
+    """Median over ``BATCHES`` of :func:`pipeline_batch` after one warm-up call."""
     all_scan(state, "sum", comm=comm, algorithm="pipeline", blocks=blocks, validate=False)
-    samples = []
-    for _ in range(BATCHES):
-        comm.Barrier()
-        start = time.perf_counter()
-        for _ in range(calls):
-            all_scan(state, "sum", comm=comm, algorithm="pipeline", blocks=blocks, validate=False)
-        samples.append(comm.allreduce((time.perf_counter() - start) / calls, op=MPI.MAX))
-    return statistics.median(samples)
+    return statistics.median(pipeline_batch(comm, state, blocks, calls) for _ in range(BATCHES))
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
