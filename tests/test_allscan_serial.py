@@ -173,6 +173,8 @@ def test_auto_choice_follows_the_model():
     assert choose_allscan(1 << 20, 1, LINK) == ("pipeline", 1)
     assert choose_allscan(64 << 20, 64, LINK, blocks=512) == ("pipeline", 512)
     assert choose_allscan(64 << 20, 64, LINK, blocks=8)[0] == "mpi"  # too few blocks to pay off
+    # At 2 and 3 ranks the all-gather's messages cost what MPI's rounds cost: MPI's call wins the tie.
+    assert all(choose_allscan(4096, p, ScanLinks(LINK, LINK, block=50 * LINK.alpha))[0] == "mpi" for p in (2, 3))
     # Rounds with every rank at work cost more than hops (oversubscribed cores): the one-block chain.
     assert all(choose_allscan(n, 4, BUSY, max_blocks=n) == ("pipeline", 1) for n in (4096, 1 << 20, 64 << 20))
 

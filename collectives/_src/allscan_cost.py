@@ -20,8 +20,10 @@ from typing import Optional, Union
 from hpcrt._src.costmodel import CHAIN, SHIFT, schedule_link
 from hpcrt._src.topology import LinkCost, Topology
 
-ALGORITHMS = ("pipeline", "allgather", "mpi", "ring")
-"""In this order ``auto`` breaks ties."""
+ALGORITHMS = ("pipeline", "mpi", "allgather", "ring")
+"""In this order ``auto`` breaks ties: the pipeline before the ring (the same code at K = 1), MPI's
+own scan before the all-gather (at p = 2 and 3 their messages cost alike, and the all-gather also
+combines the gathered states itself)."""
 PIPELINE_BLOCK = "pipeline_block"
 """Key, beside the link classes in a topology's ``link_costs``, of the measured time one more
 pipeline block adds beyond its bytes (a :class:`LinkCost` whose β is 0)."""

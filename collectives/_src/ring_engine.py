@@ -14,7 +14,6 @@ from typing import Any, Callable, Optional
 
 from hpcrt._src.backends import get_xp
 
-from .blocks import block_bounds
 from .msgpool import Borrowed
 from .transport import Transport, wait_all
 
@@ -34,14 +33,14 @@ class Lane:
 def ring_lanes(blocks: list[tuple[int, int]], algorithm: str) -> list[Lane]:
     """The lanes of ``algorithm`` over per-rank ``blocks``.
 
-    ``bidir_ring`` splits each block with :func:`block_bounds` (first half, the larger one when
-    odd, clockwise; second half counter-clockwise).
+    ``bidir_ring`` halves each block: the first half (the larger one when odd) goes clockwise,
+    the second counter-clockwise.
     """
     if algorithm == "ring":
         return [Lane(+1, tuple(blocks), _TAG_BASE)]
-    halves = [[(start + a, start + b) for a, b in block_bounds(stop - start, 2)] for start, stop in blocks]
-    return [Lane(+1, tuple(h[0] for h in halves), _TAG_BASE + 1),
-            Lane(-1, tuple(h[1] for h in halves), _TAG_BASE + 2)]
+    cuts = [(start, start + (stop - start + 1) // 2, stop) for start, stop in blocks]
+    return [Lane(+1, tuple((start, middle) for start, middle, _ in cuts), _TAG_BASE + 1),
+            Lane(-1, tuple((middle, stop) for _, middle, stop in cuts), _TAG_BASE + 2)]
 
 
 def ring_pass(transport: Transport, work: Any, lanes: list[Lane], *,

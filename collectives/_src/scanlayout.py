@@ -3,6 +3,7 @@ message per block, so each block costs one message whatever the number of arrays
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -29,21 +30,9 @@ class ScanLayout:
     @classmethod
     def of(cls, parts: tuple, rowwise: bool) -> "ScanLayout":
         """The layout of ``parts``; a state whose op is not ``rowwise`` never splits (one block)."""
-        if rowwise:
-            try:
-                full = np.broadcast_shapes(*(part.shape for part in parts))
-            except ValueError:
-                raise TypeError("all_scan: a row-wise op needs arrays that broadcast together, got shapes "
-                                f"{[part.shape for part in parts]}") from None
-        else:
-            full = ()
-        rows = full[0] if full else 1
-        row_split = tuple(bool(full) and part.ndim == len(full) and part.shape[0] == rows
-                          for part in parts)
-        return cls(tuple(part.shape for part in parts), tuple(np.dtype(part.dtype) for part in parts),
-                   rows, row_split)
+        return _layout(tuple(part.shape for part in parts), tuple(part.dtype for part in parts), rowwise)
 
-    @property
+    @functools.cached_property
     def nbytes(self) -> int:
         return sum(math.prod(shape) * dtype.itemsize for shape, dtype in zip(self.shapes, self.dtypes))
 
@@ -79,6 +68,23 @@ class ScanLayout:
         """The rows lo:hi of every split array; shared arrays whole, or None unless ``first``."""
         return tuple(part[lo:hi] if split else (part if first else None)
                      for part, split in zip(parts, self.row_split))
+
+
+@functools.lru_cache(maxsize=256)
+def _layout(shapes: tuple, dtypes: tuple, rowwise: bool) -> ScanLayout:
+    """:meth:`ScanLayout.of` for given shapes and dtypes, remembered: a call site scans the same
+    state shape step after step, and working out the layout costs more than the scan of a small one."""
+    if rowwise:
+        try:
+            full = np.broadcast_shapes(*shapes)
+        except ValueError:
+            raise TypeError(f"all_scan: a row-wise op needs arrays that broadcast together, got shapes "
+                            f"{list(shapes)}") from None
+    else:
+        full = ()
+    rows = full[0] if full else 1
+    row_split = tuple(bool(full) and len(shape) == len(full) and shape[0] == rows for shape in shapes)
+    return ScanLayout(shapes, tuple(np.dtype(dtype) for dtype in dtypes), rows, row_split)
 
 
 def assign(targets: tuple, values: tuple) -> None:

@@ -46,15 +46,14 @@ class Pending:
     """A non-blocking send or receive; :meth:`wait` completes it and lands staged data (``stack``
     holds the staging to undo, None where MPI got the caller's array itself)."""
 
+    __slots__ = ("request", "_stack")
+
     def __init__(self, request: Any, stack: Optional[contextlib.ExitStack] = None):
         self.request = request
         self._stack = stack
 
     def wait(self) -> None:
         self.request.Wait()
-        self._close()
-
-    def _close(self) -> None:
         if self._stack is not None:
             self._stack.close()
 
@@ -63,7 +62,8 @@ def wait_all(pending: list) -> None:
     """Complete several :class:`Pending` operations at once."""
     MPI.Request.Waitall([p.request for p in pending])
     for p in pending:
-        p._close()
+        if p._stack is not None:
+            p._stack.close()
 
 
 def _host_ready(array: Any) -> bool:
@@ -82,6 +82,7 @@ class Transport:
         self.rank = self.comm.rank
         self.size = self.comm.size
         self._world = _world_ranks(self.comm)
+        self._src = self._world[self.rank]
         self._topology = runtime.topology if runtime.topology.emulate else None
 
     def world_rank(self, rank: int) -> int:
@@ -89,7 +90,7 @@ class Transport:
 
     def _account(self, dest: int, nbytes: int) -> None:
         """Record the bytes on their link; under emulation, first spend the link's time if it leaves the node."""
-        src, dst = self._world[self.rank], self._world[dest]
+        src, dst = self._src, self._world[dest]
         if self._topology is not None and self._topology.node_of(src) != self._topology.node_of(dst):
             hold_for(self._topology.link_cost(src, dst).time(nbytes))
         LINK_BYTES.record(src, dst, nbytes)
