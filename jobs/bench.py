@@ -118,7 +118,8 @@ def metadata(runtime: hpcrt.Runtime, cfg: DictConfig, nominal: dict, measured: d
         "measured_link_costs": _link_table(measured),
         "prediction_link": _link_entry(bottleneck_link(runtime.topology)),
         "prediction_scan_links": {**{schedule: _link_entry(getattr(scan, schedule)) for schedule in SCHEDULES},
-                                  "pipeline_block_us": scan.block_alpha * 1e6},
+                                  "pipeline_block_us": scan.block_alpha * 1e6,
+                                  "call_us": {path: seconds * 1e6 for path, seconds in scan.calls}},
         "command_line": list(sys.orig_argv),
         "config": OmegaConf.to_container(cfg, resolve=True),
     }
@@ -160,9 +161,11 @@ def _measure_and_report(runtime: hpcrt.Runtime, cfg: DictConfig, settings: Bench
     link, scan = bottleneck_link(runtime.topology), scan_links(runtime.topology)
     source = "emulated, from the topology file" if runtime.topology.emulate else settings.link_costs
     log.info("run directory %s; prediction link alpha %.2f us, %.2f GB/s; All-Scan chain hop alpha %.2f us, "
-             "%.2f GB/s, shift round alpha %.2f us, %.2f GB/s, pipeline block %.2f us (%s)", runtime.run_dir,
+             "%.2f GB/s, shift round alpha %.2f us, %.2f GB/s, pipeline block %.2f us, call %s (%s)",
+             runtime.run_dir,
              link.alpha * 1e6, 1e-9 / link.beta, scan.chain.alpha * 1e6, 1e-9 / scan.chain.beta,
-             scan.shift.alpha * 1e6, 1e-9 / scan.shift.beta, scan.block_alpha * 1e6, source)
+             scan.shift.alpha * 1e6, 1e-9 / scan.shift.beta, scan.block_alpha * 1e6,
+             ", ".join(f"{path} {seconds * 1e6:.1f} us" for path, seconds in scan.calls) or "not measured", source)
     ctx = BenchContext(comm, runtime.staging, settings.buffers, settings.arg_check)
     rows: list[Row] = []
     summaries: list[str] = []

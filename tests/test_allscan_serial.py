@@ -166,6 +166,23 @@ def test_measured_block_cost_bounds_the_block_count():
     assert ring_extra == pytest.approx((p - 1) * 99 * LINK.alpha)
 
 
+def test_call_costs_add_to_each_code_path_and_can_turn_the_choice():
+    """hpcrt's fixed work per call is added once, by code path (the ring runs the pipeline's code)."""
+    n, p = 64 << 10, 2
+    bare = ScanLinks(LINK, LINK)
+    costly = ScanLinks(LINK, LINK, calls=(("allgather", 80e-6), ("mpi", 30e-6), ("pipeline", 70e-6)))
+    for algorithm, extra in (("mpi", 30e-6), ("ring", 70e-6), ("pipeline", 70e-6), ("allgather", 80e-6)):
+        added = predict_allscan(algorithm, n, p, costly, blocks=1) - predict_allscan(algorithm, n, p, bare, blocks=1)
+        assert added == pytest.approx(extra)
+    assert predict_allscan("mpi", n, 1, costly) == 0.0  # one rank: no call to make
+    assert ScanLinks(LINK, LINK, calls=(("mpi", 30e-6),)).call("allgather") == 0.0  # not measured
+    assert best_blocks(16 << 20, 8, costly) == best_blocks(16 << 20, 8, bare)  # a fixed cost moves no K
+    # messages alone favour the one-hop ring at 2 ranks; with the call costs MPI's scan is cheaper
+    slow_rounds = ScanLinks(LINK, LinkCost(LINK.alpha, 2 * LINK.beta))
+    assert choose_allscan(n, p, slow_rounds)[0] == "pipeline"
+    assert choose_allscan(n, p, ScanLinks(slow_rounds.chain, slow_rounds.shift, calls=costly.calls))[0] == "mpi"
+
+
 def test_auto_choice_follows_the_model():
     # Large state over many ranks: the pipeline; a tiny state: MPI's log-p rounds; one rank: free.
     assert choose_allscan(64 << 20, 64, LINK, max_blocks=4096)[0] == "pipeline"
@@ -190,3 +207,7 @@ def test_scan_links_take_the_measured_schedules_but_never_less_than_a_link_alone
     assert scan_links(topology) == ScanLinks(LinkCost(5e-6, 2e-10), LinkCost(9e-6, 4e-10))
     topology.link_costs["pipeline_block"] = LinkCost(40e-6, 0.0)
     assert scan_links(topology).block == 40e-6 and scan_links(topology).block_alpha == 40e-6
+    assert scan_links(topology).calls == ()
+    topology.link_costs.update({"scan_call_mpi": LinkCost(30e-6, 0.0), "scan_call_pipeline": LinkCost(60e-6, 0.0)})
+    assert scan_links(topology).calls == (("mpi", 30e-6), ("pipeline", 60e-6))
+    assert scan_links(topology).call("ring") == 60e-6 and scan_links(topology).call("allgather") == 0.0

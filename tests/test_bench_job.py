@@ -16,7 +16,8 @@ from hpcrt._src.costmodel import (bottleneck_link, fit_link_cost, measure_link_c
                                   representative_pairs, ring_shift, shared_core_hops, token_pass)
 from hpcrt._src.topology import Device
 from hpcrt._src.topology_file import load_topology_file
-from hpcrt.collectives._src.allscan_calibration import measure_pipeline_block
+from hpcrt.collectives._src.allscan_calibration import measure_call_costs, measure_pipeline_block
+from hpcrt.collectives import ScanLinks
 from hpcrt.jobs.bench_cases import COLLECTIVES, KNOWN_OPS
 from hpcrt.jobs.bench_config import message_sizes, parse_settings
 from hpcrt.jobs.bench_run import count_wrong, time_calls
@@ -26,6 +27,7 @@ from conftest import SAMPLE_TOPOLOGY
 
 TINY = ["bench.min_bytes=8", "bench.max_bytes=512", "bench.factor=8", "bench.iters=1", "bench.warmup=0"]
 """Sizes 8, 64 and 512 B, one timed call each, no warm-up: seconds per run, all of it checked."""
+SCAN_CALLS = {"scan_call_mpi", "scan_call_pipeline", "scan_call_allgather"}
 KNOWN_ALGORITHMS = {name: tuple(c.algorithms) for name, c in COLLECTIVES.items()}
 
 
@@ -70,8 +72,9 @@ def test_two_ranks_share_one_run_dir_and_check_every_algorithm(launch, tmp_path)
     assert "allreduce sum ring: time" in result.stdout  # the ratio to MPI's own call
     assert "# Out of bounds values : 0 OK" in result.stdout
     meta = json.loads((run_dir / "results.json").read_text())["metadata"]
-    assert set(meta["measured_link_costs"]) == {"intra", "chain", "shift", "pipeline_block"}
-    assert set(meta["prediction_scan_links"]) == {"chain", "shift", "pipeline_block_us"}
+    assert set(meta["measured_link_costs"]) == {"intra", "chain", "shift", "pipeline_block"} | SCAN_CALLS
+    assert set(meta["prediction_scan_links"]) == {"chain", "shift", "pipeline_block_us", "call_us"}
+    assert set(meta["prediction_scan_links"]["call_us"]) == {"mpi", "pipeline", "allgather"}
     block = meta["measured_link_costs"]["pipeline_block"]
     assert block["alpha_us"] > 0 and block["bandwidth_gbytes_s"] is None
 
@@ -89,7 +92,7 @@ def test_multirun_on_four_ranks_gives_one_subdir_per_point(launch, tmp_path):
         assert (sweep / num / ".hydra" / "overrides.yaml").exists()
         meta = json.loads((sweep / num / "results.json").read_text())["metadata"]
         assert meta["nodes"] == ["node-ib", "node-roce"]
-        assert set(meta["measured_link_costs"]) == {"intra", "eth", "chain", "shift", "pipeline_block"}
+        assert set(meta["measured_link_costs"]) == {"intra", "eth", "chain", "shift", "pipeline_block"} | SCAN_CALLS
     assert len(list(tmp_path.rglob(".hydra"))) == 2
     assert result.stdout.count("Launching 2 jobs locally") == 1  # Hydra's own lines from rank 0 only
 
@@ -240,6 +243,12 @@ def test_schedule_costs_are_measured_with_every_rank_taking_part(comm):
         block = measure_pipeline_block(rt.comm)
         assert comm.allgather(block) == [block] * comm.size and block.beta == 0
         assert block.alpha == 0 if comm.size == 1 else block.alpha > 0
+        # every rank gets the same call costs, so every rank's auto makes the same choice
+        calls = measure_call_costs(rt.comm, ScanLinks(LinkCost(1e-6, 1e-10), LinkCost(2e-6, 2e-10)))
+        assert comm.allgather(calls) == [calls] * comm.size
+        assert set(calls) == (set() if comm.size == 1 else SCAN_CALLS)
+        assert all(cost.alpha >= 0 and cost.beta == 0 for cost in calls.values())
+        assert calls == {} or calls["scan_call_pipeline"].alpha > 0  # hpcrt's work is not free
     finally:
         hpcrt.finalize()
 

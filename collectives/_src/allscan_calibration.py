@@ -1,9 +1,10 @@
-"""The time one more All-Scan pipeline block adds beyond its bytes, measured with hpcrt's own
-pipeline on every rank of a communicator: the cost model's term that the links alone do not show
-(hpcrt's work per message in Python, tens of µs, against a few µs of message α)."""
+"""What hpcrt's own work adds to All-Scan's messages, measured with its own scans on every rank of
+a communicator: the time one more pipeline block adds beyond its bytes, and the fixed cost of a
+call down each code path (hpcrt's work in Python, tens of µs, against a few µs of message α)."""
 
 from __future__ import annotations
 
+import dataclasses
 import statistics
 import time
 from typing import Any
@@ -15,13 +16,15 @@ from hpcrt._src.costmodel import measure_schedule_costs
 from hpcrt._src.topology import LinkCost, Topology
 
 from .allscan import all_scan
-from .allscan_cost import PIPELINE_BLOCK
+from .allscan_cost import PIPELINE_BLOCK, ScanLinks, call_cost_key, predict_allscan, scan_links
 
 ROWS = 64
 """Rows of the measured state (float32): small enough that the bytes cost nothing."""
 MANY_BLOCKS = 33
 BATCHES = 5
 CALLS = 10
+CALL_PROBES = {"mpi": "mpi", "pipeline": "ring", "allgather": "allgather"}
+"""Per code path, the algorithm whose calls measure its fixed cost (the pipeline's at one block)."""
 
 
 def pipeline_batch(comm: Any, state: np.ndarray, blocks: int, calls: int = CALLS) -> float:
@@ -50,11 +53,45 @@ def measure_pipeline_block(comm: Any) -> LinkCost:
     return LinkCost(max(0.0, (statistics.median(many) - statistics.median(one)) / (MANY_BLOCKS - 1)), 0.0)
 
 
+def call_latency(comm: Any, state: np.ndarray, algorithm: str, calls: int = CALLS) -> float:
+    """Seconds of one scan called alone after a barrier (the latency ``auto`` is judged by): the
+    median of ``calls`` calls, the slowest rank's. Collective."""
+    times = []
+    for _ in range(calls):
+        comm.Barrier()
+        start = time.perf_counter()
+        all_scan(state, "sum", comm=comm, algorithm=algorithm, validate=False)
+        times.append(time.perf_counter() - start)
+    return comm.allreduce(statistics.median(times), op=MPI.MAX)
+
+
+def measure_call_costs(comm: Any, links: ScanLinks) -> dict[str, LinkCost]:
+    """Per code path, what a call on a small state takes beyond the model's messages at ``links``
+    (whose own call costs are left out): :class:`LinkCost` with β 0 keyed by :func:`call_cost_key`,
+    never below 0. The paths take turns over ``BATCHES`` batches and each keeps its quickest batch:
+    a slow spell of a shared machine only adds, and one that met a single path's batches would
+    otherwise turn the choice between paths. Collective; empty at one rank."""
+    if comm.size < 2:
+        return {}
+    state = np.zeros(ROWS, dtype=np.float32)
+    messages_only = dataclasses.replace(links, calls=())
+    for algorithm in CALL_PROBES.values():  # warm each path up
+        call_latency(comm, state, algorithm, calls=2)
+    times: dict = {path: [] for path in CALL_PROBES}
+    for _ in range(BATCHES):
+        for path, algorithm in CALL_PROBES.items():
+            times[path].append(call_latency(comm, state, algorithm))
+    return {call_cost_key(path): LinkCost(max(0.0, min(times[path]) - predict_allscan(
+        algorithm, state.nbytes, comm.size, messages_only)), 0.0) for path, algorithm in CALL_PROBES.items()}
+
+
 def measure_scan_costs(comm: Any, topology: Topology) -> dict[str, LinkCost]:
-    """Everything All-Scan's model measures in a run: the chain and shift schedules and the
-    pipeline block, keyed as :func:`~hpcrt.collectives.scan_links` reads them from the topology's
-    ``link_costs``. Collective; empty at one rank."""
+    """Everything All-Scan's model measures in a run: the chain and shift schedules, the pipeline
+    block and the call costs, keyed as :func:`~hpcrt.collectives.scan_links` reads them from the
+    topology's ``link_costs``. Collective; empty at one rank."""
     costs = measure_schedule_costs(comm, topology)
     if costs:
         costs[PIPELINE_BLOCK] = measure_pipeline_block(comm)
+        measured = dataclasses.replace(topology, link_costs={**topology.link_costs, **costs})
+        costs.update(measure_call_costs(comm, scan_links(measured)))
     return costs

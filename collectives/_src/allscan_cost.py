@@ -9,7 +9,10 @@ cores the round waits for time slices and shares memory bandwidth, which the mea
 (``hpcrt._src.costmodel``) and the formulas then charge to the algorithms that run such rounds.
 Each of the pipeline's blocks also costs hpcrt's own work per message (posting, waiting, views of
 the message, the combine call), measured beside the links as ``PIPELINE_BLOCK``: at a few µs of
-message α that work, tens of µs in Python, is what bounds the useful block count."""
+message α that work, tens of µs in Python, is what bounds the useful block count. A call also pays
+hpcrt's fixed work once (checking the operand, its layout, the result arrays, the generator that
+runs the schedule): measured per code path as ``scan_call_<path>``, it is what decides between
+algorithms at small states and few ranks, where the messages cost a few µs."""
 
 from __future__ import annotations
 
@@ -27,6 +30,13 @@ combines the gathered states itself)."""
 PIPELINE_BLOCK = "pipeline_block"
 """Key, beside the link classes in a topology's ``link_costs``, of the measured time one more
 pipeline block adds beyond its bytes (a :class:`LinkCost` whose β is 0)."""
+CODE_PATHS = {"pipeline": "pipeline", "ring": "pipeline", "allgather": "allgather", "mpi": "mpi"}
+"""The code each algorithm runs (the ring is the pipeline's one-block case): each has its own call cost."""
+
+
+def call_cost_key(path: str) -> str:
+    """Key in a topology's ``link_costs`` of the measured fixed cost of one call down code ``path``."""
+    return f"scan_call_{path}"
 
 
 @dataclass(frozen=True)
@@ -38,6 +48,12 @@ class ScanLinks:
     shift: LinkCost
     block: float = 0.0
     """Seconds one more pipeline block adds beyond its bytes, where measured (0: not measured)."""
+    calls: tuple = ()
+    """(code path, seconds) pairs: hpcrt's fixed work per call down each path, where measured."""
+
+    def call(self, algorithm: str) -> float:
+        """Seconds of fixed work one call of ``algorithm`` pays besides its messages (0: not measured)."""
+        return dict(self.calls).get(CODE_PATHS[algorithm], 0.0)
 
     @property
     def block_alpha(self) -> float:
@@ -52,9 +68,12 @@ def as_scan_links(links: Union[ScanLinks, LinkCost]) -> ScanLinks:
 
 def scan_links(topology: Topology, ranks: Optional[list] = None) -> ScanLinks:
     """The costs a scan over ``ranks`` (default: all) pays: the chain along them, the shift round them."""
-    block = topology.link_costs.get(PIPELINE_BLOCK)
+    costs = topology.link_costs
+    block = costs.get(PIPELINE_BLOCK)
+    calls = tuple((path, costs[call_cost_key(path)].alpha) for path in sorted(set(CODE_PATHS.values()))
+                  if call_cost_key(path) in costs)
     return ScanLinks(schedule_link(topology, CHAIN, ranks, ring=False), schedule_link(topology, SHIFT, ranks),
-                     block.alpha if block is not None else 0.0)
+                     block.alpha if block is not None else 0.0, calls)
 
 
 def _log2_ceil(p: int) -> int:
@@ -76,21 +95,24 @@ def predict_allscan(algorithm: str, nbytes: float, p: int, links: Union[ScanLink
     With chain hop (α_c, β_c), shift round (α_s, β_s) and the measured block cost b (hpcrt's work on
     a block, paid on every hop and round; α_b = max(b, α_s)): pipeline (p−1)(max(α_c, b)+nβ_c/K) +
     (K−1)(α_b+nβ_s/K), which is (p−2+K)(α+nβ/K) when all are alike; ring (p−1)(max(α_c, b)+nβ_c),
-    the pipeline's K = 1; allgather (Bruck) ⌈log₂p⌉α_s+(p−1)nβ_s; mpi (recursive doubling) ⌈log₂p⌉(α_s+nβ_s).
+    the pipeline's K = 1; allgather (Bruck) ⌈log₂p⌉α_s+(p−1)nβ_s; mpi (recursive doubling) ⌈log₂p⌉(α_s+nβ_s);
+    each plus the measured fixed cost of a call down the algorithm's code path (:meth:`ScanLinks.call`).
     """
+    if algorithm not in CODE_PATHS:
+        raise ValueError(f"unknown All-Scan algorithm {algorithm!r}; known: {', '.join(ALGORITHMS)}")
     if p <= 1:
         return 0.0
     links = as_scan_links(links)
     shift = links.shift
     if algorithm == "pipeline":
-        return _pipeline(nbytes, p, links, blocks if blocks is not None else best_blocks(nbytes, p, links))
-    if algorithm == "allgather":
-        return _log2_ceil(p) * shift.alpha + (p - 1) * nbytes * shift.beta
-    if algorithm == "ring":
-        return _pipeline(nbytes, p, links, 1)
-    if algorithm == "mpi":
-        return _log2_ceil(p) * (shift.alpha + nbytes * shift.beta)
-    raise ValueError(f"unknown All-Scan algorithm {algorithm!r}; known: {', '.join(ALGORITHMS)}")
+        messages = _pipeline(nbytes, p, links, blocks if blocks is not None else best_blocks(nbytes, p, links))
+    elif algorithm == "ring":
+        messages = _pipeline(nbytes, p, links, 1)
+    elif algorithm == "allgather":
+        messages = _log2_ceil(p) * shift.alpha + (p - 1) * nbytes * shift.beta
+    else:
+        messages = _log2_ceil(p) * (shift.alpha + nbytes * shift.beta)
+    return links.call(algorithm) + messages
 
 
 def best_blocks(nbytes: float, p: int, links: Union[ScanLinks, LinkCost], max_blocks: Optional[int] = None) -> int:
