@@ -37,8 +37,8 @@ class BenchSettings:
     arg_check: bool
     link_costs: str
     timing: str
-    """``loop``: back-to-back calls timed together (OSU, nccl-tests); ``per_call``: a barrier
-    before every call and each call timed alone, so no call overlaps the next."""
+    """``loop``: back-to-back calls timed together (nccl-tests); ``per_call``: each call timed alone
+    with a barrier between calls (OSU's collective latency tests), so no call overlaps the next."""
     suites: tuple[str, ...]
     """Benchmarks beyond collectives to run after them (see :mod:`.bench_suites`)."""
 

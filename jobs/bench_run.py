@@ -1,6 +1,7 @@
 """Running one collective of the bench job: per op and size every algorithm in turn, checked once
-against the numpy reference, then warmed up and timed as OSU does (a barrier, then ``iters``
-calls; per-call time = total / iters; avg, min and max across ranks)."""
+against the numpy reference, then warmed up and timed: a barrier, then ``iters`` calls back to back
+(nccl-tests) or each alone between barriers (OSU); per-call time on each rank, then avg, min and max
+across ranks."""
 
 from __future__ import annotations
 
