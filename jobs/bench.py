@@ -155,8 +155,10 @@ def _measure_and_report(runtime: hpcrt.Runtime, cfg: DictConfig, settings: Bench
     # path beneath would predict the wrong thing.
     measure = settings.link_costs == "measured" and not runtime.topology.emulate
     measured = {}
-    if measure:
-        measured = {**measure_link_costs(comm, runtime.topology), **measure_scan_costs(comm, runtime.topology)}
+    if measure:  # the link classes first: the schedules and call costs are worked out against them
+        measured = measure_link_costs(comm, runtime.topology)
+        runtime.topology.link_costs.update(measured)
+        measured.update(measure_scan_costs(comm, runtime.topology))
     runtime.topology.link_costs.update(measured)
     link, scan = bottleneck_link(runtime.topology), scan_links(runtime.topology)
     source = "emulated, from the topology file" if runtime.topology.emulate else settings.link_costs

@@ -10,9 +10,8 @@ rounding for floats.
 
 from __future__ import annotations
 
-import functools
 import dataclasses
-from dataclasses import dataclass
+import functools
 from typing import Any, Callable, Optional
 
 import numpy as np
@@ -20,8 +19,8 @@ from mpi4py import MPI
 
 from hpcrt import Topology, backend_of, to_fake_gpu
 from hpcrt._src.costmodel import bottleneck_link
-from hpcrt.collectives import (all_scan, allgather, allreduce, lse_merge, predict_allscan, predict_ring,
-                               reduce_scatter, scan_links)
+from hpcrt.collectives import (all_scan, all_scan_choice, allgather, allreduce, lse_merge, predict_allscan,
+                               predict_ring, reduce_scatter, ring_choice, scan_links)
 
 MPI_OPS = {"sum": MPI.SUM, "max": MPI.MAX, "min": MPI.MIN}
 UFUNCS = {"sum": np.add, "max": np.maximum, "min": np.minimum}
@@ -29,7 +28,7 @@ LSE_HEAD_DIM = 64
 """lse_merge benchmarks rows of this many values (an attention head)."""
 
 
-@dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
 class BenchContext:
     """What an algorithm's call needs besides its operand."""
 
@@ -49,7 +48,7 @@ class BenchContext:
         return host.copy()
 
 
-@dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
 class Layout:
     """A nominal message size made concrete: the ``size`` and ``count`` columns and each rank's input."""
 
@@ -58,18 +57,20 @@ class Layout:
     count_in: int
 
 
-@dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
 class Algorithm:
     """One way to run a collective: ``prepare(operand, op, ctx, layout)`` returns the call to time."""
 
     name: str
     prepare: Callable[[tuple, Optional[str], BenchContext, Layout], Callable[[], Any]]
-    predict: Callable[[int, int, Topology], Optional[float]]
-    """Predicted seconds for (nbytes, p, the topology with the run's measured costs)."""
+    predict: Callable[[int, int, Topology, Optional[str]], Optional[float]]
+    """Predicted seconds for (nbytes, p, the topology with the run's measured costs, op)."""
     ops: Optional[tuple] = None
     """The ops it runs, when fewer than its collective's (MPI has no affine op)."""
     buffers: Optional[tuple] = None
     """The buffer kinds it runs on, when not all (numba takes numpy arrays only)."""
+    choice: Optional[Callable[[tuple, Optional[str]], str]] = None
+    """For ``auto``: what it runs on (operand, op), as the collective's cost model chooses."""
 
     def runs(self, op: Optional[str]) -> bool:
         return self.ops is None or op in self.ops
@@ -78,7 +79,7 @@ class Algorithm:
         return self.buffers is None or buffers in self.buffers
 
 
-@dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
 class Collective:
     """A registry entry: one collective, its baseline and every algorithm it can run."""
 
@@ -217,9 +218,14 @@ def _staged_mpi(method: str, out_count: Callable[[Layout, int], int],
 
 # --- hpcrt's algorithms ---------------------------------------------------------------------
 
+def _collective_input(operand: tuple, op: Optional[str]) -> Any:
+    """What an hpcrt collective takes of the bench's operand: the pair for affine, else the array."""
+    return operand if op == "affine" else operand[0]
+
+
 def _hpcrt_call(function: Callable, name: str, takes_op: bool) -> Callable:
     def prepare(operand: tuple, op: Optional[str], ctx: BenchContext, layout: Layout) -> Callable[[], Any]:
-        x = operand if op == "affine" else operand[0]
+        x = _collective_input(operand, op)
         args = (x, op) if takes_op else (x,)
         return lambda: function(*args, algorithm=name, validate=ctx.arg_check)
     return prepare
@@ -233,21 +239,21 @@ def _lse_call(kernel: str) -> Callable:
     return prepare
 
 
-def _no_prediction(nbytes: int, p: int, topology: Topology) -> Optional[float]:
+def _no_prediction(nbytes: int, p: int, topology: Topology, op: Optional[str]) -> Optional[float]:
     return None
 
 
-def _ring_predictor(collective: str, algorithm: str) -> Callable[[int, int, Topology], float]:
+def _ring_predictor(collective: str, algorithm: str) -> Callable[[int, int, Topology, Optional[str]], float]:
     """The ring collectives' model at the slowest link of a ring over all ranks."""
-    return lambda nbytes, p, topology: predict_ring(collective, algorithm, nbytes, p, bottleneck_link(topology))
+    return lambda nbytes, p, topology, op: predict_ring(collective, algorithm, nbytes, p, bottleneck_link(topology))
 
 
-def _scan_predictor(algorithm: str, hpcrt_calls: bool = True) -> Callable[[int, int, Topology], float]:
+def _scan_predictor(algorithm: str, hpcrt_calls: bool = True) -> Callable[[int, int, Topology, Optional[str]], float]:
     """The All-Scan model at the chain and shift costs of all ranks, as ``auto`` sees them; without
     ``hpcrt_calls`` the messages alone (MPI's own call, which pays none of hpcrt's work)."""
-    def predict(nbytes: int, p: int, topology: Topology) -> float:
-        links = scan_links(topology)
-        return predict_allscan(algorithm, nbytes, p, links if hpcrt_calls else dataclasses.replace(links, calls=()))
+    def predict(nbytes: int, p: int, topology: Topology, op: Optional[str]) -> float:
+        links = scan_links(topology) if hpcrt_calls else dataclasses.replace(scan_links(topology), calls=())
+        return predict_allscan(algorithm, nbytes, p, links, builtin_op=op in MPI_OPS)
     return predict
 
 
@@ -256,24 +262,33 @@ SCAN_ALGORITHMS = ("mpi", "pipeline", "allgather", "ring")
 
 
 def _hpcrt_algorithms(function: Callable, names: tuple, predictor: Callable[[str], Callable],
-                      takes_op: bool) -> dict:
-    """Each named algorithm of an hpcrt collective, and ``auto`` predicted as the cheapest of them."""
+                      takes_op: bool, choice: Callable[[Any, Optional[str]], str]) -> dict:
+    """Each named algorithm of an hpcrt collective, and ``auto`` predicted as the cheapest of them,
+    with ``choice(x, op)`` naming what it runs."""
     found = {name: Algorithm(name, _hpcrt_call(function, name, takes_op), predictor(name)) for name in names}
     found["auto"] = Algorithm("auto", _hpcrt_call(function, "auto", takes_op),
-                              lambda nbytes, p, topology: min(predictor(a)(nbytes, p, topology) for a in names))
+                              lambda nbytes, p, topology, op: min(predictor(a)(nbytes, p, topology, op) for a in names),
+                              choice=lambda operand, op: choice(_collective_input(operand, op), op))
     return found
 
 
 def _ring_algorithms(collective: str, function: Callable, baseline: Callable) -> dict:
     predictor = functools.partial(_ring_predictor, collective)
     return {"mpi4py": Algorithm("mpi4py", baseline, predictor("mpi")),
-            **_hpcrt_algorithms(function, RING_ALGORITHMS, predictor, collective != "allgather")}
+            **_hpcrt_algorithms(function, RING_ALGORITHMS, predictor, collective != "allgather",
+                                lambda x, op: ring_choice(collective, x))}
+
+
+def _scan_choice(x: Any, op: Optional[str]) -> str:
+    """What the All-Scan's ``auto`` runs, the pipeline with its block count (``pipeline/7``)."""
+    algorithm, blocks = all_scan_choice(x, op)
+    return f"pipeline/{blocks}" if algorithm == "pipeline" else algorithm
 
 
 def _scan_algorithms() -> dict:
     baseline = _staged_mpi("Exscan", lambda layout, p: layout.count_in)
     return {"mpi4py": Algorithm("mpi4py", baseline, _scan_predictor("mpi", hpcrt_calls=False), ops=tuple(MPI_OPS)),
-            **_hpcrt_algorithms(all_scan, SCAN_ALGORITHMS, _scan_predictor, True)}
+            **_hpcrt_algorithms(all_scan, SCAN_ALGORITHMS, _scan_predictor, True, _scan_choice)}
 
 
 def _lse_algorithms() -> dict:

@@ -45,6 +45,8 @@ class Row:
     predicted_us: Optional[float]
     warmup: int
     iters: int
+    ran: Optional[str] = None
+    """For ``auto``: the algorithm it ran (the pipeline as ``pipeline/<blocks>``); None otherwise."""
 
 
 def header(collective: str, ranks: int, baseline: str) -> str:
@@ -62,23 +64,43 @@ def format_row(row: Row) -> str:
 
 def summary(rows: Sequence[Row], baseline: str) -> list[str]:
     """Per op and algorithm: its time over the baseline's at the smallest size (per-call
-    overhead) and its busbw over the baseline's at the largest."""
+    overhead) and its busbw over the baseline's at the largest; then what ``auto`` ran."""
     lines = []
     for op in dict.fromkeys(r.op for r in rows):
         mine = [r for r in rows if r.op == op]
-        smallest, largest = min(r.size_bytes for r in mine), max(r.size_bytes for r in mine)
-        base = {r.size_bytes: r for r in mine if r.algorithm == baseline}
-        if smallest not in base or largest not in base:
-            lines.append(f"# {rows[0].collective} {op}: no {baseline} baseline to compare with")
-            continue
-        for algorithm in dict.fromkeys(r.algorithm for r in mine if r.algorithm != baseline):
-            at = {r.size_bytes: r for r in mine if r.algorithm == algorithm}
-            if smallest in at and largest in at:
-                latency = _ratio(at[smallest].time_avg_us, base[smallest].time_avg_us)
-                bandwidth = _ratio(at[largest].busbw_gbps, base[largest].busbw_gbps)
-                lines.append(f"# {rows[0].collective} {op} {algorithm}: time {latency} {baseline} at {smallest} B; "
-                             f"busbw {bandwidth} {baseline} at {largest} B")
+        lines += _ratios(rows[0].collective, op, mine, baseline)
+        lines += _choices(rows[0].collective, op, [r for r in mine if r.ran is not None])
     return lines
+
+
+def _ratios(collective: str, op: str, rows: Sequence[Row], baseline: str) -> list[str]:
+    smallest, largest = min(r.size_bytes for r in rows), max(r.size_bytes for r in rows)
+    base = {r.size_bytes: r for r in rows if r.algorithm == baseline}
+    if smallest not in base or largest not in base:
+        return [f"# {collective} {op}: no {baseline} baseline to compare with"]
+    lines = []
+    for algorithm in dict.fromkeys(r.algorithm for r in rows if r.algorithm != baseline):
+        at = {r.size_bytes: r for r in rows if r.algorithm == algorithm}
+        if smallest in at and largest in at:
+            latency = _ratio(at[smallest].time_avg_us, base[smallest].time_avg_us)
+            bandwidth = _ratio(at[largest].busbw_gbps, base[largest].busbw_gbps)
+            lines.append(f"# {collective} {op} {algorithm}: time {latency} {baseline} at {smallest} B; "
+                         f"busbw {bandwidth} {baseline} at {largest} B")
+    return lines
+
+
+def _choices(collective: str, op: str, rows: Sequence[Row]) -> list[str]:
+    """One line naming what ``auto`` ran over each run of sizes where it ran the same algorithm."""
+    spans: list = []  # [algorithm, first size, last size]
+    for row in sorted(rows, key=lambda r: r.size_bytes):
+        if spans and spans[-1][0] == row.ran:
+            spans[-1][2] = row.size_bytes
+        else:
+            spans.append([row.ran, row.size_bytes, row.size_bytes])
+    if not spans:
+        return []
+    ranges = ", ".join(f"{ran} at {lo} B" if lo == hi else f"{ran} at {lo}-{hi} B" for ran, lo, hi in spans)
+    return [f"# {collective} {op} auto ran: {ranges}"]
 
 
 def _ratio(value: float, reference: float) -> str:

@@ -106,11 +106,12 @@ def run_collective(ctx: BenchContext, collective: Collective, algorithms: Sequen
                 warmup, iters = settings.warmup_for(layout.nbytes), settings.iters_for(layout.nbytes)
                 timing = time_calls(comm, call, warmup, iters, settings.timing == "per_call")
                 algbw = layout.nbytes / timing.avg / 1e9
-                predicted = algorithm.predict(layout.nbytes, p, topology)
+                predicted = algorithm.predict(layout.nbytes, p, topology, op)
                 row = Row(collective.name, algorithm.name, op or "none", settings.dtype, layout.nbytes, layout.count,
                           timing.avg * 1e6, timing.min * 1e6, timing.max * 1e6, algbw,
                           algbw * collective.busbw_factor(p), wrong,
-                          None if predicted is None else predicted * 1e6, warmup, iters)
+                          None if predicted is None else predicted * 1e6, warmup, iters,
+                          None if algorithm.choice is None else algorithm.choice(operand, op))
                 rows.append(row)
                 emit(row)
     return rows

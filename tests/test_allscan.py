@@ -271,6 +271,32 @@ def test_auto_follows_the_topologys_costs_as_they_change(comm):
         hpcrt.finalize()
 
 
+@pytest.mark.mpi(ranks=[2, 3], timeout=60)
+def test_auto_prices_mpis_scan_by_whether_mpi_has_the_op(comm):
+    """With MPI's own op the mpi path is cheap here; with an op MPI must call back in Python (affine)
+    it is dear: ``auto`` (and all_scan_choice, which says what it runs) picks accordingly."""
+    import hpcrt
+    from hpcrt import LinkCost
+    from hpcrt.collectives import all_scan, all_scan_choice
+    from hpcrt.collectives._src.linkbytes import count_link_bytes
+    runtime = hpcrt.init({"log_files": False})
+    try:
+        runtime.topology.link_costs.update({f"scan_call_{path}": LinkCost(cost, 0.0) for path, cost in (
+            ("pipeline", 100e-6), ("allgather", 100e-6), ("mpi", 10e-6), ("mpi_user", 1.0))})
+        x = np.full(64, comm.rank + 1.0)
+        pair = (np.full(64, 0.5), np.full(64, comm.rank + 1.0))
+        assert all_scan_choice(x, "sum") == ("mpi", 1)
+        assert all_scan_choice(pair, "affine")[0] == "pipeline"
+        assert all_scan_choice(x.astype(np.complex128), "sum")[0] == "pipeline"  # no MPI op for complex here
+        with count_link_bytes() as sent:  # the pipeline sends n bytes down the chain, MPI's scan sends none
+            got = all_scan(pair, "affine")
+        assert sent.total() == (0 if comm.rank == comm.size - 1 else 2 * 64 * 8)
+        want_a, want_b = 0.5 ** comm.rank, sum(0.5 ** (comm.rank - 1 - r) * (r + 1) for r in range(comm.rank))
+        assert np.allclose(got[0], want_a) and np.allclose(got[1], want_b)
+    finally:
+        hpcrt.finalize()
+
+
 def test_block_count_sweep_prints_the_model_choice_beside_each_measured_k(launch):
     result = launch(["-m", "hpcrt.collectives._src.scan_blocks_cli", "--sizes", "4096", "65536",
                      "--blocks", "1", "4"], ranks=2, timeout=120)

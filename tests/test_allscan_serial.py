@@ -59,6 +59,17 @@ def test_resolving_ops_and_checking_operands():
         resolve_op("sum").check((np.ones(2), np.ones(2)))
 
 
+def test_layouts_are_remembered_per_shapes_dtypes_and_rowwise_and_errors_are_not():
+    a, b = np.ones((4, 2), np.float32), np.ones(2, np.float64)
+    assert ScanLayout.of((a, b), True) is ScanLayout.of((a.copy(), b.copy()), True)
+    assert ScanLayout.of((a, b), False).rows == 1 and ScanLayout.of((a, b), True).rows == 4
+    swapped = ScanLayout.of((a.astype(">f4"), b), True)
+    assert swapped.dtypes[0] == np.dtype(">f4") and swapped is not ScanLayout.of((a, b), True)
+    for _ in range(2):  # a failed layout is not remembered: the second call raises again
+        with pytest.raises(TypeError, match="broadcast together"):
+            ScanLayout.of((np.ones((3, 2)), np.ones((4, 2))), True)
+
+
 def test_layout_splits_rows_keeps_broadcast_arrays_whole_and_packs_aligned():
     parts = (np.arange(2, dtype=np.float32) + 1, np.arange(20, dtype=np.float64).reshape(10, 2),
              np.arange(10, dtype=np.int8).reshape(10, 1))
@@ -177,10 +188,15 @@ def test_call_costs_add_to_each_code_path_and_can_turn_the_choice():
     assert predict_allscan("mpi", n, 1, costly) == 0.0  # one rank: no call to make
     assert ScanLinks(LINK, LINK, calls=(("mpi", 30e-6),)).call("allgather") == 0.0  # not measured
     assert best_blocks(16 << 20, 8, costly) == best_blocks(16 << 20, 8, bare)  # a fixed cost moves no K
-    # messages alone favour the one-hop ring at 2 ranks; with the call costs MPI's scan is cheaper
+    # messages alone favour the one-hop chain at 2 ranks (the pipeline at K = 1, the ring's code, wins
+    # the tie); with the call costs MPI's scan is cheaper
     slow_rounds = ScanLinks(LINK, LinkCost(LINK.alpha, 2 * LINK.beta))
     assert choose_allscan(n, p, slow_rounds)[0] == "pipeline"
     assert choose_allscan(n, p, ScanLinks(slow_rounds.chain, slow_rounds.shift, calls=costly.calls))[0] == "mpi"
+    # an op MPI lacks runs MPI's scan down another path, with its own cost (here: not measured, so 0)
+    assert predict_allscan("mpi", n, p, costly, builtin_op=False) == predict_allscan("mpi", n, p, bare)
+    user = ScanLinks(LINK, LINK, calls=(*costly.calls, ("mpi_user", 500e-6)))
+    assert choose_allscan(n, p, user)[0] == "mpi" and choose_allscan(n, p, user, builtin_op=False)[0] == "pipeline"
 
 
 def test_auto_choice_follows_the_model():
@@ -208,6 +224,9 @@ def test_scan_links_take_the_measured_schedules_but_never_less_than_a_link_alone
     topology.link_costs["pipeline_block"] = LinkCost(40e-6, 0.0)
     assert scan_links(topology).block == 40e-6 and scan_links(topology).block_alpha == 40e-6
     assert scan_links(topology).calls == ()
-    topology.link_costs.update({"scan_call_mpi": LinkCost(30e-6, 0.0), "scan_call_pipeline": LinkCost(60e-6, 0.0)})
-    assert scan_links(topology).calls == (("mpi", 30e-6), ("pipeline", 60e-6))
+    topology.link_costs.update({"scan_call_mpi": LinkCost(30e-6, 0.0), "scan_call_pipeline": LinkCost(60e-6, 0.0),
+                                "scan_call_mpi_user": LinkCost(200e-6, 0.0)})
+    assert scan_links(topology).calls == (("pipeline", 60e-6), ("mpi", 30e-6), ("mpi_user", 200e-6))
     assert scan_links(topology).call("ring") == 60e-6 and scan_links(topology).call("allgather") == 0.0
+    assert scan_links(topology).call("mpi", builtin_op=False) == 200e-6
+    assert scan_links(topology).call("pipeline", builtin_op=False) == 60e-6

@@ -16,8 +16,8 @@ from hpcrt._src.costmodel import (bottleneck_link, fit_link_cost, measure_link_c
                                   representative_pairs, ring_shift, shared_core_hops, token_pass)
 from hpcrt._src.topology import Device
 from hpcrt._src.topology_file import load_topology_file
-from hpcrt.collectives._src.allscan_calibration import measure_call_costs, measure_pipeline_block
 from hpcrt.collectives import ScanLinks
+from hpcrt.collectives._src.allscan_calibration import measure_call_costs, measure_pipeline_block
 from hpcrt.jobs.bench_cases import COLLECTIVES, KNOWN_OPS
 from hpcrt.jobs.bench_config import message_sizes, parse_settings
 from hpcrt.jobs.bench_run import count_wrong, time_calls
@@ -27,7 +27,7 @@ from conftest import SAMPLE_TOPOLOGY
 
 TINY = ["bench.min_bytes=8", "bench.max_bytes=512", "bench.factor=8", "bench.iters=1", "bench.warmup=0"]
 """Sizes 8, 64 and 512 B, one timed call each, no warm-up: seconds per run, all of it checked."""
-SCAN_CALLS = {"scan_call_mpi", "scan_call_pipeline", "scan_call_allgather"}
+SCAN_CALLS = {"scan_call_mpi", "scan_call_mpi_user", "scan_call_pipeline", "scan_call_allgather"}
 KNOWN_ALGORITHMS = {name: tuple(c.algorithms) for name, c in COLLECTIVES.items()}
 
 
@@ -74,7 +74,7 @@ def test_two_ranks_share_one_run_dir_and_check_every_algorithm(launch, tmp_path)
     meta = json.loads((run_dir / "results.json").read_text())["metadata"]
     assert set(meta["measured_link_costs"]) == {"intra", "chain", "shift", "pipeline_block"} | SCAN_CALLS
     assert set(meta["prediction_scan_links"]) == {"chain", "shift", "pipeline_block_us", "call_us"}
-    assert set(meta["prediction_scan_links"]["call_us"]) == {"mpi", "pipeline", "allgather"}
+    assert set(meta["prediction_scan_links"]["call_us"]) == {"mpi", "mpi_user", "pipeline", "allgather"}
     block = meta["measured_link_costs"]["pipeline_block"]
     assert block["alpha_us"] > 0 and block["bandwidth_gbytes_s"] is None
 

@@ -60,9 +60,16 @@ def transport_links(transport: Transport) -> ScanLinks:
 
 
 @functools.lru_cache(maxsize=256)
-def _choice(nbytes: int, size: int, links: ScanLinks, max_blocks: int, blocks: Optional[int]) -> tuple:
+def _choice(nbytes: int, size: int, links: ScanLinks, max_blocks: int, blocks: Optional[int],
+            builtin_op: bool) -> tuple:
     """:func:`choose_allscan`, remembered: ``auto`` weighs the algorithms once per shape and costs."""
-    return choose_allscan(nbytes, size, links, max_blocks, blocks)
+    return choose_allscan(nbytes, size, links, max_blocks, blocks, builtin_op)
+
+
+def _auto(transport: Transport, scan_op: Any, layout: ScanLayout, blocks: Optional[int]) -> tuple:
+    """(algorithm, blocks) the cost model picks for this state on ``transport``'s ranks."""
+    return _choice(layout.nbytes, transport.size, transport_links(transport), _max_blocks(layout, scan_op), blocks,
+                   allscan_algos.mpi_builtin_op(scan_op, layout) is not None)
 
 
 def _prepare(x: Any, op: Any, algorithm: str, blocks: Optional[int]) -> tuple:
@@ -118,12 +125,24 @@ def _start(transport: Transport, token: int, x: Any, op: Any, inclusive: bool, r
     return AllScanHandle(_steps(call, algorithm, blocks), x, token)
 
 
+def _max_blocks(layout: ScanLayout, scan_op: Any) -> int:
+    """The most row blocks a pipeline can cut the state into (one unless the op is row-wise)."""
+    return max(1, layout.rows) if scan_op.rowwise else 1
+
+
+def all_scan_choice(x: Any, op: Any, *, comm: Any = None, blocks: Optional[int] = None) -> tuple[str, int]:
+    """(algorithm, pipeline blocks) that ``all_scan(x, op, algorithm="auto")`` runs on ``comm``: the
+    cost model's choice at the costs the job knows (the same on every rank). Local: sends nothing."""
+    scan_op, _, layout = _prepare(x, op, "auto", blocks)
+    return _auto(Transport(comm), scan_op, layout, blocks)
+
+
 def _steps(call: ScanCall, algorithm: str, blocks: Optional[int]) -> Steps:
     """The chosen algorithm's generator; ``auto`` and an unset block count come from the cost model."""
-    max_blocks = max(1, call.layout.rows) if call.op.rowwise else 1
+    max_blocks = _max_blocks(call.layout, call.op)
     size = call.transport.size
     if algorithm == "auto":
-        algorithm, blocks = _choice(call.layout.nbytes, size, transport_links(call.transport), max_blocks, blocks)
+        algorithm, blocks = _auto(call.transport, call.op, call.layout, blocks)
     if algorithm == "pipeline":
         if blocks is None:
             blocks = best_blocks(call.layout.nbytes, size, transport_links(call.transport), max_blocks)

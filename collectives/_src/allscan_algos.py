@@ -183,6 +183,13 @@ def _reversed_comm(comm: Any) -> Any:
     return reversed_comm
 
 
+def mpi_builtin_op(op: ScanOp, layout: ScanLayout) -> Any:
+    """MPI's own op for ``op`` on this state (sum or max of a plain dtype), or None where MPI must
+    call hpcrt's combine back, in Python, on every round."""
+    builtin = next((mpi_op for known, mpi_op in _MPI_BUILTIN_OPS if known is op), None)
+    return builtin if builtin is not None and layout.dtypes[0] in _MPI_BUILTIN_DTYPES else None
+
+
 def mpi(call: ScanCall) -> Steps:
     """MPI_Iexscan / MPI_Iscan: the builtin op for sum and max of plain dtypes (on the operand
     itself when it is one host array), else a non-commutative user op over packed host copies. A
@@ -191,9 +198,8 @@ def mpi(call: ScanCall) -> Steps:
     layout = call.layout
     comm = _reversed_comm(call.transport.comm) if call.reverse else call.transport.comm
     start = comm.Iscan if call.inclusive else comm.Iexscan
-    builtin = next((mpi_op for op, mpi_op in _MPI_BUILTIN_OPS if op is call.op), None)
-    if (builtin is not None and len(call.parts) == 1 and type(call.parts[0]) is np.ndarray
-            and layout.dtypes[0] in _MPI_BUILTIN_DTYPES and layout.nbytes):
+    builtin = mpi_builtin_op(call.op, layout)
+    if builtin is not None and len(call.parts) == 1 and type(call.parts[0]) is np.ndarray and layout.nbytes:
         result = call.empty()
         return (yield from _mpi_direct(call, comm.rank, start(call.parts[0], result[0], builtin), result))
     sendbuf = np.empty(layout.nbytes, dtype=np.uint8)
@@ -203,7 +209,7 @@ def mpi(call: ScanCall) -> Steps:
     freed: list = []
     if layout.nbytes == 0:
         request = MPI.REQUEST_NULL
-    elif builtin is not None and layout.dtypes[0] in _MPI_BUILTIN_DTYPES:
+    elif builtin is not None:
         request = start(sendbuf.view(layout.dtypes[0]), recvbuf.view(layout.dtypes[0]), builtin)
     else:
         whole = MPI.BYTE.Create_contiguous(layout.nbytes).Commit()  # one element: never segmented

@@ -17,14 +17,16 @@ from hpcrt._src.topology import LinkCost, Topology
 
 from .allscan import all_scan
 from .allscan_cost import PIPELINE_BLOCK, ScanLinks, call_cost_key, predict_allscan, scan_links
+from .tracing import payload_bytes
 
 ROWS = 64
 """Rows of the measured state (float32): small enough that the bytes cost nothing."""
 MANY_BLOCKS = 33
 BATCHES = 5
 CALLS = 10
-CALL_PROBES = {"mpi": "mpi", "pipeline": "ring", "allgather": "allgather"}
-"""Per code path, the algorithm whose calls measure its fixed cost (the pipeline's at one block)."""
+CALL_PROBES = {"pipeline": ("ring", "sum"), "allgather": ("allgather", "sum"), "mpi": ("mpi", "sum"),
+               "mpi_user": ("mpi", "affine")}
+"""Per code path, the (algorithm, op) whose calls measure its fixed cost (the pipeline's at one block)."""
 
 
 def pipeline_batch(comm: Any, state: np.ndarray, blocks: int, calls: int = CALLS) -> float:
@@ -53,16 +55,22 @@ def measure_pipeline_block(comm: Any) -> LinkCost:
     return LinkCost(max(0.0, (statistics.median(many) - statistics.median(one)) / (MANY_BLOCKS - 1)), 0.0)
 
 
-def call_latency(comm: Any, state: np.ndarray, algorithm: str, calls: int = CALLS) -> float:
+def call_latency(comm: Any, state: Any, algorithm: str, op: str = "sum", calls: int = CALLS) -> float:
     """Seconds of one scan called alone after a barrier (the latency ``auto`` is judged by): the
     median of ``calls`` calls, the slowest rank's. Collective."""
     times = []
     for _ in range(calls):
         comm.Barrier()
         start = time.perf_counter()
-        all_scan(state, "sum", comm=comm, algorithm=algorithm, validate=False)
+        all_scan(state, op, comm=comm, algorithm=algorithm, validate=False)
         times.append(time.perf_counter() - start)
     return comm.allreduce(statistics.median(times), op=MPI.MAX)
+
+
+def _probe_state(op: str) -> Any:
+    """A small state for ``op``: ``ROWS`` float32 values, or an affine pair of them."""
+    return (np.ones(ROWS, dtype=np.float32), np.zeros(ROWS, dtype=np.float32)) if op == "affine" \
+        else np.zeros(ROWS, dtype=np.float32)
 
 
 def measure_call_costs(comm: Any, links: ScanLinks) -> dict[str, LinkCost]:
@@ -73,16 +81,17 @@ def measure_call_costs(comm: Any, links: ScanLinks) -> dict[str, LinkCost]:
     otherwise turn the choice between paths. Collective; empty at one rank."""
     if comm.size < 2:
         return {}
-    state = np.zeros(ROWS, dtype=np.float32)
     messages_only = dataclasses.replace(links, calls=())
-    for algorithm in CALL_PROBES.values():  # warm each path up
-        call_latency(comm, state, algorithm, calls=2)
+    states = {path: _probe_state(op) for path, (_, op) in CALL_PROBES.items()}
+    for path, (algorithm, op) in CALL_PROBES.items():  # warm each path up
+        call_latency(comm, states[path], algorithm, op, calls=2)
     times: dict = {path: [] for path in CALL_PROBES}
     for _ in range(BATCHES):
-        for path, algorithm in CALL_PROBES.items():
-            times[path].append(call_latency(comm, state, algorithm))
+        for path, (algorithm, op) in CALL_PROBES.items():
+            times[path].append(call_latency(comm, states[path], algorithm, op))
     return {call_cost_key(path): LinkCost(max(0.0, min(times[path]) - predict_allscan(
-        algorithm, state.nbytes, comm.size, messages_only)), 0.0) for path, algorithm in CALL_PROBES.items()}
+        algorithm, payload_bytes(states[path]), comm.size, messages_only)), 0.0)
+        for path, (algorithm, _) in CALL_PROBES.items()}
 
 
 def measure_scan_costs(comm: Any, topology: Topology) -> dict[str, LinkCost]:

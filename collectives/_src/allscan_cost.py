@@ -30,8 +30,19 @@ combines the gathered states itself)."""
 PIPELINE_BLOCK = "pipeline_block"
 """Key, beside the link classes in a topology's ``link_costs``, of the measured time one more
 pipeline block adds beyond its bytes (a :class:`LinkCost` whose β is 0)."""
-CODE_PATHS = {"pipeline": "pipeline", "ring": "pipeline", "allgather": "allgather", "mpi": "mpi"}
-"""The code each algorithm runs (the ring is the pipeline's one-block case): each has its own call cost."""
+CODE_PATHS = ("pipeline", "allgather", "mpi", "mpi_user")
+"""The code paths with a call cost of their own: the ring is the pipeline's one-block case; ``mpi``
+with an op MPI has built in (sum, max on plain dtypes), ``mpi_user`` with hpcrt's combine called
+back from MPI in Python on every round."""
+
+
+def code_path(algorithm: str, builtin_op: bool = True) -> str:
+    """The code path ``algorithm`` runs; ``builtin_op``: whether MPI has the op built in."""
+    if algorithm not in ALGORITHMS:
+        raise ValueError(f"unknown All-Scan algorithm {algorithm!r}; known: {', '.join(ALGORITHMS)}")
+    if algorithm == "mpi":
+        return "mpi" if builtin_op else "mpi_user"
+    return "pipeline" if algorithm == "ring" else algorithm
 
 
 def call_cost_key(path: str) -> str:
@@ -48,12 +59,14 @@ class ScanLinks:
     shift: LinkCost
     block: float = 0.0
     """Seconds one more pipeline block adds beyond its bytes, where measured (0: not measured)."""
-    calls: tuple = ()
-    """(code path, seconds) pairs: hpcrt's fixed work per call down each path, where measured."""
+    calls: tuple[tuple[str, float], ...] = ()
+    """(code path, seconds) pairs: hpcrt's fixed work per call down each path, where measured. It is
+    measured on the job's communicator and charged as it is to a scan over any of its subsets (the
+    all-gather's and MPI's user-op terms that grow with the rank count are then overstated a little)."""
 
-    def call(self, algorithm: str) -> float:
+    def call(self, algorithm: str, builtin_op: bool = True) -> float:
         """Seconds of fixed work one call of ``algorithm`` pays besides its messages (0: not measured)."""
-        return dict(self.calls).get(CODE_PATHS[algorithm], 0.0)
+        return dict(self.calls).get(code_path(algorithm, builtin_op), 0.0)
 
     @property
     def block_alpha(self) -> float:
@@ -70,8 +83,7 @@ def scan_links(topology: Topology, ranks: Optional[list] = None) -> ScanLinks:
     """The costs a scan over ``ranks`` (default: all) pays: the chain along them, the shift round them."""
     costs = topology.link_costs
     block = costs.get(PIPELINE_BLOCK)
-    calls = tuple((path, costs[call_cost_key(path)].alpha) for path in sorted(set(CODE_PATHS.values()))
-                  if call_cost_key(path) in costs)
+    calls = tuple((path, costs[call_cost_key(path)].alpha) for path in CODE_PATHS if call_cost_key(path) in costs)
     return ScanLinks(schedule_link(topology, CHAIN, ranks, ring=False), schedule_link(topology, SHIFT, ranks),
                      block.alpha if block is not None else 0.0, calls)
 
@@ -89,17 +101,17 @@ def _pipeline(nbytes: float, p: int, links: ScanLinks, k: int) -> float:
 
 
 def predict_allscan(algorithm: str, nbytes: float, p: int, links: Union[ScanLinks, LinkCost],
-                    blocks: Optional[int] = None) -> float:
+                    blocks: Optional[int] = None, builtin_op: bool = True) -> float:
     """Predicted seconds of one All-Scan; ``blocks`` (pipeline only) defaults to :func:`best_blocks`.
 
     With chain hop (α_c, β_c), shift round (α_s, β_s) and the measured block cost b (hpcrt's work on
     a block, paid on every hop and round; α_b = max(b, α_s)): pipeline (p−1)(max(α_c, b)+nβ_c/K) +
     (K−1)(α_b+nβ_s/K), which is (p−2+K)(α+nβ/K) when all are alike; ring (p−1)(max(α_c, b)+nβ_c),
     the pipeline's K = 1; allgather (Bruck) ⌈log₂p⌉α_s+(p−1)nβ_s; mpi (recursive doubling) ⌈log₂p⌉(α_s+nβ_s);
-    each plus the measured fixed cost of a call down the algorithm's code path (:meth:`ScanLinks.call`).
+    each plus the measured fixed cost of a call down the algorithm's code path (:meth:`ScanLinks.call`;
+    ``builtin_op``: whether MPI has the op built in, which decides the ``mpi`` algorithm's path).
     """
-    if algorithm not in CODE_PATHS:
-        raise ValueError(f"unknown All-Scan algorithm {algorithm!r}; known: {', '.join(ALGORITHMS)}")
+    call = as_scan_links(links).call(algorithm, builtin_op)  # also rejects an unknown algorithm
     if p <= 1:
         return 0.0
     links = as_scan_links(links)
@@ -112,7 +124,7 @@ def predict_allscan(algorithm: str, nbytes: float, p: int, links: Union[ScanLink
         messages = _log2_ceil(p) * shift.alpha + (p - 1) * nbytes * shift.beta
     else:
         messages = _log2_ceil(p) * (shift.alpha + nbytes * shift.beta)
-    return links.call(algorithm) + messages
+    return call + messages
 
 
 def best_blocks(nbytes: float, p: int, links: Union[ScanLinks, LinkCost], max_blocks: Optional[int] = None) -> int:
@@ -134,9 +146,10 @@ def best_blocks(nbytes: float, p: int, links: Union[ScanLinks, LinkCost], max_bl
 
 
 def choose_allscan(nbytes: float, p: int, links: Union[ScanLinks, LinkCost], max_blocks: Optional[int] = None,
-                   blocks: Optional[int] = None) -> tuple:
-    """(algorithm, blocks) with the least predicted time; ``blocks`` fixes the pipeline's K."""
+                   blocks: Optional[int] = None, builtin_op: bool = True) -> tuple:
+    """(algorithm, blocks) with the least predicted time; ``blocks`` fixes the pipeline's K;
+    ``builtin_op``: whether MPI has the op built in (else its scan calls hpcrt's combine back)."""
     k = blocks if blocks is not None else best_blocks(nbytes, p, links, max_blocks)
-    times = {name: predict_allscan(name, nbytes, p, links, k) for name in ALGORITHMS}
+    times = {name: predict_allscan(name, nbytes, p, links, k, builtin_op) for name in ALGORITHMS}
     best = min(ALGORITHMS, key=lambda name: times[name])
     return best, (k if best == "pipeline" else 1)

@@ -21,7 +21,7 @@ from .agreement import check_agreement
 from .blocks import block_bounds
 from .mpi_collectives import mpi_allgather, mpi_allreduce, mpi_reduce_scatter
 from .reduce_ops import check_op, combine_into
-from .ring_cost import ALGORITHMS, choose_ring_algorithm
+from .ring_cost import ALGORITHMS, RING_COLLECTIVES, choose_ring_algorithm
 from .ring_engine import ring_lanes, ring_pass
 from .transport import Transport
 from .tracing import traced
@@ -31,7 +31,7 @@ from .tracing import traced
 def allreduce(x: Any, op: str = "sum", *, comm: Optional[Any] = None, algorithm: str = "auto",
               validate: bool = True) -> Any:
     """Every rank gets the element-wise ``op`` (sum, max, min) of all ranks' ``x``, same shape."""
-    transport, algorithm = _begin("allreduce", x, comm, algorithm, validate, op, x.nbytes)
+    transport, algorithm = _begin("allreduce", x, comm, algorithm, validate, op)
     if algorithm == "mpi":
         return mpi_allreduce(transport.comm, transport.staging, x, op)
     work = x.flatten()
@@ -49,7 +49,7 @@ def allgather(x: Any, *, comm: Optional[Any] = None, algorithm: str = "auto", va
     A 0-d ``x`` counts as shape (1,): the result then has shape (p,).
     """
     p = _size(comm)
-    transport, algorithm = _begin("allgather", x, comm, algorithm, validate, None, p * x.nbytes)
+    transport, algorithm = _begin("allgather", x, comm, algorithm, validate, None)
     shape = (p * x.shape[0], *x.shape[1:]) if x.ndim else (p,)
     if algorithm == "mpi":
         return mpi_allgather(transport.comm, transport.staging, x, shape)
@@ -68,7 +68,7 @@ def reduce_scatter(x: Any, op: str = "sum", *, comm: Optional[Any] = None, algor
 
     Blocks follow :func:`block_bounds` (numpy.array_split's rule): sizes need not divide evenly.
     """
-    transport, algorithm = _begin("reduce_scatter", x, comm, algorithm, validate, op, x.nbytes)
+    transport, algorithm = _begin("reduce_scatter", x, comm, algorithm, validate, op)
     if algorithm == "mpi":
         return mpi_reduce_scatter(transport.comm, transport.staging, x, op)
     work = x.flatten()
@@ -79,12 +79,27 @@ def reduce_scatter(x: Any, op: str = "sum", *, comm: Optional[Any] = None, algor
     return work[start:stop].copy()
 
 
+def ring_choice(collective: str, x: Any, *, comm: Optional[Any] = None) -> str:
+    """The algorithm ``collective(x, algorithm="auto")`` runs on ``comm`` (allreduce, allgather or
+    reduce_scatter): the cost model's choice, the same on every rank. Local: sends nothing."""
+    if collective not in RING_COLLECTIVES:
+        raise ValueError(f"unknown collective {collective!r}; expected one of {RING_COLLECTIVES}")
+    transport = Transport(comm)
+    return choose_ring_algorithm(collective, _model_bytes(collective, x, transport.size), transport.size,
+                                 _ring_link(transport))
+
+
+def _model_bytes(collective: str, x: Any, p: int) -> int:
+    """The buffer the model prices: the gathered result for allgather, the input otherwise."""
+    return p * x.nbytes if collective == "allgather" else x.nbytes
+
+
 def _size(comm: Optional[Any]) -> int:
     return (comm if comm is not None else get_runtime().comm).size
 
 
-def _begin(collective: str, x: Any, comm: Optional[Any], algorithm: str, validate: bool, op: Optional[str],
-           nbytes: int) -> tuple[Transport, str]:
+def _begin(collective: str, x: Any, comm: Optional[Any], algorithm: str, validate: bool,
+           op: Optional[str]) -> tuple[Transport, str]:
     """Check agreement (then, identically on every rank, the arguments) and resolve ``auto``."""
     transport = Transport(comm)
     if validate:
@@ -95,7 +110,8 @@ def _begin(collective: str, x: Any, comm: Optional[Any], algorithm: str, validat
     if op is not None:
         check_op(op)
     if algorithm == "auto":
-        return transport, choose_ring_algorithm(collective, nbytes, transport.size, _ring_link(transport))
+        return transport, choose_ring_algorithm(collective, _model_bytes(collective, x, transport.size),
+                                                transport.size, _ring_link(transport))
     if algorithm not in ALGORITHMS:
         raise ValueError(f"{collective}: unknown algorithm {algorithm!r}; expected auto or one of {ALGORITHMS}")
     return transport, algorithm

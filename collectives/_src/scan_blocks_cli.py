@@ -12,6 +12,7 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 import hpcrt
+from hpcrt._src.costmodel import measure_link_costs
 
 from .allscan import all_scan
 from .allscan_calibration import measure_scan_costs, pipeline_batch
@@ -37,6 +38,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         comm = runtime.comm
         if comm.size < 2:
             raise SystemExit("scan_blocks: needs at least 2 ranks")
+        runtime.topology.link_costs.update(measure_link_costs(comm, runtime.topology))
         runtime.topology.link_costs.update(measure_scan_costs(comm, runtime.topology))
         links = scan_links(runtime.topology)  # what algorithm="auto" weighs
         say = print if runtime.rank == 0 else (lambda *_: None)

@@ -27,8 +27,8 @@ class ScanLayout:
     rows: int
     row_split: tuple
 
-    @classmethod
-    def of(cls, parts: tuple, rowwise: bool) -> "ScanLayout":
+    @staticmethod
+    def of(parts: tuple, rowwise: bool) -> "ScanLayout":
         """The layout of ``parts``; a state whose op is not ``rowwise`` never splits (one block)."""
         return _layout(tuple(part.shape for part in parts), tuple(part.dtype for part in parts), rowwise)
 

@@ -59,7 +59,8 @@ class Pending:
 
 
 def wait_all(pending: list) -> None:
-    """Complete several :class:`Pending` operations at once."""
+    """Complete several :class:`Pending` operations at once (one Waitall, then each one's staging
+    undone as :meth:`Pending.wait` would: a schedule's many small messages pay no call per message)."""
     MPI.Request.Waitall([p.request for p in pending])
     for p in pending:
         if p._stack is not None:
