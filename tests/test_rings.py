@@ -7,7 +7,7 @@ import pytest
 import hpcrt
 from hpcrt import LinkCost
 from hpcrt.collectives import (CollectiveMismatchError, allgather, allreduce, block_bounds, count_link_bytes,
-                               predict_ring, reduce_scatter)
+                               predict_ring, reduce_scatter, ring_choice)
 from hpcrt.collectives._src.ring_cost import choose_ring_algorithm
 
 from array_backends import BACKENDS, to_host as host
@@ -166,6 +166,33 @@ def test_ring_link_bytes_are_exact(comm):
         allgather(x, comm=rt.comm, algorithm="mpi")
         reduce_scatter(x, comm=rt.comm, algorithm="mpi")
     assert plain.sent == {}
+
+
+@pytest.mark.mpi(ranks=[3], timeout=60)
+def test_ring_choice_names_what_auto_runs(comm):
+    """On a link where bandwidth dominates the rings win from some size on, MPI's call below it:
+    ring_choice says which, and auto's bytes on the links show that is what ran."""
+    rt = hpcrt.init({"log_files": False})
+    try:
+        rt.topology.link_costs["intra"] = LinkCost(alpha=1e-6, beta=1 / 1e9)
+        small, large = np.ones(8), np.ones(1 << 16)
+        assert ring_choice("allreduce", small, comm=rt.comm) == "mpi"
+        assert ring_choice("allreduce", large, comm=rt.comm) == "bidir_ring"
+        # allgather prices the gathered result: p times the input
+        link = rt.topology.link_costs["intra"]
+        for x in (small, large):
+            assert ring_choice("allgather", x) == choose_ring_algorithm("allgather", comm.size * x.nbytes, comm.size,
+                                                                        link)
+        with count_link_bytes() as sent:
+            allreduce(small, comm=rt.comm)
+        assert sent.sent == {}
+        with count_link_bytes() as sent:
+            allreduce(large, comm=rt.comm)
+        assert set(sent.sent) == {(comm.rank, (comm.rank + 1) % 3), (comm.rank, (comm.rank - 1) % 3)}
+        with pytest.raises(ValueError, match="unknown collective"):
+            ring_choice("all_scan", small)
+    finally:
+        hpcrt.finalize()
 
 
 @pytest.mark.mpi(ranks=[3], timeout=60)
