@@ -171,7 +171,7 @@ def test_all_scan_odd_inputs(comm):
 @pytest.mark.mpi(ranks=[2, 3], timeout=60)
 def test_disagreeing_ranks_fail_together(comm):
     import hpcrt
-    from hpcrt.collectives import CollectiveMismatchError, all_scan
+    from hpcrt.collectives import CollectiveMismatchError, ScanOp, all_scan
     hpcrt.init({"log_files": False})
     last = comm.rank == comm.size - 1
     x = np.ones((4, 3))
@@ -187,6 +187,10 @@ def test_disagreeing_ranks_fail_together(comm):
     for field, call in mismatches.items():
         with pytest.raises(CollectiveMismatchError, match=f"disagree on {field}"):
             call()
+    # A user op named like a builtin is not the builtin: MPI would run one, not the other.
+    own_sum = ScanOp(lambda lo, hi: lo + hi, np.zeros_like, "sum", rowwise=True)
+    with pytest.raises(CollectiveMismatchError, match=r"disagree on op.*user op"):
+        all_scan(x, own_sum if last else "sum")
     # Everyone wrong the same way: the op's own TypeError, on every rank.
     with pytest.raises(TypeError, match="takes a pair"):
         all_scan(x, "affine")
@@ -277,17 +281,24 @@ def test_auto_prices_mpis_scan_by_whether_mpi_has_the_op(comm):
     it is dear: ``auto`` (and all_scan_choice, which says what it runs) picks accordingly."""
     import hpcrt
     from hpcrt import LinkCost
-    from hpcrt.collectives import all_scan, all_scan_choice
+    from hpcrt.collectives import ScanOp, all_scan, all_scan_choice
     from hpcrt.collectives._src.linkbytes import count_link_bytes
     runtime = hpcrt.init({"log_files": False})
     try:
         runtime.topology.link_costs.update({f"scan_call_{path}": LinkCost(cost, 0.0) for path, cost in (
-            ("pipeline", 100e-6), ("allgather", 100e-6), ("mpi", 10e-6), ("mpi_user", 1.0))})
+            ("pipeline", 100e-6), ("allgather", 300e-6), ("mpi", 10e-6), ("mpi_user", 1.0))})
         x = np.full(64, comm.rank + 1.0)
         pair = (np.full(64, 0.5), np.full(64, comm.rank + 1.0))
         assert all_scan_choice(x, "sum") == ("mpi", 1)
         assert all_scan_choice(pair, "affine")[0] == "pipeline"
         assert all_scan_choice(x.astype(np.complex128), "sum")[0] == "pipeline"  # no MPI op for complex here
+        pairwise = ScanOp(lambda lo, hi: lo + hi, np.zeros_like, "plain sum")  # not row-wise: one block
+        assert all_scan_choice(x, pairwise, blocks=4) == ("pipeline", 1)
+        # a slow chain and fast rounds: many blocks pay; a block count is priced (and named) as the
+        # pipeline runs it, at most one block per row
+        runtime.topology.link_costs.update({"chain": LinkCost(1e-6, 1e-8), "shift": LinkCost(1e-6, 1e-10)})
+        wide = (np.full((64, 1), 0.5), np.ones((64, 512)))
+        assert all_scan_choice(wide, "affine", blocks=1000) == ("pipeline", 64)
         with count_link_bytes() as sent:  # the pipeline sends n bytes down the chain, MPI's scan sends none
             got = all_scan(pair, "affine")
         assert sent.total() == (0 if comm.rank == comm.size - 1 else 2 * 64 * 8)

@@ -193,8 +193,8 @@ def test_call_costs_add_to_each_code_path_and_can_turn_the_choice():
     slow_rounds = ScanLinks(LINK, LinkCost(LINK.alpha, 2 * LINK.beta))
     assert choose_allscan(n, p, slow_rounds)[0] == "pipeline"
     assert choose_allscan(n, p, ScanLinks(slow_rounds.chain, slow_rounds.shift, calls=costly.calls))[0] == "mpi"
-    # an op MPI lacks runs MPI's scan down another path, with its own cost (here: not measured, so 0)
-    assert predict_allscan("mpi", n, p, costly, builtin_op=False) == predict_allscan("mpi", n, p, bare)
+    # an op MPI lacks runs MPI's scan down another path, with its own cost (not measured: the builtin path's)
+    assert predict_allscan("mpi", n, p, costly, builtin_op=False) == predict_allscan("mpi", n, p, costly)
     user = ScanLinks(LINK, LINK, calls=(*costly.calls, ("mpi_user", 500e-6)))
     assert choose_allscan(n, p, user)[0] == "mpi" and choose_allscan(n, p, user, builtin_op=False)[0] == "pipeline"
 

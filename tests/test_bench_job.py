@@ -20,6 +20,7 @@ from hpcrt.collectives import ScanLinks
 from hpcrt.collectives._src.allscan_calibration import measure_call_costs, measure_pipeline_block
 from hpcrt.jobs.bench_cases import COLLECTIVES, KNOWN_OPS
 from hpcrt.jobs.bench_config import message_sizes, parse_settings
+from hpcrt.jobs.bench_report import Row, summary
 from hpcrt.jobs.bench_run import count_wrong, time_calls
 from hpcrt.jobs.hydra_mpi import with_run_dir
 
@@ -146,6 +147,19 @@ def test_sizes_warmup_and_iterations_follow_the_osu_and_nccl_tests_rules():
     sizes = (8, 64 << 10, 128 << 10, 1 << 20)
     assert [settings.warmup_for(n) for n in sizes] == [8, 8, 4, 1]
     assert [settings.iters_for(n) for n in sizes] == [50, 50, 5, 5]
+
+
+def test_summary_names_what_auto_ran_over_each_run_of_sizes():
+    def row(algorithm, size, ran=None, op="sum"):
+        return Row("all_scan", algorithm, op, "float32", size, size // 4, 10.0, 9.0, 11.0, 1.0, 1.0, 0, 5.0, 1, 1, ran)
+    rows = [row("mpi4py", s) for s in (8, 64, 512, 4096)]
+    rows += [row("auto", 8, "mpi"), row("auto", 64, "mpi"), row("auto", 512, "pipeline/4"), row("auto", 4096, "mpi")]
+    rows += [row("auto", 8, "pipeline/1", op="affine")]
+    lines = summary(rows, "mpi4py")
+    assert "# all_scan sum auto ran: mpi at 8-64 B, pipeline/4 at 512 B, mpi at 4096 B" in lines
+    assert lines[-2:] == ["# all_scan affine: no mpi4py baseline to compare with",
+                          "# all_scan affine auto ran: pipeline/1 at 8 B"]
+    assert not any("ran:" in line for line in summary([r for r in rows if r.algorithm == "mpi4py"], "mpi4py"))
 
 
 def test_wrong_elements_are_counted():

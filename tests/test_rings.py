@@ -168,27 +168,28 @@ def test_ring_link_bytes_are_exact(comm):
     assert plain.sent == {}
 
 
-@pytest.mark.mpi(ranks=[3], timeout=60)
+@pytest.mark.mpi(ranks=[4], timeout=60)
 def test_ring_choice_names_what_auto_runs(comm):
-    """On a link where bandwidth dominates the rings win from some size on, MPI's call below it:
-    ring_choice says which, and auto's bytes on the links show that is what ran."""
+    """On a link where bandwidth weighs, the rings win from some size on and MPI's call below it:
+    ring_choice says which, and the bytes auto puts on the links show that is what ran. Allgather's
+    model prices the gathered result (p times the input): at 1 KiB in, 4 KiB out, it is the rings'
+    already."""
     rt = hpcrt.init({"log_files": False})
     try:
         rt.topology.link_costs["intra"] = LinkCost(alpha=1e-6, beta=1 / 1e9)
-        small, large = np.ones(8), np.ones(1 << 16)
-        assert ring_choice("allreduce", small, comm=rt.comm) == "mpi"
-        assert ring_choice("allreduce", large, comm=rt.comm) == "bidir_ring"
-        # allgather prices the gathered result: p times the input
-        link = rt.topology.link_costs["intra"]
-        for x in (small, large):
-            assert ring_choice("allgather", x) == choose_ring_algorithm("allgather", comm.size * x.nbytes, comm.size,
-                                                                        link)
-        with count_link_bytes() as sent:
-            allreduce(small, comm=rt.comm)
-        assert sent.sent == {}
-        with count_link_bytes() as sent:
-            allreduce(large, comm=rt.comm)
-        assert set(sent.sent) == {(comm.rank, (comm.rank + 1) % 3), (comm.rank, (comm.rank - 1) % 3)}
+        small, mid, large = np.ones(8), np.ones(128), np.ones(8192)
+        expected = [("allreduce", small, "mpi"), ("allreduce", large, "bidir_ring"), ("allgather", small, "mpi"),
+                    ("allgather", mid, "bidir_ring"), ("reduce_scatter", small, "mpi"),
+                    ("reduce_scatter", large, "bidir_ring")]
+        run = {"allreduce": allreduce, "allgather": allgather, "reduce_scatter": reduce_scatter}
+        neighbours = {(comm.rank, (comm.rank + 1) % 4), (comm.rank, (comm.rank - 1) % 4)}
+        for collective, x, algorithm in expected:
+            assert ring_choice(collective, x, comm=rt.comm) == algorithm, (collective, x.nbytes)
+            with count_link_bytes() as sent:
+                run[collective](x, comm=rt.comm)
+            assert set(sent.sent) == (set() if algorithm == "mpi" else neighbours), (collective, x.nbytes)
+        # priced at the input alone, 1 KiB would have gone to MPI's allgather
+        assert choose_ring_algorithm("allgather", mid.nbytes, 4, rt.topology.link_costs["intra"]) == "mpi"
         with pytest.raises(ValueError, match="unknown collective"):
             ring_choice("all_scan", small)
     finally:

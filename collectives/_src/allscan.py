@@ -15,7 +15,7 @@ from .agreement import check_agreement
 from .allscan_algos import ScanCall, Steps
 from .allscan_cost import ALGORITHMS, ScanLinks, best_blocks, choose_allscan, scan_links
 from .scanlayout import ScanLayout
-from .scanops import as_parts, from_parts, resolve_op
+from .scanops import BUILTIN_OPS, ScanOp, as_parts, from_parts, resolve_op
 from .tracing import enter, payload_bytes
 from .transport import Transport
 
@@ -67,8 +67,11 @@ def _choice(nbytes: int, size: int, links: ScanLinks, max_blocks: int, blocks: O
 
 
 def _auto(transport: Transport, scan_op: Any, layout: ScanLayout, blocks: Optional[int]) -> tuple:
-    """(algorithm, blocks) the cost model picks for this state on ``transport``'s ranks."""
-    return _choice(layout.nbytes, transport.size, transport_links(transport), _max_blocks(layout, scan_op), blocks,
+    """(algorithm, blocks) the cost model picks for this state on ``transport``'s ranks; a given
+    ``blocks`` is priced as the pipeline runs it, at most one per row."""
+    max_blocks = _max_blocks(layout, scan_op)
+    return _choice(layout.nbytes, transport.size, transport_links(transport), max_blocks,
+                   None if blocks is None else min(int(blocks), max_blocks),
                    allscan_algos.mpi_builtin_op(scan_op, layout) is not None)
 
 
@@ -105,6 +108,12 @@ def all_scan_start(x: Any, op: Any, *, comm: Any = None, inclusive: bool = False
         raise
 
 
+def _op_label(scan_op: ScanOp) -> str:
+    """How ranks compare ops: by name, and a user op never passes for the builtin of the same name
+    (MPI runs one but not the other, so ``auto`` may price them apart)."""
+    return scan_op.name if BUILTIN_OPS.get(scan_op.name) is scan_op else f"{scan_op.name} (user op)"
+
+
 def _start(transport: Transport, token: int, x: Any, op: Any, inclusive: bool, reverse: bool, algorithm: str,
            blocks: Optional[int], validate: bool) -> AllScanHandle:
     """Check the call (collectively with ``validate``) and post the algorithm's first messages."""
@@ -116,7 +125,7 @@ def _start(transport: Transport, token: int, x: Any, op: Any, inclusive: bool, r
     if validate:
         ok = problem is None
         check_agreement(transport.comm, "all_scan", input_error=None if ok else str(problem),
-                        op=scan_op.name if ok else None, shape=layout.shapes if ok else None,
+                        op=_op_label(scan_op) if ok else None, shape=layout.shapes if ok else None,
                         dtype=tuple(str(d) for d in layout.dtypes) if ok else None,
                         inclusive=inclusive, reverse=reverse, algorithm=algorithm, blocks=blocks)
     if problem is not None:
@@ -131,8 +140,9 @@ def _max_blocks(layout: ScanLayout, scan_op: Any) -> int:
 
 
 def all_scan_choice(x: Any, op: Any, *, comm: Any = None, blocks: Optional[int] = None) -> tuple[str, int]:
-    """(algorithm, pipeline blocks) that ``all_scan(x, op, algorithm="auto")`` runs on ``comm``: the
-    cost model's choice at the costs the job knows (the same on every rank). Local: sends nothing."""
+    """(algorithm, pipeline blocks) that ``all_scan(x, op, algorithm="auto", blocks=blocks)`` runs on
+    ``comm``: the cost model's choice at the costs the job knows, the same on every rank and for either
+    direction, inclusive or not. Local: sends nothing."""
     scan_op, _, layout = _prepare(x, op, "auto", blocks)
     return _auto(Transport(comm), scan_op, layout, blocks)
 

@@ -26,7 +26,10 @@ BATCHES = 5
 CALLS = 10
 CALL_PROBES = {"pipeline": ("ring", "sum"), "allgather": ("allgather", "sum"), "mpi": ("mpi", "sum"),
                "mpi_user": ("mpi", "affine")}
-"""Per code path, the (algorithm, op) whose calls measure its fixed cost (the pipeline's at one block)."""
+"""Per code path, the (algorithm, op) whose calls measure its fixed cost (the pipeline's at one block).
+The user-op path is probed with affine, the others with sum: for an affine state the pipeline's and
+the all-gather's own combine work (three ufuncs where sum has one) is then left out, a small bias
+towards them against MPI's call-back path, which pays the same combine once per round."""
 
 
 def pipeline_batch(comm: Any, state: np.ndarray, blocks: int, calls: int = CALLS) -> float:
@@ -56,8 +59,8 @@ def measure_pipeline_block(comm: Any) -> LinkCost:
 
 
 def call_latency(comm: Any, state: Any, algorithm: str, op: str = "sum", calls: int = CALLS) -> float:
-    """Seconds of one scan called alone after a barrier (the latency ``auto`` is judged by): the
-    median of ``calls`` calls, the slowest rank's. Collective."""
+    """Seconds of one scan of ``state`` under ``op`` called alone after a barrier (the latency ``auto``
+    is judged by): the median of ``calls`` calls, the slowest rank's. Collective."""
     times = []
     for _ in range(calls):
         comm.Barrier()
