@@ -9,6 +9,7 @@ from hpcrt import LinkCost
 from hpcrt.collectives import (CollectiveMismatchError, allgather, allreduce, block_bounds, count_link_bytes,
                                predict_ring, reduce_scatter, ring_choice)
 from hpcrt.collectives._src.ring_cost import choose_ring_algorithm
+from hpcrt.collectives._src.ring_engine import ring_lanes
 
 from array_backends import BACKENDS, to_host as host
 
@@ -226,6 +227,16 @@ def test_block_bounds_follow_array_split():
             assert all(a[1] == b[0] for a, b in zip(got, got[1:]))
     with pytest.raises(ValueError):
         block_bounds(10, 0)
+
+
+def test_bidirectional_lanes_halve_each_block_from_three_ranks():
+    for n, p in ((10, 3), (7, 4), (1001, 16), (5, 8)):
+        forward, backward = ring_lanes(block_bounds(n, p), "bidir_ring")
+        assert (forward.direction, backward.direction) == (1, -1)
+        for (start, stop), (a, b), (c, d) in zip(block_bounds(n, p), forward.pieces, backward.pieces):
+            assert (a, b, c, d) == (start, start + (stop - start + 1) // 2, start + (stop - start + 1) // 2, stop)
+    # two ranks: both directions reach the one neighbour, so the halves go as the ring's one message
+    assert ring_lanes(block_bounds(10, 2), "bidir_ring") == ring_lanes(block_bounds(10, 2), "ring")
 
 
 def test_predictions_and_auto_choice():

@@ -2,9 +2,9 @@
 
 A *lane* is a direction around the ring and the ``p`` pieces of the flat buffer it carries;
 piece ``r`` is the one that ends on rank ``r``. The ring runs one clockwise lane over whole
-blocks; the bidirectional ring halves every block and runs a clockwise and a counter-clockwise
-lane at once, each step posting both lanes' non-blocking sends and receives together so each
-rank drives both of its links.
+blocks; the bidirectional ring (from three ranks) halves every block and runs a clockwise and a
+counter-clockwise lane at once, each step posting both lanes' non-blocking sends and receives
+together so each rank drives both of its links.
 """
 
 from __future__ import annotations
@@ -34,9 +34,10 @@ def ring_lanes(blocks: list[tuple[int, int]], algorithm: str) -> list[Lane]:
     """The lanes of ``algorithm`` over per-rank ``blocks``.
 
     ``bidir_ring`` halves each block: the first half (the larger one when odd) goes clockwise,
-    the second counter-clockwise.
+    the second counter-clockwise. At two ranks both directions lead to the one neighbour, so the
+    halves travel together as the ring's one message per step (same bytes, half the messages).
     """
-    if algorithm == "ring":
+    if algorithm == "ring" or len(blocks) <= 2:
         return [Lane(+1, tuple(blocks), _TAG_BASE)]
     cuts = [(start, start + (stop - start + 1) // 2, stop) for start, stop in blocks]
     return [Lane(+1, tuple((start, middle) for start, middle, _ in cuts), _TAG_BASE + 1),
