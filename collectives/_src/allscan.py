@@ -3,7 +3,6 @@ associative, not necessarily commutative op, by a chosen algorithm or the cost m
 
 from __future__ import annotations
 
-import functools
 from numbers import Integral
 from typing import Any, Optional
 
@@ -52,18 +51,30 @@ model again pays a lookup, not the walk over the links, until the costs change."
 def transport_links(transport: Transport) -> ScanLinks:
     """The model's costs for a scan over the communicator's ranks (in the runtime's numbering)."""
     topology = get_runtime().topology
-    ranks = tuple(transport.world_rank(r) for r in range(transport.size))
+    ranks = transport.world_ranks
     known = _LINKS.get(ranks)
     if known is None or known[0] is not topology or known[1] != topology.link_costs:
         known = _LINKS[ranks] = (topology, dict(topology.link_costs), scan_links(topology, list(ranks)))
     return known[2]
 
 
-@functools.lru_cache(maxsize=256)
+_CHOICES: dict = {}
+"""(id of the ScanLinks, the call's shape of things) → (those ScanLinks, the choice): ``auto`` weighs
+the algorithms once per state shape and costs. Keyed by identity, since :func:`transport_links`
+hands out the same ScanLinks until the costs change (hashing them on every call is a cost of its
+own); the entry keeps them alive, so their id is not reused."""
+
+
 def _choice(nbytes: int, size: int, links: ScanLinks, max_blocks: int, blocks: Optional[int],
             builtin_op: bool) -> tuple:
-    """:func:`choose_allscan`, remembered: ``auto`` weighs the algorithms once per shape and costs."""
-    return choose_allscan(nbytes, size, links, max_blocks, blocks, builtin_op)
+    """:func:`choose_allscan`, remembered."""
+    key = (id(links), nbytes, size, max_blocks, blocks, builtin_op)
+    known = _CHOICES.get(key)
+    if known is None or known[0] is not links:
+        if len(_CHOICES) >= 4096:
+            _CHOICES.clear()
+        known = _CHOICES[key] = (links, choose_allscan(nbytes, size, links, max_blocks, blocks, builtin_op))
+    return known[1]
 
 
 def _auto(transport: Transport, scan_op: Any, layout: ScanLayout, blocks: Optional[int]) -> tuple:

@@ -119,4 +119,4 @@ def _begin(collective: str, x: Any, comm: Optional[Any], algorithm: str, validat
 
 def _ring_link(transport: Transport) -> LinkCost:
     """The slowest α and β among the ring's links (link costs are symmetric: one way suffices)."""
-    return bottleneck_link(get_runtime().topology, [transport.world_rank(i) for i in range(transport.size)])
+    return bottleneck_link(get_runtime().topology, list(transport.world_ranks))

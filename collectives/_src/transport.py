@@ -18,7 +18,7 @@ from .linkbytes import LINK_BYTES
 _WORLD_RANKS_KEYVAL: list = []
 
 
-def _world_ranks(comm: Any) -> list[int]:
+def _world_ranks(comm: Any) -> tuple[int, ...]:
     """Ranks of ``comm``'s members in the runtime's communicator (cached as an MPI attribute)."""
     if not _WORLD_RANKS_KEYVAL:
         _WORLD_RANKS_KEYVAL.append(MPI.Comm.Create_keyval())
@@ -26,7 +26,7 @@ def _world_ranks(comm: Any) -> list[int]:
     ranks = comm.Get_attr(keyval)
     if ranks is None:
         group, world_group = comm.Get_group(), get_runtime().comm.Get_group()
-        ranks = list(MPI.Group.Translate_ranks(group, list(range(comm.size)), world_group))
+        ranks = tuple(MPI.Group.Translate_ranks(group, list(range(comm.size)), world_group))
         group.Free()
         world_group.Free()
         comm.Set_attr(keyval, ranks)
@@ -88,6 +88,11 @@ class Transport:
 
     def world_rank(self, rank: int) -> int:
         return self._world[rank]
+
+    @property
+    def world_ranks(self) -> tuple[int, ...]:
+        """Every member's rank in the runtime's communicator, in this communicator's order."""
+        return self._world
 
     def _account(self, dest: int, nbytes: int) -> None:
         """Record the bytes on their link; under emulation, first spend the link's time if it leaves the node."""
