@@ -12,6 +12,9 @@ import numpy as np
 
 from .blocks import block_bounds
 
+_MAX_PLACEMENTS = 4096
+"""Block placements a layout keeps before it starts over (one per block bounds in use)."""
+
 
 @dataclass(frozen=True)
 class ScanLayout:
@@ -45,23 +48,37 @@ class ScanLayout:
         return [(hi - lo, *shape[1:]) if split else (shape if first else None)
                 for shape, split in zip(self.shapes, self.row_split)]
 
-    def _order(self) -> list:
-        return sorted(range(len(self.shapes)), key=lambda i: -self.dtypes[i].itemsize)
+    @functools.cached_property
+    def _placements(self) -> dict:
+        return {}
+
+    def _placement(self, lo: int, hi: int, first: bool) -> tuple:
+        """Where a block's arrays lie in its message: (total bytes, ((index, offset, bytes, shape), ...))
+        with the arrays by decreasing item size, worked out once per block (a pipeline asks per message)."""
+        key = (lo, hi, first)
+        found = self._placements.get(key)
+        if found is None:
+            shapes = self._block_shapes(lo, hi, first)
+            places, offset = [], 0
+            for i in sorted(range(len(shapes)), key=lambda i: -self.dtypes[i].itemsize):
+                if shapes[i] is not None:
+                    size = math.prod(shapes[i]) * self.dtypes[i].itemsize
+                    places.append((i, offset, size, shapes[i]))
+                    offset += size
+            if len(self._placements) >= _MAX_PLACEMENTS:
+                self._placements.clear()
+            found = self._placements[key] = (offset, tuple(places))
+        return found
 
     def message_nbytes(self, lo: int, hi: int, first: bool) -> int:
-        return sum(math.prod(shape) * dtype.itemsize
-                   for shape, dtype in zip(self._block_shapes(lo, hi, first), self.dtypes) if shape is not None)
+        return self._placement(lo, hi, first)[0]
 
     def views(self, buffer: Any, lo: int, hi: int, first: bool) -> tuple:
         """Typed views of the arrays inside a block's message (None for those it omits)."""
-        shapes = self._block_shapes(lo, hi, first)
-        views: list = [None] * len(shapes)
-        offset = 0
-        for i in self._order():
-            if shapes[i] is not None:
-                size = math.prod(shapes[i]) * self.dtypes[i].itemsize
-                views[i] = buffer[offset:offset + size].view(self.dtypes[i]).reshape(shapes[i])
-                offset += size
+        views: list = [None] * len(self.shapes)
+        dtypes = self.dtypes
+        for i, offset, size, shape in self._placement(lo, hi, first)[1]:
+            views[i] = buffer[offset:offset + size].view(dtypes[i]).reshape(shape)
         return tuple(views)
 
     def block(self, parts: tuple, lo: int, hi: int, first: bool = True) -> tuple:
