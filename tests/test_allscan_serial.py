@@ -70,6 +70,16 @@ def test_layouts_are_remembered_per_shapes_dtypes_and_rowwise_and_errors_are_not
             ScanLayout.of((np.ones((3, 2)), np.ones((4, 2))), True)
 
 
+def test_message_slots_hold_every_block_apart_and_aligned():
+    layout = ScanLayout.of((np.ones((10, 1), np.float32), np.ones((10, 3), np.float64)), True)
+    bounds = layout.bounds(4)
+    slots = layout.message_slots(bounds)
+    assert [stop - start for start, stop in slots] == [layout.message_nbytes(lo, hi, k == 0)
+                                                       for k, (lo, hi) in enumerate(bounds)]
+    assert all(start % 64 == 0 for start, _ in slots)
+    assert all(stop <= nxt for (_, stop), (nxt, _) in zip(slots, slots[1:]))
+
+
 def test_layout_splits_rows_keeps_broadcast_arrays_whole_and_packs_aligned():
     parts = (np.arange(2, dtype=np.float32) + 1, np.arange(20, dtype=np.float64).reshape(10, 2),
              np.arange(10, dtype=np.int8).reshape(10, 1))

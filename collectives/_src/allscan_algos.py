@@ -101,25 +101,29 @@ def pipeline(call: ScanCall, blocks: int) -> Steps:
     layout, transport = call.layout, call.transport
     before, after = call.neighbours()
     bounds = layout.bounds(blocks)
-    buffers = Borrowed(call.xp)
+    slots = layout.message_slots(bounds)
+    buffers = Borrowed(call.xp)  # one pooled buffer for the incoming messages, one for the outgoing
+    inbox = buffers.take(slots[-1][1]) if before is not None else None
+    outbox = buffers.take(slots[-1][1]) if after is not None else None
     receives = []
-    if before is not None:
-        for k, (lo, hi) in enumerate(bounds):
-            buffer = buffers.take(layout.message_nbytes(lo, hi, k == 0))
+    if inbox is not None:
+        for start, stop in slots:
+            buffer = inbox[start:stop]
             receives.append((buffer, transport.irecv(buffer, before, call.tag)))
     sends = []
 
-    def forward(lo: int, hi: int, first: bool, fill: Callable[[tuple], None]) -> tuple:
-        """Send block lo:hi in a pooled message that ``fill`` writes; returns the message's views."""
-        buffer = buffers.take(layout.message_nbytes(lo, hi, first))
-        views = layout.views(buffer, lo, hi, first)
+    def forward(k: int, fill: Callable[[tuple], None]) -> tuple:
+        """Send block k in its outgoing message, which ``fill`` writes; returns the message's views."""
+        (lo, hi), (start, stop) = bounds[k], slots[k]
+        buffer = outbox[start:stop]
+        views = layout.views(buffer, lo, hi, k == 0)
         fill(views)
-        sends.append((buffer, transport.isend(buffer, after, call.tag)))
+        sends.append(transport.isend(buffer, after, call.tag))
         return views
 
     if before is None and after is not None:
         for k, (lo, hi) in enumerate(bounds):
-            forward(lo, hi, k == 0, lambda views: assign(views, layout.block(call.parts, lo, hi)))
+            forward(k, lambda views: assign(views, layout.block(call.parts, lo, hi)))
     yield
     if before is None:
         result = call.copy_of_input() if call.inclusive else call.identity()
@@ -138,9 +142,9 @@ def pipeline(call: ScanCall, blocks: int) -> Steps:
                 else:
                     assign(target, incoming)
                 continue
-            outgoing = forward(lo, hi, k == 0, lambda views: call.extend_into(incoming, mine, views))
+            outgoing = forward(k, lambda views: call.extend_into(incoming, mine, views))
             assign(target, outgoing if call.inclusive else incoming)
-    wait_all([pending for _, pending in sends])
+    wait_all(sends)
     buffers.give_back()
     return result
 

@@ -14,6 +14,7 @@ from .blocks import block_bounds
 
 _MAX_PLACEMENTS = 4096
 """Block placements a layout keeps before it starts over (one per block bounds in use)."""
+_MESSAGE_ALIGN = 64
 
 
 @dataclass(frozen=True)
@@ -72,6 +73,16 @@ class ScanLayout:
 
     def message_nbytes(self, lo: int, hi: int, first: bool) -> int:
         return self._placement(lo, hi, first)[0]
+
+    def message_slots(self, bounds: list) -> list:
+        """Where each block's message lies in one buffer holding all of them: (start, stop) bytes,
+        every start 64-byte aligned (so every view is), block 0 first with the shared arrays."""
+        slots, start = [], 0
+        for k, (lo, hi) in enumerate(bounds):
+            stop = start + self.message_nbytes(lo, hi, k == 0)
+            slots.append((start, stop))
+            start = -(-stop // _MESSAGE_ALIGN) * _MESSAGE_ALIGN
+        return slots
 
     def views(self, buffer: Any, lo: int, hi: int, first: bool) -> tuple:
         """Typed views of the arrays inside a block's message (None for those it omits)."""
