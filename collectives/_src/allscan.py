@@ -6,13 +6,13 @@ from __future__ import annotations
 from numbers import Integral
 from typing import Any, Optional
 
-from hpcrt._src.runtime import get_runtime
 from hpcrt._src.trace import trace_done
 
 from . import allscan_algos
 from .agreement import check_agreement
 from .allscan_algos import ScanCall, Steps
 from .allscan_cost import ALGORITHMS, ScanLinks, best_blocks, choose_allscan, scan_links
+from .model_memo import ChoiceMemo, LinkMemo
 from .scanlayout import ScanLayout
 from .scanops import BUILTIN_OPS, ScanOp, as_parts, from_parts, resolve_op
 from .tracing import enter, payload_bytes
@@ -43,47 +43,23 @@ class AllScanHandle:
         return from_parts(self._result, self._like)
 
 
-_LINKS: dict = {}
-"""Per rank set: (topology, its link costs then, the ScanLinks they gave), so a call that asks the
-model again pays a lookup, not the walk over the links, until the costs change."""
+_SCAN_LINKS = LinkMemo(scan_links)
+_CHOICES = ChoiceMemo(lambda links, nbytes, size, max_blocks, blocks, builtin_op: choose_allscan(
+    nbytes, size, links, max_blocks, blocks, builtin_op))
 
 
 def transport_links(transport: Transport) -> ScanLinks:
     """The model's costs for a scan over the communicator's ranks (in the runtime's numbering)."""
-    topology = get_runtime().topology
-    ranks = transport.world_ranks
-    known = _LINKS.get(ranks)
-    if known is None or known[0] is not topology or known[1] != topology.link_costs:
-        known = _LINKS[ranks] = (topology, dict(topology.link_costs), scan_links(topology, list(ranks)))
-    return known[2]
-
-
-_CHOICES: dict = {}
-"""(id of the ScanLinks, the call's shape of things) → (those ScanLinks, the choice): ``auto`` weighs
-the algorithms once per state shape and costs. Keyed by identity, since :func:`transport_links`
-hands out the same ScanLinks until the costs change (hashing them on every call is a cost of its
-own); the entry keeps them alive, so their id is not reused."""
-
-
-def _choice(nbytes: int, size: int, links: ScanLinks, max_blocks: int, blocks: Optional[int],
-            builtin_op: bool) -> tuple:
-    """:func:`choose_allscan`, remembered."""
-    key = (id(links), nbytes, size, max_blocks, blocks, builtin_op)
-    known = _CHOICES.get(key)
-    if known is None or known[0] is not links:
-        if len(_CHOICES) >= 4096:
-            _CHOICES.clear()
-        known = _CHOICES[key] = (links, choose_allscan(nbytes, size, links, max_blocks, blocks, builtin_op))
-    return known[1]
+    return _SCAN_LINKS.get(transport.world_ranks)
 
 
 def _auto(transport: Transport, scan_op: Any, layout: ScanLayout, blocks: Optional[int]) -> tuple:
     """(algorithm, blocks) the cost model picks for this state on ``transport``'s ranks; a given
     ``blocks`` is priced as the pipeline runs it, at most one per row."""
     max_blocks = _max_blocks(layout, scan_op)
-    return _choice(layout.nbytes, transport.size, transport_links(transport), max_blocks,
-                   None if blocks is None else min(int(blocks), max_blocks),
-                   allscan_algos.mpi_builtin_op(scan_op, layout) is not None)
+    return _CHOICES.get(transport_links(transport), layout.nbytes, transport.size, max_blocks,
+                        None if blocks is None else min(int(blocks), max_blocks),
+                        allscan_algos.mpi_builtin_op(scan_op, layout) is not None)
 
 
 def _prepare(x: Any, op: Any, algorithm: str, blocks: Optional[int]) -> tuple:

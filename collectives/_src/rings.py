@@ -15,11 +15,11 @@ from typing import Any, Optional
 from hpcrt._src.backends import get_xp
 from hpcrt._src.costmodel import bottleneck_link
 from hpcrt._src.runtime import get_runtime
-from hpcrt._src.topology import LinkCost
 
 from .agreement import check_agreement
 from .blocks import block_bounds
 from .mpi_collectives import mpi_allgather, mpi_allreduce, mpi_reduce_scatter
+from .model_memo import ChoiceMemo, LinkMemo
 from .reduce_ops import check_op, combine_into
 from .ring_cost import ALGORITHMS, RING_COLLECTIVES, choose_ring_algorithm
 from .ring_engine import ring_lanes, ring_pass
@@ -84,9 +84,7 @@ def ring_choice(collective: str, x: Any, *, comm: Optional[Any] = None) -> str:
     reduce_scatter): the cost model's choice, the same on every rank. Local: sends nothing."""
     if collective not in RING_COLLECTIVES:
         raise ValueError(f"unknown collective {collective!r}; expected one of {RING_COLLECTIVES}")
-    transport = Transport(comm)
-    return choose_ring_algorithm(collective, _model_bytes(collective, x, transport.size), transport.size,
-                                 _ring_link(transport))
+    return _auto(collective, x, Transport(comm))
 
 
 def _model_bytes(collective: str, x: Any, p: int) -> int:
@@ -110,13 +108,18 @@ def _begin(collective: str, x: Any, comm: Optional[Any], algorithm: str, validat
     if op is not None:
         check_op(op)
     if algorithm == "auto":
-        return transport, choose_ring_algorithm(collective, _model_bytes(collective, x, transport.size),
-                                                transport.size, _ring_link(transport))
+        return transport, _auto(collective, x, transport)
     if algorithm not in ALGORITHMS:
         raise ValueError(f"{collective}: unknown algorithm {algorithm!r}; expected auto or one of {ALGORITHMS}")
     return transport, algorithm
 
 
-def _ring_link(transport: Transport) -> LinkCost:
-    """The slowest α and β among the ring's links (link costs are symmetric: one way suffices)."""
-    return bottleneck_link(get_runtime().topology, list(transport.world_ranks))
+_RING_LINKS = LinkMemo(bottleneck_link)
+"""Per rank set, the slowest α and β among its ring's links (symmetric: one way suffices)."""
+_RING_CHOICES = ChoiceMemo(lambda link, collective, nbytes, p: choose_ring_algorithm(collective, nbytes, p, link))
+
+
+def _auto(collective: str, x: Any, transport: Transport) -> str:
+    """The algorithm the cost model picks for ``collective`` on ``x`` over ``transport``'s ranks."""
+    return _RING_CHOICES.get(_RING_LINKS.get(transport.world_ranks), collective,
+                             _model_bytes(collective, x, transport.size), transport.size)
