@@ -271,6 +271,10 @@ def test_auto_follows_the_topologys_costs_as_they_change(comm):
         # both measured schedules are slower than the nominal intra-node link alone
         assert transport_links(transport) == ScanLinks(busy["chain"], busy["shift"])
         assert transport_links(transport) == scan_links(runtime.topology)
+        # costs rewritten with equal values: the same object, so auto's memo of choices still holds
+        links = transport_links(transport)
+        runtime.topology.link_costs.update({key: LinkCost(c.alpha, c.beta) for key, c in busy.items()})
+        assert transport_links(transport) is links
     finally:
         hpcrt.finalize()
 

@@ -71,13 +71,27 @@ def test_layouts_are_remembered_per_shapes_dtypes_and_rowwise_and_errors_are_not
 
 
 def test_message_slots_hold_every_block_apart_and_aligned():
-    layout = ScanLayout.of((np.ones((10, 1), np.float32), np.ones((10, 3), np.float64)), True)
+    # a row-split float32 column, a row-split float64 matrix and a shared int16 row (block 0 only)
+    parts = (np.arange(10, dtype=np.float32)[:, None], np.arange(30.0).reshape(10, 3),
+             np.arange(3, dtype=np.int16))
+    layout = ScanLayout.of(parts, True)
     bounds = layout.bounds(4)
     slots = layout.message_slots(bounds)
     assert [stop - start for start, stop in slots] == [layout.message_nbytes(lo, hi, k == 0)
                                                        for k, (lo, hi) in enumerate(bounds)]
-    assert all(start % 64 == 0 for start, _ in slots)
+    assert slots[0][1] - slots[0][0] > slots[1][1] - slots[1][0]  # block 0 also carries the shared row
+    assert all(start % 8 == 0 for start, _ in slots)
     assert all(stop <= nxt for (_, stop), (nxt, _) in zip(slots, slots[1:]))
+    buffer = np.zeros(slots[-1][1], dtype=np.uint8)  # every block through its slot and back
+    for k, ((lo, hi), (start, stop)) in enumerate(zip(bounds, slots)):
+        assign(layout.views(buffer[start:stop], lo, hi, k == 0), layout.block(parts, lo, hi, k == 0))
+    for k, ((lo, hi), (start, stop)) in enumerate(zip(bounds, slots)):
+        views = layout.views(buffer[start:stop], lo, hi, k == 0)
+        assert all(v.flags.aligned for v in views if v is not None)
+        assert np.array_equal(views[0], parts[0][lo:hi]) and np.array_equal(views[1], parts[1][lo:hi])
+        assert np.array_equal(views[2], parts[2]) if k == 0 else views[2] is None
+    empty = ScanLayout.of((np.ones((0, 2)),), True)
+    assert empty.message_slots(empty.bounds(1)) == [(0, 0)]
 
 
 def test_layout_splits_rows_keeps_broadcast_arrays_whole_and_packs_aligned():

@@ -4,26 +4,30 @@ choice per call shape at those costs."""
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, Generic, TypeVar
 
 from hpcrt._src.runtime import get_runtime
 from hpcrt._src.topology import Topology
 
-_MAX_CHOICES = 4096
+_MAX_ENTRIES = 4096
+"""Entries a memo keeps before it starts over."""
+Costs = TypeVar("Costs")
 
 
-class LinkMemo:
+class LinkMemo(Generic[Costs]):
     """Per rank set (world ranks), what ``derive(topology, ranks)`` gave for the runtime's topology."""
 
-    def __init__(self, derive: Callable[[Topology, list], Any]):
+    def __init__(self, derive: Callable[[Topology, list[int]], Costs]):
         self._derive = derive
         self._known: dict = {}
 
-    def get(self, ranks: tuple) -> Any:
+    def get(self, ranks: tuple[int, ...]) -> Costs:
         """The derived costs; the same object until the topology or its link costs change."""
         topology = get_runtime().topology
         known = self._known.get(ranks)
         if known is None or known[0] is not topology or known[1] != topology.link_costs:
+            if len(self._known) >= _MAX_ENTRIES:
+                self._known.clear()
             known = self._known[ranks] = (topology, dict(topology.link_costs), self._derive(topology, list(ranks)))
         return known[2]
 
@@ -38,10 +42,11 @@ class ChoiceMemo:
         self._known: dict = {}
 
     def get(self, costs: Any, *shape: Any) -> Any:
+        """The choice for ``costs`` (the object a LinkMemo handed out) and the call's ``shape`` (hashable)."""
         key = (id(costs), *shape)
         known = self._known.get(key)
         if known is None or known[0] is not costs:
-            if len(self._known) >= _MAX_CHOICES:
+            if len(self._known) >= _MAX_ENTRIES:
                 self._known.clear()
             known = self._known[key] = (costs, self._choose(costs, *shape))
         return known[1]

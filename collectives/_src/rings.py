@@ -1,7 +1,8 @@
 """allreduce, allgather and reduce_scatter with the ring, bidirectional-ring and MPI algorithms.
 
 ``ring``: one clockwise lane (allreduce = reduce-scatter then all-gather, p − 1 steps each);
-``bidir_ring``: every block halved, halves going both ways at once; ``mpi``: the plain MPI call;
+``bidir_ring``: from three ranks every block halved, halves going both ways at once (at two, the
+ring's schedule: both ways lead to the one neighbour); ``mpi``: the plain MPI call;
 ``auto``: the smallest α-β prediction (:mod:`.ring_cost`) for the slowest link of the ring.
 Every algorithm returns a new array on the input's backend and leaves the input untouched.
 ``validate=True`` first checks that all ranks agree on shape, dtype, op and algorithm; with

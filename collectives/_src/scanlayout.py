@@ -13,8 +13,7 @@ import numpy as np
 from .blocks import block_bounds
 
 _MAX_PLACEMENTS = 4096
-"""Block placements a layout keeps before it starts over (one per block bounds in use)."""
-_MESSAGE_ALIGN = 64
+"""Block placements a layout keeps before it starts over (one per block row count in use)."""
 
 
 @dataclass(frozen=True)
@@ -53,10 +52,11 @@ class ScanLayout:
     def _placements(self) -> dict:
         return {}
 
-    def _placement(self, lo: int, hi: int, first: bool) -> tuple:
+    def _placement(self, lo: int, hi: int, first: bool) -> tuple[int, tuple[tuple[int, int, int, tuple], ...]]:
         """Where a block's arrays lie in its message: (total bytes, ((index, offset, bytes, shape), ...))
-        with the arrays by decreasing item size, worked out once per block (a pipeline asks per message)."""
-        key = (lo, hi, first)
+        with the arrays by decreasing item size, worked out once per block row count and kind (a
+        pipeline asks per message; balanced bounds have at most two row counts)."""
+        key = (hi - lo, first)
         found = self._placements.get(key)
         if found is None:
             shapes = self._block_shapes(lo, hi, first)
@@ -74,14 +74,16 @@ class ScanLayout:
     def message_nbytes(self, lo: int, hi: int, first: bool) -> int:
         return self._placement(lo, hi, first)[0]
 
-    def message_slots(self, bounds: list) -> list:
+    def message_slots(self, bounds: list[tuple[int, int]]) -> list[tuple[int, int]]:
         """Where each block's message lies in one buffer holding all of them: (start, stop) bytes,
-        every start 64-byte aligned (so every view is), block 0 first with the shared arrays."""
+        block 0 first with the shared arrays, every start a multiple of the largest item size (so
+        every view in it is aligned, the arrays lying by decreasing item size)."""
+        align = max(dtype.itemsize for dtype in self.dtypes)
         slots, start = [], 0
         for k, (lo, hi) in enumerate(bounds):
             stop = start + self.message_nbytes(lo, hi, k == 0)
             slots.append((start, stop))
-            start = -(-stop // _MESSAGE_ALIGN) * _MESSAGE_ALIGN
+            start = -(-stop // align) * align
         return slots
 
     def views(self, buffer: Any, lo: int, hi: int, first: bool) -> tuple:
