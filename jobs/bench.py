@@ -25,9 +25,9 @@ from omegaconf import DictConfig, OmegaConf
 
 import hpcrt
 from hpcrt import ConfigError
-from hpcrt._src.costmodel import SCHEDULES, bottleneck_link, measure_link_costs
+from hpcrt._src.costmodel import SCHEDULES, bottleneck_link
 from hpcrt.collectives import scan_links
-from hpcrt.collectives._src.allscan_calibration import measure_scan_costs
+from hpcrt.collectives._src.allscan_calibration import calibrate
 
 from .bench_cases import COLLECTIVES, DEFAULT_EXCLUDED, KNOWN_OPS, Algorithm, BenchContext, Collective
 from .bench_config import BenchSettings, parse_settings
@@ -154,12 +154,7 @@ def _measure_and_report(runtime: hpcrt.Runtime, cfg: DictConfig, settings: Bench
     # Under link emulation the topology file's costs are what messages pay: measuring the real
     # path beneath would predict the wrong thing.
     measure = settings.link_costs == "measured" and not runtime.topology.emulate
-    measured = {}
-    if measure:  # the link classes first: the schedules and call costs are worked out against them
-        measured = measure_link_costs(comm, runtime.topology)
-        runtime.topology.link_costs.update(measured)
-        measured.update(measure_scan_costs(comm, runtime.topology))
-    runtime.topology.link_costs.update(measured)
+    measured = calibrate(comm, runtime.topology) if measure else {}
     link, scan = bottleneck_link(runtime.topology), scan_links(runtime.topology)
     source = "emulated, from the topology file" if runtime.topology.emulate else settings.link_costs
     log.info("run directory %s; prediction link alpha %.2f us, %.2f GB/s; All-Scan chain hop alpha %.2f us, "

@@ -19,7 +19,7 @@ from .transport import Transport, wait_all
 
 TAG_FORWARD = 0x5CA1
 TAG_REVERSE = 0x5CA2
-_MPI_BUILTIN_OPS = {SUM: MPI.SUM, MAX: MPI.MAX}
+_MPI_BUILTIN_OPS = ((SUM, MPI.SUM), (MAX, MPI.MAX))
 _MPI_BUILTIN_DTYPES = {np.dtype(t) for t in (np.int8, np.int16, np.int32, np.int64, np.uint8, np.uint16,
                                              np.uint32, np.uint64, np.float32, np.float64)}
 _REVERSED_KEYVAL: list = []
@@ -190,7 +190,7 @@ def _reversed_comm(comm: Any) -> Any:
 def mpi_builtin_op(op: ScanOp, layout: ScanLayout) -> Any:
     """MPI's own op for ``op`` on this state (sum or max of a plain dtype), or None where MPI must
     call hpcrt's combine back, in Python, on every round."""
-    builtin = _MPI_BUILTIN_OPS[op] if op is SUM or op is MAX else None  # user ops need not hash
+    builtin = next((mpi_op for known, mpi_op in _MPI_BUILTIN_OPS if known is op), None)
     return builtin if builtin is not None and layout.dtypes[0] in _MPI_BUILTIN_DTYPES else None
 
 

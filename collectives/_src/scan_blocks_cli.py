@@ -12,10 +12,9 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 import hpcrt
-from hpcrt._src.costmodel import measure_link_costs
 
 from .allscan import all_scan
-from .allscan_calibration import measure_scan_costs, pipeline_batch
+from .allscan_calibration import calibrate, pipeline_batch
 from .allscan_cost import best_blocks, predict_allscan, scan_links
 
 BATCHES = 3
@@ -38,9 +37,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         comm = runtime.comm
         if comm.size < 2:
             raise SystemExit("scan_blocks: needs at least 2 ranks")
-        if not runtime.topology.emulate:  # under emulation the topology file's costs are what messages pay
-            runtime.topology.link_costs.update(measure_link_costs(comm, runtime.topology))
-        runtime.topology.link_costs.update(measure_scan_costs(comm, runtime.topology))
+        calibrate(comm, runtime.topology)
         links = scan_links(runtime.topology)  # what algorithm="auto" weighs
         say = print if runtime.rank == 0 else (lambda *_: None)
         say(f"# {comm.size} ranks; chain hop α {links.chain.alpha * 1e6:.1f} µs, {1e-9 / links.chain.beta:.2f} GB/s; "
