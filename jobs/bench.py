@@ -111,6 +111,7 @@ def metadata(runtime: hpcrt.Runtime, cfg: DictConfig, nominal: dict, measured: d
         "python": platform.python_version(),
         "device": runtime.device.kind,
         "cuda_aware": runtime.cuda_aware.enabled,
+        "heap_kept": runtime.heap_kept,
         "numba_threads": numba.get_num_threads(),
         "cores": len(os.sched_getaffinity(0)),
         "ranks_on_host": sum(r.host == runtime.topology.ranks[runtime.rank].host for r in runtime.topology.ranks),

@@ -169,6 +169,35 @@ def test_all_scan_odd_inputs(comm):
 
 
 @pytest.mark.mpi(ranks=[2, 3], timeout=60)
+def test_mixed_item_sizes_reach_the_op_aligned(comm):
+    """A state of float64 and int8 rows (5 rows: 55 bytes, not a multiple of 8): every algorithm
+    hands the op aligned arrays (a GPU kernel faults on misaligned ones) and gives the serial fold."""
+    import hpcrt
+    from hpcrt.collectives import ScanOp, all_scan
+    hpcrt.init({"log_files": False})
+
+    def add_aligned(lower, upper):
+        for part in (*lower, *upper):
+            if not part.flags.aligned:
+                raise AssertionError(f"misaligned {part.dtype} operand")
+        return lower[0] + upper[0], lower[1] + upper[1]
+
+    pair_sum = ScanOp(add_aligned, lambda x: (np.zeros_like(x[0]), np.zeros_like(x[1])), "pair sum", rowwise=True)
+    xs = [(np.full((5, 1), r + 0.5), np.full((5, 3), r + 1, dtype=np.int8)) for r in range(comm.size)]
+    failures = []
+    for algorithm in ALGORITHMS:
+        try:
+            got_a, got_b = all_scan(xs[comm.rank], pair_sum, algorithm=algorithm, inclusive=True)
+        except AssertionError as error:
+            failures.append(f"{algorithm}: {error}")
+            continue
+        want_a, want_b = sum(x[0] for x in xs[:comm.rank + 1]), sum(x[1] for x in xs[:comm.rank + 1])
+        if not (np.array_equal(got_a, want_a) and np.array_equal(got_b, want_b) and got_b.dtype == np.int8):
+            failures.append(f"{algorithm}: {got_a[0]}, {got_b[0]}; want {want_a[0]}, {want_b[0]}")
+    assert_no_failures(comm, failures)
+
+
+@pytest.mark.mpi(ranks=[2, 3], timeout=60)
 def test_disagreeing_ranks_fail_together(comm):
     import hpcrt
     from hpcrt.collectives import CollectiveMismatchError, ScanOp, all_scan

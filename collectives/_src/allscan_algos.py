@@ -151,11 +151,12 @@ def pipeline(call: ScanCall, blocks: int) -> Steps:
 
 def allgather(call: ScanCall) -> Steps:
     """LASP-2: every rank gathers every rank's state (Bruck's all-gather, ⌈log₂p⌉ rounds; each
-    rank sends (p−1)·n bytes) and folds the ones its scan needs locally, in rank order."""
+    rank sends (p−1)·n bytes, n rounded up to the largest item size so every row's views are
+    aligned) and folds the ones its scan needs locally, in rank order."""
     yield
     layout, transport, xp = call.layout, call.transport, call.xp
     rank, size = transport.rank, transport.size
-    gathered = xp.empty((size, layout.nbytes), dtype=np.uint8)  # row i: rank (rank + i) % size
+    gathered = xp.empty((size, layout.aligned(layout.nbytes)), dtype=np.uint8)  # row i: rank (rank + i) % size
     assign(layout.views(gathered[0], 0, layout.rows, True), call.parts)
     distance = 1
     while distance < size:

@@ -39,6 +39,15 @@ class ScanLayout:
     def nbytes(self) -> int:
         return sum(math.prod(shape) * dtype.itemsize for shape, dtype in zip(self.shapes, self.dtypes))
 
+    @functools.cached_property
+    def alignment(self) -> int:
+        """The largest item size: a message starting at a multiple of it has every view aligned."""
+        return max(dtype.itemsize for dtype in self.dtypes)
+
+    def aligned(self, nbytes: int) -> int:
+        """``nbytes`` rounded up to a multiple of :attr:`alignment`."""
+        return -(-nbytes // self.alignment) * self.alignment
+
     def bounds(self, blocks: int) -> list:
         """``blocks`` balanced (lo, hi) row ranges covering the first axis."""
         return block_bounds(self.rows, blocks)
@@ -78,12 +87,11 @@ class ScanLayout:
         """Where each block's message lies in one buffer holding all of them: (start, stop) bytes,
         block 0 first with the shared arrays, every start a multiple of the largest item size (so
         every view in it is aligned, the arrays lying by decreasing item size)."""
-        align = max(dtype.itemsize for dtype in self.dtypes)
         slots, start = [], 0
         for k, (lo, hi) in enumerate(bounds):
             stop = start + self.message_nbytes(lo, hi, k == 0)
             slots.append((start, stop))
-            start = -(-stop // align) * align
+            start = self.aligned(stop)
         return slots
 
     def views(self, buffer: Any, lo: int, hi: int, first: bool) -> tuple:

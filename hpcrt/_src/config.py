@@ -39,6 +39,9 @@ class RuntimeConfig:
     """Abort the whole job when one rank dies of an exception or a non-zero exit."""
     staging_pool_mb: int = 256
     """Upper bound of the pinned host pool used to stage GPU buffers for MPI."""
+    keep_freed_memory: bool = True
+    """Have malloc keep freed memory for reuse (no mmap per large block, no heap trimming), so
+    repeated large collectives do not page-fault; off returns freed memory to the OS at once."""
 
     def __post_init__(self) -> None:
         self.validate()
@@ -52,7 +55,7 @@ class RuntimeConfig:
         if not isinstance(self.staging_pool_mb, int) or self.staging_pool_mb <= 0:
             raise ConfigError(f"hpcrt config key 'staging_pool_mb': expected a positive integer, "
                               f"got {self.staging_pool_mb!r}")
-        for key in ("log_files", "abort_on_error"):
+        for key in ("log_files", "abort_on_error", "keep_freed_memory"):
             if not isinstance(getattr(self, key), bool):
                 raise ConfigError(f"hpcrt config key '{key}': expected true or false, "
                                   f"got {getattr(self, key)!r}")
