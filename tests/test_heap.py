@@ -1,37 +1,47 @@
-"""hpcrt.init's heap setting (``keep_freed_memory``): a rank that allocates and frees large arrays
-round after round stops page-faulting with it, and faults every round's pages in again without it
-(glibc's default, which maps each large block afresh)."""
+"""hpcrt.init's heap setting (``keep_freed_mb``): a rank that allocates and frees large arrays round
+after round stops page-faulting with it, faults every round's pages in again without it (glibc's
+default, which maps each large block afresh), and still hands back a peak larger than the bound."""
 
 import json
 import platform
 
 import pytest
 
-pytestmark = pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="mallopt is glibc's")
+pytestmark = pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="the setting is glibc malloc's")
 
 ROUNDS = """
-import json, resource, sys
+import ctypes, json, resource, sys
 import numpy as np
 import hpcrt
-runtime = hpcrt.init({"log_files": False, "keep_freed_memory": sys.argv[1] == "on"})
-faults = []
-for _ in range(6):
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-    first, second = np.ones(4 << 20), np.ones(4 << 20)  # 32 MiB each, freed in reverse order
-    del second, first
-    faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
-print(json.dumps({"kept": runtime.heap_kept, "faults": faults}))
+ctypes.CDLL(None).prctl(41, 1, 0, 0, 0)  # PR_SET_THP_DISABLE: count 4 KiB pages, not huge ones
+runtime = hpcrt.init({"log_files": False, "keep_freed_mb": int(sys.argv[1])})
+
+
+def rounds(mib):
+    faults = []
+    for _ in range(4):
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        first, second = np.ones(mib << 17), np.ones(mib << 17)  # float64: mib MiB each, freed in reverse
+        del second, first
+        faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+    return faults
+
+
+print(json.dumps({"kept": runtime.heap_kept, "32 MiB": rounds(32), "256 MiB": rounds(256)}))
 """
+PAGES_32_MIB = 2 * (32 << 20) // 4096  # pages of one round's two arrays
 
 
-def _rounds(launch, setting: str) -> dict:
-    result = launch(["-c", ROUNDS, setting], ranks=1)
+def _rounds(launch, keep_freed_mb: int) -> dict:
+    result = launch(["-c", ROUNDS, str(keep_freed_mb)], ranks=1)
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
-def test_kept_heap_stops_refaulting_large_buffers(launch):
-    on, off = _rounds(launch, "on"), _rounds(launch, "off")
+def test_kept_heap_stops_refaulting_below_its_bound(launch):
+    on, off = _rounds(launch, 128), _rounds(launch, 0)
     assert on["kept"] and not off["kept"]
-    assert min(off["faults"][1:]) > 100, off  # each round touches new pages
-    assert max(on["faults"][1:]) <= min(off["faults"][1:]) // 10, (on, off)  # reuses the first round's
+    assert min(off["32 MiB"][1:]) >= PAGES_32_MIB // 2, off  # every round touches new pages
+    assert max(on["32 MiB"][1:]) <= PAGES_32_MIB // 100, on  # the first round's pages, reused
+    # 512 MiB freed at once is more than the 128 MiB bound: handed back, faulted in again next round.
+    assert min(on["256 MiB"][1:]) >= 8 * PAGES_32_MIB // 2, on

@@ -158,6 +158,7 @@ def allgather(call: ScanCall) -> Steps:
     rank, size = transport.rank, transport.size
     gathered = xp.empty((size, layout.aligned(layout.nbytes)), dtype=np.uint8)  # row i: rank (rank + i) % size
     assign(layout.views(gathered[0], 0, layout.rows, True), call.parts)
+    gathered[0, layout.nbytes:] = 0  # the padding travels too: defined bytes, not leftover memory
     distance = 1
     while distance < size:
         count = min(distance, size - distance)

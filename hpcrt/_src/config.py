@@ -39,9 +39,10 @@ class RuntimeConfig:
     """Abort the whole job when one rank dies of an exception or a non-zero exit."""
     staging_pool_mb: int = 256
     """Upper bound of the pinned host pool used to stage GPU buffers for MPI."""
-    keep_freed_memory: bool = True
-    """Have malloc keep freed memory for reuse (no mmap per large block, no heap trimming), so
-    repeated large collectives do not page-fault; off returns freed memory to the OS at once."""
+    keep_freed_mb: int = 1024
+    """Have glibc's malloc serve large blocks from the heap and keep up to this much freed memory
+    at its top for reuse, so repeated large collectives do not page-fault; 0 leaves malloc as it is
+    (malloc takes at most 2047)."""
 
     def __post_init__(self) -> None:
         self.validate()
@@ -55,7 +56,9 @@ class RuntimeConfig:
         if not isinstance(self.staging_pool_mb, int) or self.staging_pool_mb <= 0:
             raise ConfigError(f"hpcrt config key 'staging_pool_mb': expected a positive integer, "
                               f"got {self.staging_pool_mb!r}")
-        for key in ("log_files", "abort_on_error", "keep_freed_memory"):
+        if isinstance(self.keep_freed_mb, bool) or not isinstance(self.keep_freed_mb, int) or self.keep_freed_mb < 0:
+            raise ConfigError(f"hpcrt config key 'keep_freed_mb': expected an integer >= 0, got {self.keep_freed_mb!r}")
+        for key in ("log_files", "abort_on_error"):
             if not isinstance(getattr(self, key), bool):
                 raise ConfigError(f"hpcrt config key '{key}': expected true or false, "
                                   f"got {getattr(self, key)!r}")

@@ -13,7 +13,7 @@ from typing import Any, Mapping, Optional
 from .abort import AbortHook
 from .config import ConfigError, RuntimeConfig, resolve_config
 from .cuda_aware import CudaAwareDecision, decide_cuda_aware
-from .heap import keep_freed_memory
+from .heap import heap_kept, keep_freed_memory
 from .discovery import best_nic_kind, cpu_device, discover_nics, gpu_count, gpu_device
 from .launcher import LaunchInfo, check_world_matches, read_launch_env
 from .logs import setup_logging, teardown_logging
@@ -49,7 +49,7 @@ class Runtime:
     launch: LaunchInfo
     thread_level: int
     heap_kept: bool = False
-    """Whether malloc keeps freed memory (``keep_freed_memory`` asked for it and the C library took it)."""
+    """Whether malloc keeps freed memory for reuse (``keep_freed_mb``; once set, for the process's life)."""
     run_dir: Optional[Path] = None
     _abort_hook: Optional[AbortHook] = field(default=None, repr=False)
     _log_handlers: list = field(default_factory=list, repr=False)
@@ -82,7 +82,8 @@ def init(config: RuntimeConfig | Mapping[str, Any] | None = None) -> Runtime:
     if _RUNTIME:
         return _RUNTIME[0]
     cfg = resolve_config(config)
-    heap_kept = cfg.keep_freed_memory and keep_freed_memory()
+    if cfg.keep_freed_mb:
+        keep_freed_memory(cfg.keep_freed_mb << 20)
     MPI = _import_mpi(cfg.thread_level)
     world = MPI.COMM_WORLD
     launch = read_launch_env()
@@ -100,7 +101,7 @@ def init(config: RuntimeConfig | Mapping[str, Any] | None = None) -> Runtime:
     staging = Staging(decision.enabled, PinnedPool(cfg.staging_pool_mb << 20))
     me = topology.ranks[comm.rank]
     runtime = Runtime(comm, comm.rank, comm.size, me.local_rank, me.node, device, xp, topology, cfg,
-                      decision, staging, launch, MPI.Query_thread(), heap_kept, _abort_hook=hook)
+                      decision, staging, launch, MPI.Query_thread(), heap_kept(), _abort_hook=hook)
     if cfg.log_files or cfg.run_dir:
         runtime.run_dir = agree_run_dir(comm, cfg.run_dir)
     runtime._log_handlers = setup_logging(
