@@ -30,6 +30,8 @@ def test_omegaconf_node_is_accepted():
     ({"cuda_aware": "maybe"}, {}, "cuda_aware"),
     ({"thread_level": "many"}, {}, "thread_level"),
     ({"staging_pool_mb": 0}, {}, "staging_pool_mb"),
+    ({"keep_freed_mb": -1}, {}, "keep_freed_mb"),
+    ({}, {"HPCRT_KEEP_FREED_MB": "-5"}, "keep_freed_mb"),
     ({"log_files": "yes"}, {}, "log_files"),
     ({"no_such_key": 1}, {}, "no_such_key"),
     ({}, {"HPCRT_LOG_FILES": "perhaps"}, "HPCRT_LOG_FILES"),
