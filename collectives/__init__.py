@@ -4,6 +4,7 @@ from ._src.agreement import CollectiveMismatchError
 from ._src.allscan import AllScanHandle, all_scan, all_scan_choice, all_scan_start
 from ._src.allscan_cost import ScanLinks, best_blocks, choose_allscan, predict_allscan, scan_links
 from ._src.blocks import block_bounds
+from ._src.calibration import calibrate
 from ._src.linear_attention import gla_backward, gla_forward
 from ._src.linkbytes import count_link_bytes
 from ._src.group_cost import CommSizes, GroupCost, score_placement
@@ -15,14 +16,15 @@ from ._src.partition_cost import inter_node_bytes, predict_step, step_link_bytes
 from ._src.partition_levels import PartitionLevelError
 from ._src.partition_plan import PartitionPlan, make_plan
 from ._src.ring_attention import ring_attention
-from ._src.ring_cost import predict_ring
+from ._src.ring_cost import RingCosts, predict_ring, ring_costs
 from ._src.rings import allgather, allreduce, reduce_scatter, ring_choice
 from ._src.scanops import ScanOp, flipped
 from ._src.token_ring import token_ring_attention
 
 __all__: list = []
-__all__ += ["allreduce", "allgather", "reduce_scatter", "ring_choice", "block_bounds", "predict_ring",
-            "ring_attention", "token_ring_attention", "lse_merge", "count_link_bytes", "CollectiveMismatchError"]
+__all__ += ["calibrate", "allreduce", "allgather", "reduce_scatter", "ring_choice", "block_bounds"]
+__all__ += ["predict_ring", "ring_costs", "RingCosts", "ring_attention", "token_ring_attention", "lse_merge",
+            "count_link_bytes", "CollectiveMismatchError"]
 __all__ += ["all_scan", "all_scan_start", "all_scan_choice", "AllScanHandle", "ScanOp", "flipped", "predict_allscan",
             "best_blocks", "choose_allscan", "ScanLinks", "scan_links", "gla_forward", "gla_backward"]
 __all__ += ["HierarchicalPartition", "PartitionPlan", "PartitionLevelError", "make_plan", "predict_step",

@@ -26,8 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 import hpcrt
 from hpcrt import ConfigError
 from hpcrt._src.costmodel import SCHEDULES, bottleneck_link
-from hpcrt.collectives import scan_links
-from hpcrt.collectives._src.allscan_calibration import calibrate
+from hpcrt.collectives import calibrate, ring_costs, scan_links
 
 from .bench_cases import COLLECTIVES, DEFAULT_EXCLUDED, KNOWN_OPS, Algorithm, BenchContext, Collective
 from .bench_config import BenchSettings, parse_settings
@@ -118,6 +117,7 @@ def metadata(runtime: hpcrt.Runtime, cfg: DictConfig, nominal: dict, measured: d
         "nominal_link_costs": _link_table(nominal),
         "measured_link_costs": _link_table(measured),
         "prediction_link": _link_entry(bottleneck_link(runtime.topology)),
+        "prediction_ring_steps": {name: _link_entry(step) for name, step in ring_costs(runtime.topology).steps},
         "prediction_scan_links": {**{schedule: _link_entry(getattr(scan, schedule)) for schedule in SCHEDULES},
                                   "pipeline_block_us": scan.block_alpha * 1e6,
                                   "call_us": {path: seconds * 1e6 for path, seconds in scan.calls}},
@@ -155,14 +155,16 @@ def _measure_and_report(runtime: hpcrt.Runtime, cfg: DictConfig, settings: Bench
     # Under link emulation the topology file's costs are what messages pay: measuring the real
     # path beneath would predict the wrong thing.
     measure = settings.link_costs == "measured" and not runtime.topology.emulate
-    measured = calibrate(comm, runtime.topology) if measure else {}
+    measured = calibrate() if measure else {}
     link, scan = bottleneck_link(runtime.topology), scan_links(runtime.topology)
     source = "emulated, from the topology file" if runtime.topology.emulate else settings.link_costs
-    log.info("run directory %s; prediction link alpha %.2f us, %.2f GB/s; All-Scan chain hop alpha %.2f us, "
-             "%.2f GB/s, shift round alpha %.2f us, %.2f GB/s, pipeline block %.2f us, call %s (%s)",
-             runtime.run_dir,
-             link.alpha * 1e6, 1e-9 / link.beta, scan.chain.alpha * 1e6, 1e-9 / scan.chain.beta,
-             scan.shift.alpha * 1e6, 1e-9 / scan.shift.beta, scan.block_alpha * 1e6,
+    log.info("run directory %s; prediction link alpha %.2f us, %.2f GB/s; ring steps %s; All-Scan chain hop "
+             "alpha %.2f us, %.2f GB/s, shift round alpha %.2f us, %.2f GB/s, pipeline block %.2f us, call %s (%s)",
+             runtime.run_dir, link.alpha * 1e6, 1e-9 / link.beta,
+             ", ".join(f"{algorithm} alpha {step.alpha * 1e6:.1f} us, {1e-9 / step.beta:.2f} GB/s"
+                       for algorithm, step in ring_costs(runtime.topology).steps) or "not measured",
+             scan.chain.alpha * 1e6, 1e-9 / scan.chain.beta, scan.shift.alpha * 1e6, 1e-9 / scan.shift.beta,
+             scan.block_alpha * 1e6,
              ", ".join(f"{path} {seconds * 1e6:.1f} us" for path, seconds in scan.calls) or "not measured", source)
     ctx = BenchContext(comm, runtime.staging, settings.buffers, settings.arg_check)
     rows: list[Row] = []

@@ -18,9 +18,8 @@ import numpy as np
 from mpi4py import MPI
 
 from hpcrt import Topology, backend_of, to_fake_gpu
-from hpcrt._src.costmodel import bottleneck_link
 from hpcrt.collectives import (all_scan, all_scan_choice, allgather, allreduce, lse_merge, predict_allscan,
-                               predict_ring, reduce_scatter, ring_choice, scan_links)
+                               predict_ring, reduce_scatter, ring_choice, ring_costs, scan_links)
 
 MPI_OPS = {"sum": MPI.SUM, "max": MPI.MAX, "min": MPI.MIN}
 UFUNCS = {"sum": np.add, "max": np.maximum, "min": np.minimum}
@@ -244,8 +243,9 @@ def _no_prediction(nbytes: int, p: int, topology: Topology, op: Optional[str]) -
 
 
 def _ring_predictor(collective: str, algorithm: str) -> Callable[[int, int, Topology, Optional[str]], float]:
-    """The ring collectives' model at the slowest link of a ring over all ranks."""
-    return lambda nbytes, p, topology, op: predict_ring(collective, algorithm, nbytes, p, bottleneck_link(topology))
+    """The ring collectives' model over all ranks, as ``auto`` sees it: the ring's slowest link and
+    the measured step costs."""
+    return lambda nbytes, p, topology, op: predict_ring(collective, algorithm, nbytes, p, ring_costs(topology))
 
 
 def _scan_predictor(algorithm: str, hpcrt_calls: bool = True) -> Callable[[int, int, Topology, Optional[str]], float]:

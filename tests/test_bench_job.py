@@ -29,6 +29,7 @@ from conftest import SAMPLE_TOPOLOGY
 TINY = ["bench.min_bytes=8", "bench.max_bytes=512", "bench.factor=8", "bench.iters=1", "bench.warmup=0"]
 """Sizes 8, 64 and 512 B, one timed call each, no warm-up: seconds per run, all of it checked."""
 SCAN_CALLS = {"scan_call_mpi", "scan_call_mpi_user", "scan_call_pipeline", "scan_call_allgather"}
+RING_STEPS = {"ring_step_ring", "ring_step_bidir_ring"}
 KNOWN_ALGORITHMS = {name: tuple(c.algorithms) for name, c in COLLECTIVES.items()}
 
 
@@ -73,7 +74,9 @@ def test_two_ranks_share_one_run_dir_and_check_every_algorithm(launch, tmp_path)
     assert "allreduce sum ring: time" in result.stdout  # the ratio to MPI's own call
     assert "# Out of bounds values : 0 OK" in result.stdout
     meta = json.loads((run_dir / "results.json").read_text())["metadata"]
-    assert set(meta["measured_link_costs"]) == {"intra", "chain", "shift", "pipeline_block"} | SCAN_CALLS
+    measured = {"intra", "chain", "shift", "pipeline_block", "mpi_allreduce_2"} | SCAN_CALLS | RING_STEPS
+    assert set(meta["measured_link_costs"]) == measured
+    assert set(meta["prediction_ring_steps"]) == {"ring", "bidir_ring"}
     assert set(meta["prediction_scan_links"]) == {"chain", "shift", "pipeline_block_us", "call_us"}
     assert set(meta["prediction_scan_links"]["call_us"]) == {"mpi", "mpi_user", "pipeline", "allgather"}
     block = meta["measured_link_costs"]["pipeline_block"]
@@ -93,7 +96,8 @@ def test_multirun_on_four_ranks_gives_one_subdir_per_point(launch, tmp_path):
         assert (sweep / num / ".hydra" / "overrides.yaml").exists()
         meta = json.loads((sweep / num / "results.json").read_text())["metadata"]
         assert meta["nodes"] == ["node-ib", "node-roce"]
-        assert set(meta["measured_link_costs"]) == {"intra", "eth", "chain", "shift", "pipeline_block"} | SCAN_CALLS
+        measured = {"intra", "eth", "chain", "shift", "pipeline_block", "mpi_allreduce_4"} | SCAN_CALLS | RING_STEPS
+        assert set(meta["measured_link_costs"]) == measured
     assert len(list(tmp_path.rglob(".hydra"))) == 2
     assert result.stdout.count("Launching 2 jobs locally") == 1  # Hydra's own lines from rank 0 only
 

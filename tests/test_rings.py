@@ -6,8 +6,8 @@ import pytest
 
 import hpcrt
 from hpcrt import LinkCost
-from hpcrt.collectives import (CollectiveMismatchError, allgather, allreduce, block_bounds, count_link_bytes,
-                               predict_ring, reduce_scatter, ring_choice)
+from hpcrt.collectives import (CollectiveMismatchError, RingCosts, allgather, allreduce, block_bounds, calibrate,
+                               count_link_bytes, predict_ring, reduce_scatter, ring_choice, ring_costs)
 from hpcrt.collectives._src.ring_cost import choose_ring_algorithm
 from hpcrt.collectives._src.ring_engine import ring_lanes
 
@@ -257,3 +257,49 @@ def test_predictions_and_auto_choice():
         predict_ring("allreduce", "tree", n, 8, link)
     with pytest.raises(ValueError):
         predict_ring("scan", "ring", n, 8, link)
+
+
+def test_measured_costs_price_each_algorithm():
+    """Measured steps price the ring algorithms (never below the slowest link), MPI's measured
+    allreduce prices its call (allgather and reduce_scatter at half); a bidirectional step that moves
+    its half pieces no faster per byte than the ring's whole ones (two lanes sharing a core) turns
+    the choice from bidir_ring to ring, and a slow measured MPI call turns it from MPI to the rings."""
+    link = LinkCost(alpha=2e-6, beta=1 / 25e9)
+    n, p = 1 << 26, 8
+    ring_step, bidir_step, mpi_call = LinkCost(20e-6, 1 / 5e9), LinkCost(30e-6, 2 / 5e9), LinkCost(50e-6, 1 / 2e9)
+    costs = RingCosts(link, (("ring", ring_step), ("bidir_ring", bidir_step)), mpi_call)
+    assert predict_ring("allreduce", "ring", n, p, costs) == pytest.approx(14 * (20e-6 + n / 8 / 5e9))
+    assert predict_ring("allreduce", "bidir_ring", n, p, costs) == pytest.approx(14 * (30e-6 + n / 16 * 2 / 5e9))
+    assert predict_ring("allreduce", "mpi", n, p, costs) == pytest.approx(50e-6 + n / 2e9)
+    assert predict_ring("reduce_scatter", "mpi", n, p, costs) == pytest.approx((50e-6 + n / 2e9) / 2)
+    assert choose_ring_algorithm("allreduce", n, p, link) == "bidir_ring"
+    assert choose_ring_algorithm("allreduce", n, p, costs) == "ring"
+    assert choose_ring_algorithm("allreduce", n, p, RingCosts(link, costs.steps)) == "mpi"  # MPI at the link alone
+    # Measurements below the link's formula (noise) are charged the formula; what was not measured, the link.
+    fast = RingCosts(link, (("ring", LinkCost(1e-7, 1e-12)),), LinkCost(1e-7, 1e-12))
+    assert predict_ring("allgather", "ring", n, p, fast) == pytest.approx(7 * link.time(n / 8))
+    assert predict_ring("allgather", "bidir_ring", n, p, fast) == pytest.approx(7 * link.time(n / 16))
+    assert predict_ring("allgather", "mpi", n, p, fast) == predict_ring("allgather", "mpi", n, p, link)
+
+
+@pytest.mark.mpi(ranks=[2, 3], timeout=90)
+def test_calibrate_measures_what_ring_auto_weighs(comm):
+    """calibrate() puts every ring algorithm's step and MPI's allreduce at this size into the
+    topology, the same on every rank, and ring_choice then follows the model at those costs."""
+    rt = hpcrt.init({"log_files": False})
+    try:
+        measured = calibrate()
+        keys = {"ring_step_ring", "ring_step_bidir_ring", f"mpi_allreduce_{comm.size}"}
+        assert keys <= set(measured) and all(rt.topology.link_costs[k] == measured[k] for k in keys)
+        assert all(measured[k].alpha > 0 and measured[k].beta > 0 for k in keys), measured
+        assert comm.allgather(measured) == [measured] * comm.size
+        costs = ring_costs(rt.topology)
+        assert dict(costs.steps) == {"ring": measured["ring_step_ring"], "bidir_ring": measured["ring_step_bidir_ring"]}
+        assert costs.mpi_allreduce == measured[f"mpi_allreduce_{comm.size}"]
+        assert ring_costs(rt.topology, [0]).mpi_allreduce is None  # measured at this size only
+        for nbytes in (8, 1 << 16, 1 << 22):
+            x = np.ones(nbytes // 8)
+            assert ring_choice("allreduce", x, comm=rt.comm) == choose_ring_algorithm("allreduce", nbytes, comm.size,
+                                                                                      costs)
+    finally:
+        hpcrt.finalize()

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 from mpi4py import MPI
 
-from hpcrt._src.costmodel import measure_link_costs, measure_schedule_costs
+from hpcrt._src.costmodel import measure_schedule_costs
 from hpcrt._src.topology import LinkCost, Topology
 
 from .allscan import all_scan
@@ -107,14 +107,3 @@ def measure_scan_costs(comm: Any, topology: Topology) -> dict[str, LinkCost]:
         measured = dataclasses.replace(topology, link_costs={**topology.link_costs, **costs})
         costs.update(measure_call_costs(comm, scan_links(measured)))
     return costs
-
-
-def calibrate(comm: Any, topology: Topology) -> dict[str, LinkCost]:
-    """Measure what the cost models use and put it into ``topology.link_costs``: the link classes
-    first (not under emulation, where the topology file's costs are what messages pay), then
-    All-Scan's costs, which are worked out against them. Returns what it measured. Collective."""
-    measured = {} if topology.emulate else measure_link_costs(comm, topology)
-    topology.link_costs.update(measured)
-    scan = measure_scan_costs(comm, topology)
-    topology.link_costs.update(scan)
-    return {**measured, **scan}

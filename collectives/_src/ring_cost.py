@@ -1,28 +1,89 @@
 """α-β predictions for the ring collectives and the ``auto`` choice between them and MPI.
 
 ``nbytes`` is always the full buffer: the input of allreduce and reduce_scatter, the gathered
-result of allgather. The bidirectional ring assumes each rank's links to its two neighbours
-are independent (NVLink mesh, torus, per-neighbour links); at p = 2 both halves share the one
-neighbour, so it predicts no gain there.
+result of allgather. A ring step moves one piece per lane: n/p bytes for the ring, n/(2p) for
+each of the bidirectional ring's two lanes (p ≥ 3; at p = 2 both halves share the one neighbour
+and travel as the ring's one message). Where the job measured them (:class:`RingCosts`), a step
+costs what that algorithm's steps took (hpcrt's work per step, and how two lanes share a rank's
+links and cores, which a ping-pong does not show) and MPI's call what MPI's allreduce took on that
+many ranks; everything is charged no less than the slowest link's α-β formula.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from typing import Optional, Union
 
-from hpcrt._src.topology import LinkCost
+from hpcrt._src.costmodel import bottleneck_link
+from hpcrt._src.topology import LinkCost, Topology
 
 RING_COLLECTIVES = ("allreduce", "allgather", "reduce_scatter")
 ALGORITHMS = ("mpi", "ring", "bidir_ring")
+STEPPED = ("ring", "bidir_ring")
+"""The algorithms that run hpcrt's ring engine, whose steps the job can measure."""
 
 
-def predict_ring(collective: str, algorithm: str, nbytes: float, p: int, link: LinkCost) -> float:
+def ring_step_key(algorithm: str) -> str:
+    """Key in a topology's ``link_costs`` of the measured α-β of one step of ``algorithm`` (β per
+    byte of the piece one lane moves)."""
+    return f"ring_step_{algorithm}"
+
+
+def mpi_allreduce_key(p: int) -> str:
+    """Key in a topology's ``link_costs`` of the measured α-β of MPI's allreduce over ``p`` ranks
+    (β per byte of the buffer)."""
+    return f"mpi_allreduce_{p}"
+
+
+@dataclass(frozen=True)
+class RingCosts:
+    """The slowest link of a ring (what MPI's own algorithms pay per message) and, where measured,
+    the α-β of a step of each of hpcrt's ring algorithms."""
+
+    link: LinkCost
+    steps: tuple[tuple[str, LinkCost], ...] = ()
+    mpi_allreduce: Optional[LinkCost] = None
+    """MPI's allreduce over this many ranks, as measured (α-β of a whole call), or None."""
+
+    def step(self, algorithm: str) -> LinkCost:
+        """One step of ``algorithm``: as measured, but never cheaper than the slowest link."""
+        measured = dict(self.steps).get(algorithm)
+        if measured is None:
+            return self.link
+        return LinkCost(max(measured.alpha, self.link.alpha), max(measured.beta, self.link.beta))
+
+
+def ring_costs(topology: Topology, ranks: Optional[list] = None) -> RingCosts:
+    """The costs a ring collective over ``ranks`` (default: all) pays on ``topology``. The step costs
+    are measured on the job's communicator and charged as they are to any of its subsets; MPI's
+    allreduce only to rank sets of the size it was measured at."""
+    costs = topology.link_costs
+    size = topology.size if ranks is None else len(ranks)
+    steps = tuple((algorithm, costs[ring_step_key(algorithm)]) for algorithm in STEPPED
+                  if ring_step_key(algorithm) in costs)
+    return RingCosts(bottleneck_link(topology, ranks), steps, costs.get(mpi_allreduce_key(size)))
+
+
+def lanes(algorithm: str, p: int) -> int:
+    """Pieces a rank sends per step: two for the bidirectional ring from three ranks, else one."""
+    return 2 if algorithm == "bidir_ring" and p >= 3 else 1
+
+
+def piece_bytes(algorithm: str, nbytes: float, p: int) -> float:
+    """Bytes one lane moves per step: n/p, or n/(2p) for the bidirectional ring from three ranks."""
+    return nbytes / p / lanes(algorithm, p)
+
+
+def predict_ring(collective: str, algorithm: str, nbytes: float, p: int,
+                 costs: Union[RingCosts, LinkCost]) -> float:
     """Predicted seconds for ``collective`` over ``p`` ranks with ``algorithm``.
 
-    ring: s·(α + n/p·β), s = 2(p−1) steps for allreduce, p−1 otherwise; bidir_ring: the same
-    steps carrying n/(2p) per link (p ≥ 3); mpi: MPICH's choices — allreduce the better of
-    recursive doubling ⌈log₂p⌉(α + nβ) and Rabenseifner 2⌈log₂p⌉α + 2(p−1)/p·nβ, allgather and
-    reduce_scatter ⌈log₂p⌉α + (p−1)/p·nβ.
+    ring and bidir_ring: s·(α + piece·β) with s = 2(p−1) steps for allreduce, p−1 otherwise, at
+    the step's α-β (:meth:`RingCosts.step`); mpi: MPICH's choices at the slowest link's — allreduce
+    the better of recursive doubling ⌈log₂p⌉(α + nβ) and Rabenseifner 2⌈log₂p⌉α + 2(p−1)/p·nβ,
+    allgather and reduce_scatter ⌈log₂p⌉α + (p−1)/p·nβ — or, where more, the measured allreduce
+    α + nβ (allgather and reduce_scatter, each one half of Rabenseifner's allreduce, half of it).
     """
     if collective not in RING_COLLECTIVES:
         raise ValueError(f"unknown collective {collective!r}; expected one of {RING_COLLECTIVES}")
@@ -30,18 +91,23 @@ def predict_ring(collective: str, algorithm: str, nbytes: float, p: int, link: L
         raise ValueError(f"unknown algorithm {algorithm!r}; expected one of {ALGORITHMS}")
     if p <= 1:
         return 0.0
-    alpha, beta = link.alpha, link.beta
+    costs = costs if isinstance(costs, RingCosts) else RingCosts(costs)
     phases = 2 if collective == "allreduce" else 1
     if algorithm == "mpi":
-        rounds = math.ceil(math.log2(p))
-        spread = phases * (p - 1) / p * nbytes * beta
-        if collective == "allreduce":
-            return min(rounds * (alpha + nbytes * beta), 2 * rounds * alpha + spread)
-        return rounds * alpha + spread
-    per_link = nbytes / p / (2 if algorithm == "bidir_ring" and p >= 3 else 1)
-    return phases * (p - 1) * (alpha + per_link * beta)
+        measured = costs.mpi_allreduce.time(nbytes) * phases / 2 if costs.mpi_allreduce is not None else 0.0
+        return max(_mpi_formula(collective, nbytes, p, costs.link), measured)
+    return phases * (p - 1) * costs.step(algorithm).time(piece_bytes(algorithm, nbytes, p))
 
 
-def choose_ring_algorithm(collective: str, nbytes: float, p: int, link: LinkCost) -> str:
+def _mpi_formula(collective: str, nbytes: float, p: int, link: LinkCost) -> float:
+    """MPICH's algorithms' messages at ``link``: see :func:`predict_ring`."""
+    rounds = math.ceil(math.log2(p))
+    spread = (2 if collective == "allreduce" else 1) * (p - 1) / p * nbytes * link.beta
+    if collective == "allreduce":
+        return min(rounds * (link.alpha + nbytes * link.beta), 2 * rounds * link.alpha + spread)
+    return rounds * link.alpha + spread
+
+
+def choose_ring_algorithm(collective: str, nbytes: float, p: int, costs: Union[RingCosts, LinkCost]) -> str:
     """The algorithm with the smallest prediction (ties go to mpi, then ring)."""
-    return min(ALGORITHMS, key=lambda a: predict_ring(collective, a, nbytes, p, link))
+    return min(ALGORITHMS, key=lambda a: predict_ring(collective, a, nbytes, p, costs))

@@ -3,7 +3,8 @@
 ``ring``: one clockwise lane (allreduce = reduce-scatter then all-gather, p − 1 steps each);
 ``bidir_ring``: from three ranks every block halved, halves going both ways at once (at two, the
 ring's schedule: both ways lead to the one neighbour); ``mpi``: the plain MPI call;
-``auto``: the smallest α-β prediction (:mod:`.ring_cost`) for the slowest link of the ring.
+``auto``: the smallest α-β prediction (:mod:`.ring_cost`): the ring's slowest link, and the
+ring algorithms' steps as the job measured them where it did.
 Every algorithm returns a new array on the input's backend and leaves the input untouched.
 ``validate=True`` first checks that all ranks agree on shape, dtype, op and algorithm; with
 ``validate=False`` ranks that disagree may deadlock.
@@ -14,7 +15,6 @@ from __future__ import annotations
 from typing import Any, Optional
 
 from hpcrt._src.backends import get_xp
-from hpcrt._src.costmodel import bottleneck_link
 from hpcrt._src.runtime import get_runtime
 
 from .agreement import check_agreement
@@ -22,7 +22,7 @@ from .blocks import block_bounds
 from .mpi_collectives import mpi_allgather, mpi_allreduce, mpi_reduce_scatter
 from .model_memo import ChoiceMemo, LinkMemo
 from .reduce_ops import check_op, combine_into
-from .ring_cost import ALGORITHMS, RING_COLLECTIVES, choose_ring_algorithm
+from .ring_cost import ALGORITHMS, RING_COLLECTIVES, choose_ring_algorithm, ring_costs
 from .ring_engine import ring_lanes, ring_pass
 from .transport import Transport
 from .tracing import traced
@@ -115,12 +115,12 @@ def _begin(collective: str, x: Any, comm: Optional[Any], algorithm: str, validat
     return transport, algorithm
 
 
-_RING_LINKS = LinkMemo(bottleneck_link)
-"""Per rank set, the slowest α and β among its ring's links (symmetric: one way suffices)."""
-_RING_CHOICES = ChoiceMemo(lambda link, collective, nbytes, p: choose_ring_algorithm(collective, nbytes, p, link))
+_RING_COSTS = LinkMemo(ring_costs)
+"""Per rank set, its ring's slowest link and the measured step costs (symmetric: one way suffices)."""
+_RING_CHOICES = ChoiceMemo(lambda costs, collective, nbytes, p: choose_ring_algorithm(collective, nbytes, p, costs))
 
 
 def _auto(collective: str, x: Any, transport: Transport) -> str:
     """The algorithm the cost model picks for ``collective`` on ``x`` over ``transport``'s ranks."""
-    return _RING_CHOICES.get(_RING_LINKS.get(transport.world_ranks), collective,
+    return _RING_CHOICES.get(_RING_COSTS.get(transport.world_ranks), collective,
                              _model_bytes(collective, x, transport.size), transport.size)

@@ -14,7 +14,8 @@ import numpy as np
 import hpcrt
 
 from .allscan import all_scan
-from .allscan_calibration import calibrate, pipeline_batch
+from .allscan_calibration import pipeline_batch
+from .calibration import calibrate
 from .allscan_cost import best_blocks, predict_allscan, scan_links
 
 BATCHES = 3
@@ -37,7 +38,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         comm = runtime.comm
         if comm.size < 2:
             raise SystemExit("scan_blocks: needs at least 2 ranks")
-        calibrate(comm, runtime.topology)
+        calibrate()
         links = scan_links(runtime.topology)  # what algorithm="auto" weighs
         say = print if runtime.rank == 0 else (lambda *_: None)
         say(f"# {comm.size} ranks; chain hop α {links.chain.alpha * 1e6:.1f} µs, {1e-9 / links.chain.beta:.2f} GB/s; "
