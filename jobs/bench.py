@@ -26,7 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 import hpcrt
 from hpcrt import ConfigError
 from hpcrt._src.costmodel import SCHEDULES, bottleneck_link
-from hpcrt.collectives import calibrate, ring_costs, scan_links
+from hpcrt.collectives import RingCosts, calibrate, ring_costs, scan_links
 
 from .bench_cases import COLLECTIVES, DEFAULT_EXCLUDED, KNOWN_OPS, Algorithm, BenchContext, Collective
 from .bench_config import BenchSettings, parse_settings
@@ -94,6 +94,12 @@ def _link_table(costs: dict) -> dict:
     return {name: _link_entry(cost) for name, cost in sorted(costs.items())}
 
 
+def _ring_costs_entry(costs: RingCosts) -> dict:
+    """The rings' predictions' costs: each measured step, and MPI's measured allreduce call."""
+    return {"steps": {name: _link_entry(step) for name, step in costs.steps},
+            "mpi_allreduce": _link_entry(costs.mpi_allreduce) if costs.mpi_allreduce is not None else None}
+
+
 def metadata(runtime: hpcrt.Runtime, cfg: DictConfig, nominal: dict, measured: dict, started: str) -> dict:
     """What a reader needs to trust and reproduce the numbers."""
     scan = scan_links(runtime.topology)
@@ -117,7 +123,7 @@ def metadata(runtime: hpcrt.Runtime, cfg: DictConfig, nominal: dict, measured: d
         "nominal_link_costs": _link_table(nominal),
         "measured_link_costs": _link_table(measured),
         "prediction_link": _link_entry(bottleneck_link(runtime.topology)),
-        "prediction_ring_steps": {name: _link_entry(step) for name, step in ring_costs(runtime.topology).steps},
+        "prediction_ring_costs": _ring_costs_entry(ring_costs(runtime.topology)),
         "prediction_scan_links": {**{schedule: _link_entry(getattr(scan, schedule)) for schedule in SCHEDULES},
                                   "pipeline_block_us": scan.block_alpha * 1e6,
                                   "call_us": {path: seconds * 1e6 for path, seconds in scan.calls}},

@@ -76,7 +76,8 @@ def test_two_ranks_share_one_run_dir_and_check_every_algorithm(launch, tmp_path)
     meta = json.loads((run_dir / "results.json").read_text())["metadata"]
     measured = {"intra", "chain", "shift", "pipeline_block", "mpi_allreduce_2"} | SCAN_CALLS | RING_STEPS
     assert set(meta["measured_link_costs"]) == measured
-    assert set(meta["prediction_ring_steps"]) == {"ring", "bidir_ring"}
+    assert set(meta["prediction_ring_costs"]["steps"]) == {"ring", "bidir_ring"}
+    assert meta["prediction_ring_costs"]["mpi_allreduce"]["alpha_us"] > 0
     assert set(meta["prediction_scan_links"]) == {"chain", "shift", "pipeline_block_us", "call_us"}
     assert set(meta["prediction_scan_links"]["call_us"]) == {"mpi", "mpi_user", "pipeline", "allgather"}
     block = meta["measured_link_costs"]["pipeline_block"]

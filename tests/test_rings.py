@@ -6,6 +6,7 @@ import pytest
 
 import hpcrt
 from hpcrt import LinkCost
+from hpcrt._src.costmodel import bottleneck_link
 from hpcrt.collectives import (CollectiveMismatchError, RingCosts, allgather, allreduce, block_bounds, calibrate,
                                count_link_bytes, predict_ring, reduce_scatter, ring_choice, ring_costs)
 from hpcrt.collectives._src.ring_cost import choose_ring_algorithm
@@ -284,8 +285,9 @@ def test_measured_costs_price_each_algorithm():
 
 @pytest.mark.mpi(ranks=[2, 3], timeout=90)
 def test_calibrate_measures_what_ring_auto_weighs(comm):
-    """calibrate() puts every ring algorithm's step and MPI's allreduce at this size into the
-    topology, the same on every rank, and ring_choice then follows the model at those costs."""
+    """calibrate() puts every ring algorithm's step and MPI's allreduce into the topology, the same
+    on every rank; ring_choice then follows the model at those costs, and a subset of the ranks,
+    where nothing was measured, is priced at its links alone."""
     rt = hpcrt.init({"log_files": False})
     try:
         measured = calibrate()
@@ -296,7 +298,8 @@ def test_calibrate_measures_what_ring_auto_weighs(comm):
         costs = ring_costs(rt.topology)
         assert dict(costs.steps) == {"ring": measured["ring_step_ring"], "bidir_ring": measured["ring_step_bidir_ring"]}
         assert costs.mpi_allreduce == measured[f"mpi_allreduce_{comm.size}"]
-        assert ring_costs(rt.topology, [0]).mpi_allreduce is None  # measured at this size only
+        subset = list(range(comm.size - 1))  # measured over all ranks: a subset pays its links alone
+        assert ring_costs(rt.topology, subset) == RingCosts(bottleneck_link(rt.topology, subset))
         for nbytes in (8, 1 << 16, 1 << 22):
             x = np.ones(nbytes // 8)
             assert ring_choice("allreduce", x, comm=rt.comm) == choose_ring_algorithm("allreduce", nbytes, comm.size,

@@ -18,15 +18,15 @@ def calibrate() -> dict[str, LinkCost]:
 
     The link classes first (not under link emulation, where the topology file's costs are what
     messages pay), then All-Scan's and the rings' costs, measured with their own code over those
-    links. Collective; a second or two (the rings' steps at 1 MiB pieces take most of it);
-    nothing to measure at one rank.
+    links. Collective; a second or two on 2–16 ranks of one machine (the rings' large buffers take
+    most of it); nothing to measure at one rank.
     """
     runtime = get_runtime()
     comm, topology = runtime.comm, runtime.topology
     measured = {} if topology.emulate else measure_link_costs(comm, topology)
     topology.link_costs.update(measured)
-    for measure in (measure_scan_costs, lambda comm, _: measure_ring_steps(comm)):
-        costs = measure(comm, topology)
-        topology.link_costs.update(costs)
-        measured.update(costs)
-    return measured
+    scan = measure_scan_costs(comm, topology)  # over the link classes just measured
+    topology.link_costs.update(scan)
+    rings = measure_ring_steps(comm)
+    topology.link_costs.update(rings)
+    return {**measured, **scan, **rings}

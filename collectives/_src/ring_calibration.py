@@ -21,10 +21,12 @@ from .rings import allreduce
 
 SMALL_PIECE = 8
 LARGE_PIECE = 1 << 20
-"""Bytes of the piece a lane moves per step in the two measured sizes; MPI's allreduce is measured
-on the ring's two buffers, ``p`` such pieces. The large piece is past the caches: at a few hundred
-KiB a step's time hangs on where malloc happened to put the step's result beside its input (2×
-apart on the 2-core VM between two placements of the same buffer)."""
+LARGE_BUFFER = 16 << 20
+"""The measured sizes: pieces (what a lane moves per step) of 8 B and of 1 MiB, the large one cut
+so that a buffer stays within 16 MiB (at most 48 MiB a rank, and about as long a call, at any rank
+count). Past the caches on purpose: at a few hundred KiB a step's time hangs on where malloc
+happened to put the step's result beside its input (2× apart on the 2-core VM between two
+placements of the same buffer). MPI's allreduce is measured on the ring's two buffers."""
 BATCHES = 7
 CALLS = 5
 
@@ -38,28 +40,35 @@ def allreduce_batch(comm: Any, x: np.ndarray, algorithm: str, calls: int = CALLS
     return comm.allreduce((time.perf_counter() - start) / calls, op=MPI.MAX)
 
 
+def measured_pieces(algorithm: str, p: int) -> tuple[int, int]:
+    """The small and the large piece of ``algorithm`` on ``p`` ranks, bytes (multiples of 4)."""
+    return SMALL_PIECE, max(SMALL_PIECE, min(LARGE_PIECE, LARGE_BUFFER // (lanes(algorithm, p) * p)) // 4 * 4)
+
+
 def measure_ring_steps(comm: Any) -> dict[str, LinkCost]:
     """Per ring algorithm, the α-β of one step (keyed by :func:`ring_step_key`), and of MPI's
-    allreduce over ``comm``'s size (keyed by :func:`mpi_allreduce_key`): medians of ``BATCHES``
-    batches at ``SMALL_PIECE`` and ``LARGE_PIECE`` pieces, fitted. Batches take turns, so load from
-    other jobs meets every algorithm and size alike. Collective; empty at one rank."""
+    allreduce over ``comm`` (keyed by :func:`mpi_allreduce_key`): medians of ``BATCHES`` batches at
+    the small and the large size, fitted. Batches take turns, so load from other jobs meets every
+    algorithm and size alike. Collective; empty at one rank."""
     p = comm.size
     if p < 2:
         return {}
-    algorithms = ("mpi", *STEPPED)
+    pieces = {algorithm: measured_pieces(algorithm, p) for algorithm in STEPPED}
+    pieces["mpi"] = pieces["ring"]
     buffers = {(algorithm, piece): np.ones(lanes(algorithm, p) * p * piece // 4, dtype=np.float32)
-               for algorithm in algorithms for piece in (SMALL_PIECE, LARGE_PIECE)}
+               for algorithm, sizes in pieces.items() for piece in sizes}
     for (algorithm, _), x in buffers.items():  # warm the paths and the pools up
         allreduce_batch(comm, x, algorithm, calls=1)
-    times: dict = {key: [] for key in buffers}
+    times: dict[tuple[str, int], list[float]] = {key: [] for key in buffers}
     for _ in range(BATCHES):
         for (algorithm, piece), x in buffers.items():
             times[algorithm, piece].append(allreduce_batch(comm, x, algorithm))
 
     def fit(algorithm: str, per_call: int, unit: int) -> LinkCost:
         """α-β from the two medians: seconds per ``per_call``-th of a call, bytes in ``unit``s of a piece."""
-        small, large = (statistics.median(times[algorithm, piece]) / per_call for piece in (SMALL_PIECE, LARGE_PIECE))
-        return fit_link_cost(small, large, unit * SMALL_PIECE, unit * LARGE_PIECE)
+        small, large = pieces[algorithm]
+        return fit_link_cost(statistics.median(times[algorithm, small]) / per_call,
+                             statistics.median(times[algorithm, large]) / per_call, unit * small, unit * large)
 
     measured = {ring_step_key(algorithm): fit(algorithm, 2 * (p - 1), 1) for algorithm in STEPPED}
     measured[mpi_allreduce_key(p)] = fit("mpi", 1, p)

@@ -5,8 +5,9 @@ result of allgather. A ring step moves one piece per lane: n/p bytes for the rin
 each of the bidirectional ring's two lanes (p ≥ 3; at p = 2 both halves share the one neighbour
 and travel as the ring's one message). Where the job measured them (:class:`RingCosts`), a step
 costs what that algorithm's steps took (hpcrt's work per step, and how two lanes share a rank's
-links and cores, which a ping-pong does not show) and MPI's call what MPI's allreduce took on that
-many ranks; everything is charged no less than the slowest link's α-β formula.
+links and cores, which a ping-pong does not show) and MPI's call what MPI's allreduce took, for
+collectives over the job's whole communicator; everything is charged no less than the slowest
+link's α-β formula.
 """
 
 from __future__ import annotations
@@ -31,8 +32,8 @@ def ring_step_key(algorithm: str) -> str:
 
 
 def mpi_allreduce_key(p: int) -> str:
-    """Key in a topology's ``link_costs`` of the measured α-β of MPI's allreduce over ``p`` ranks
-    (β per byte of the buffer)."""
+    """Key in a topology's ``link_costs`` of the measured α-β of MPI's allreduce over the job's
+    ``p`` ranks (β per byte of the buffer)."""
     return f"mpi_allreduce_{p}"
 
 
@@ -44,7 +45,7 @@ class RingCosts:
     link: LinkCost
     steps: tuple[tuple[str, LinkCost], ...] = ()
     mpi_allreduce: Optional[LinkCost] = None
-    """MPI's allreduce over this many ranks, as measured (α-β of a whole call), or None."""
+    """MPI's allreduce over these ranks, as measured (α-β of a whole call), or None."""
 
     def step(self, algorithm: str) -> LinkCost:
         """One step of ``algorithm``: as measured, but never cheaper than the slowest link."""
@@ -54,15 +55,17 @@ class RingCosts:
         return LinkCost(max(measured.alpha, self.link.alpha), max(measured.beta, self.link.beta))
 
 
-def ring_costs(topology: Topology, ranks: Optional[list] = None) -> RingCosts:
-    """The costs a ring collective over ``ranks`` (default: all) pays on ``topology``. The step costs
-    are measured on the job's communicator and charged as they are to any of its subsets; MPI's
-    allreduce only to rank sets of the size it was measured at."""
+def ring_costs(topology: Topology, ranks: Optional[list[int]] = None) -> RingCosts:
+    """The costs a ring collective over ``ranks`` (default: all) pays on ``topology``: the slowest
+    link of their ring, and the measured costs where the rank set is the job's whole communicator,
+    which is where they were measured (a subset's steps and MPI's call would be priced unevenly)."""
     costs = topology.link_costs
-    size = topology.size if ranks is None else len(ranks)
+    link = bottleneck_link(topology, ranks)
+    if ranks is not None and len(ranks) != topology.size:
+        return RingCosts(link)
     steps = tuple((algorithm, costs[ring_step_key(algorithm)]) for algorithm in STEPPED
                   if ring_step_key(algorithm) in costs)
-    return RingCosts(bottleneck_link(topology, ranks), steps, costs.get(mpi_allreduce_key(size)))
+    return RingCosts(link, steps, costs.get(mpi_allreduce_key(topology.size)))
 
 
 def lanes(algorithm: str, p: int) -> int:
