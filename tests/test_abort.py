@@ -76,3 +76,32 @@ def test_hydra_app_exception_aborts_the_job(launch, tmp_path):
     assert "passed the barrier" not in result.stdout
     assert "hpcrt [rank 1 of 3 on" in result.stderr and "exited with status 1" in result.stderr
     assert "RuntimeError: optimizer state diverged" in result.stderr
+
+
+SCAN_OP_FAILS = textwrap.dedent("""
+    import numpy as np
+    import hpcrt
+    from hpcrt.collectives import ScanOp, all_scan
+    rt = hpcrt.init({"log_files": False})
+
+    def combine(lower, upper):
+        if rt.rank == 1 and lower[0, 0] > 3:  # rank 1 fails on a later block, after forwarding the first ones
+            raise FloatingPointError("the op overflowed on rank one")
+        return lower + upper
+
+    rows = np.arange(8, dtype=float)[:, None] * np.ones((8, 4))
+    all_scan(rows, ScanOp(combine, np.zeros_like, "checked sum", rowwise=True), algorithm="pipeline", blocks=8)
+    print("rank", rt.rank, "finished the scan", flush=True)
+""")
+
+
+def test_op_failing_mid_pipeline_aborts_the_job(launch, tmp_path):
+    """Rank 1's op raises after it has forwarded some blocks: ranks 2 and 3 wait for the rest, which
+    never come, until the abort hook ends the job, naming rank 1 and the op's error."""
+    script = tmp_path / "scan.py"
+    script.write_text(SCAN_OP_FAILS)
+    result = launch([str(script)], ranks=4, timeout=60)
+    assert result.returncode != 0
+    assert result.seconds < 20, f"the job took {result.seconds:.1f}s to end"
+    assert "rank 3 finished the scan" not in result.stdout and "rank 2 finished the scan" not in result.stdout
+    assert "hpcrt [rank 1 of 4 on" in result.stderr and "FloatingPointError: the op overflowed" in result.stderr
