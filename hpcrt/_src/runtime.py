@@ -13,8 +13,8 @@ from typing import Any, Mapping, Optional
 from .abort import AbortHook
 from .config import ConfigError, RuntimeConfig, resolve_config
 from .cuda_aware import CudaAwareDecision, decide_cuda_aware
-from .heap import heap_kept, keep_freed_memory
 from .discovery import best_nic_kind, cpu_device, discover_nics, gpu_count, gpu_device
+from .heap import heap_kept, keep_freed_memory
 from .launcher import LaunchInfo, check_world_matches, read_launch_env
 from .logs import setup_logging, teardown_logging
 from .rundir import agree_run_dir
