@@ -117,13 +117,29 @@ def block_sizes(n: int, p: int) -> list:
     return [stop - start for start, stop in block_bounds(n, p)]
 
 
-def half_sizes(n: int, p: int) -> tuple:
-    """Per rank block, the sizes of the clockwise (first) and counter-clockwise (second) halves."""
-    halves = [block_sizes(size, 2) for size in block_sizes(n, p)]
-    return [h[0] for h in halves], [h[1] for h in halves]
+def bidir_bytes(sizes: list, r: int, d: int) -> tuple:
+    """Items rank r sends towards r + d in a bidirectional reduce-scatter and in an all-gather of
+    pieces ``sizes``, worked out per piece rather than per step: a piece serves the ranks up to
+    (p − 1)/2 away on either side of its owner from that side, and the rank opposite it (even p)
+    gets its first half clockwise, its second half counter-clockwise. In the reduce-scatter rank r
+    passes on toward r + d the partial sums of the pieces it is on the way to (owners 1 … p/2
+    steps ahead); in the all-gather the pieces whose next rank that way still needs them (owners
+    0 … p/2 − 1 steps behind)."""
+    p = len(sizes)
+
+    def carried(owner: int, distance: int) -> int:
+        """What of piece ``owner`` travels toward the rank ``distance`` steps away in direction d."""
+        if 2 * distance < p:
+            return sizes[owner]
+        first, second = block_sizes(sizes[owner], 2)
+        return (first if d > 0 else second) if 2 * distance == p else 0
+
+    scatter = sum(carried((r + d * k) % p, k) for k in range(1, p))
+    gather = sum(carried((r - d * k) % p, k + 1) for k in range(p - 1))
+    return scatter, gather
 
 
-@pytest.mark.mpi(ranks=[2, 3, 4], timeout=60)
+@pytest.mark.mpi(ranks=[2, 3, 4, 5, 6], timeout=60)
 def test_ring_link_bytes_are_exact(comm):
     rt = hpcrt.init({"log_files": False})
     p, r, n, item = comm.size, comm.rank, 1001, 8
@@ -139,15 +155,12 @@ def test_ring_link_bytes_are_exact(comm):
 
     with count_link_bytes() as bidir:
         allreduce(x, comm=rt.comm, algorithm="bidir_ring")
-    cw, ccw = half_sizes(n, p)
-    to_right = (2 * sum(cw) - cw[r] - cw[right]) * item
-    to_left = (2 * sum(ccw) - ccw[r] - ccw[left]) * item
-    assert bidir.total() == to_right + to_left and abs(bidir.total() - ring.total()) <= item
     if p >= 3:
+        to_right, to_left = (sum(bidir_bytes(blocks, r, d)) * item for d in (1, -1))
         assert bidir.sent == {(r, right): to_right, (r, left): to_left}
-        assert abs(to_right - ring.total() / 2) <= p * item and abs(to_left - ring.total() / 2) <= p * item
+        assert abs(to_right - ring.total() / 2) <= 2 * item and abs(to_left - ring.total() / 2) <= 2 * item
     else:
-        assert bidir.sent == {(r, right): to_right + to_left}
+        assert bidir.sent == ring.sent
 
     with count_link_bytes() as gather:
         allgather(x, comm=rt.comm, algorithm="ring")
@@ -156,8 +169,8 @@ def test_ring_link_bytes_are_exact(comm):
         allgather(x, comm=rt.comm, algorithm="bidir_ring")
     assert gather2.total() == (p - 1) * n * item
     if p >= 3:
-        assert gather2.sent == {(r, right): (p - 1) * block_sizes(n, 2)[0] * item,
-                                (r, left): (p - 1) * block_sizes(n, 2)[1] * item}
+        assert gather2.sent == {(r, right): bidir_bytes([n] * p, r, 1)[1] * item,
+                                (r, left): bidir_bytes([n] * p, r, -1)[1] * item}
 
     with count_link_bytes() as scatter:
         reduce_scatter(x, comm=rt.comm, algorithm="ring")
@@ -172,14 +185,17 @@ def test_ring_link_bytes_are_exact(comm):
 
 @pytest.mark.mpi(ranks=[4], timeout=60)
 def test_ring_choice_names_what_auto_runs(comm):
-    """On a link where bandwidth weighs, the rings win from some size on and MPI's call below it:
+    """On a link where bandwidth weighs, with ring steps that cost what hpcrt's work on a step does
+    (as calibrate() would measure them), the rings win from some size on and MPI's call below it:
     ring_choice says which, and the bytes auto puts on the links show that is what ran. Allgather's
-    model prices the gathered result (p times the input): at 1 KiB in, 4 KiB out, it is the rings'
-    already."""
+    model prices the gathered result (p times the input): at 32 KiB in, 128 KiB out, it is the
+    rings' already."""
     rt = hpcrt.init({"log_files": False})
     try:
-        rt.topology.link_costs["intra"] = LinkCost(alpha=1e-6, beta=1 / 1e9)
-        small, mid, large = np.ones(8), np.ones(128), np.ones(8192)
+        rt.topology.link_costs.update({"intra": LinkCost(alpha=1e-6, beta=1 / 1e9),
+                                       "ring_step_ring": LinkCost(alpha=10e-6, beta=1 / 1e9),
+                                       "ring_step_bidir_ring": LinkCost(alpha=12e-6, beta=1 / 1e9)})
+        small, mid, large = np.ones(8), np.ones(4096), np.ones(16384)
         expected = [("allreduce", small, "mpi"), ("allreduce", large, "bidir_ring"), ("allgather", small, "mpi"),
                     ("allgather", mid, "bidir_ring"), ("reduce_scatter", small, "mpi"),
                     ("reduce_scatter", large, "bidir_ring")]
@@ -190,8 +206,8 @@ def test_ring_choice_names_what_auto_runs(comm):
             with count_link_bytes() as sent:
                 run[collective](x, comm=rt.comm)
             assert set(sent.sent) == (set() if algorithm == "mpi" else neighbours), (collective, x.nbytes)
-        # priced at the input alone, 1 KiB would have gone to MPI's allgather
-        assert choose_ring_algorithm("allgather", mid.nbytes, 4, rt.topology.link_costs["intra"]) == "mpi"
+        # priced at the input alone, 32 KiB would have gone to MPI's allgather
+        assert choose_ring_algorithm("allgather", mid.nbytes, 4, ring_costs(rt.topology)) == "mpi"
         with pytest.raises(ValueError, match="unknown collective"):
             ring_choice("all_scan", small)
     finally:
@@ -230,14 +246,34 @@ def test_block_bounds_follow_array_split():
         block_bounds(10, 0)
 
 
-def test_bidirectional_lanes_halve_each_block_from_three_ranks():
-    for n, p in ((10, 3), (7, 4), (1001, 16), (5, 8)):
-        forward, backward = ring_lanes(block_bounds(n, p), "bidir_ring")
+def test_bidirectional_lanes_split_the_ring_from_three_ranks():
+    """Each piece goes half the ring round each way: at odd p whole pieces (p − 1)/2 hops, at even p
+    p/2 hops with the opposite rank's part halved between the two directions."""
+    for n, p in ((10, 3), (7, 4), (1001, 16), (5, 8), (12, 5)):
+        blocks = block_bounds(n, p)
+        forward, backward = ring_lanes(blocks, "bidir_ring")
         assert (forward.direction, backward.direction) == (1, -1)
-        for (start, stop), (a, b), (c, d) in zip(block_bounds(n, p), forward.pieces, backward.pieces):
-            assert (a, b, c, d) == (start, start + (stop - start + 1) // 2, start + (stop - start + 1) // 2, stop)
-    # two ranks: both directions reach the one neighbour, so the halves go as the ring's one message
+        assert forward.hops == backward.hops == p // 2 and forward.pieces == backward.pieces == tuple(blocks)
+        for (start, stop), (a, b), (c, d) in zip(blocks, forward.far, backward.far):
+            middle = start + (stop - start + 1) // 2 if p % 2 == 0 else stop
+            assert (a, b) == (start, middle) and (c, d) == ((middle, stop) if p % 2 == 0 else (start, stop))
+    # two ranks: both directions reach the one neighbour, so it is the ring
     assert ring_lanes(block_bounds(10, 2), "bidir_ring") == ring_lanes(block_bounds(10, 2), "ring")
+    assert ring_lanes(block_bounds(10, 5), "ring")[0].hops == 4
+
+
+@pytest.mark.mpi(ranks=[5, 6], timeout=90)
+def test_bidirectional_ring_at_five_and_six_ranks(comm):
+    """Odd and even rank counts past four, where pieces travel more than one hop each way, with
+    sizes that leave pieces and halves empty."""
+    hpcrt.init({"log_files": False})
+    errors = []
+    for shape in ((0,), (), (comm.size - 1,), (comm.size + 1,), (7, 143)):
+        for dtype in (np.float64, np.int32):
+            errors.append(run_case(comm, "allgather", "bidir_ring", None, dtype, shape, "numpy", 3))
+            for collective, op in (("allreduce", "sum"), ("reduce_scatter", "max"), ("allreduce", "min")):
+                errors.append(run_case(comm, collective, "bidir_ring", op, dtype, shape, "numpy", 4))
+    assert_no_errors(comm, [e for e in errors if e])
 
 
 def test_predictions_and_auto_choice():
@@ -245,7 +281,10 @@ def test_predictions_and_auto_choice():
     n = 1 << 26
     ring = predict_ring("allreduce", "ring", n, 8, link)
     assert ring == pytest.approx(14 * (link.alpha + n / 8 * link.beta))
-    assert predict_ring("allreduce", "bidir_ring", n, 8, link) == pytest.approx(14 * (link.alpha + n / 16 * link.beta))
+    # two lanes, each with half the bytes, in p/2 steps a phase instead of p − 1
+    bidir = predict_ring("allreduce", "bidir_ring", n, 8, link)
+    assert bidir == pytest.approx(8 * (link.alpha + 7 * n / 64 * link.beta))
+    assert predict_ring("allgather", "bidir_ring", n, 7, link) == pytest.approx(3 * (link.alpha + n / 7 * link.beta))
     assert predict_ring("allgather", "ring", n, 8, link) == pytest.approx(7 * (link.alpha + n / 8 * link.beta))
     assert predict_ring("reduce_scatter", "mpi", n, 8, link) == pytest.approx(3 * link.alpha + 7 / 8 * n * link.beta)
     assert predict_ring("allreduce", "ring", n, 1, link) == 0.0
@@ -262,15 +301,15 @@ def test_predictions_and_auto_choice():
 
 def test_measured_costs_price_each_algorithm():
     """Measured steps price the ring algorithms (never below the slowest link), MPI's measured
-    allreduce prices its call (allgather and reduce_scatter at half); a bidirectional step that moves
-    its half pieces no faster per byte than the ring's whole ones (two lanes sharing a core) turns
-    the choice from bidir_ring to ring, and a slow measured MPI call turns it from MPI to the rings."""
+    allreduce prices its call (allgather and reduce_scatter at half); a bidirectional step that costs
+    more than two of the ring's (two lanes sharing one core, and more) turns the choice from
+    bidir_ring to ring, and a slow measured MPI call turns it from MPI to the rings."""
     link = LinkCost(alpha=2e-6, beta=1 / 25e9)
     n, p = 1 << 26, 8
-    ring_step, bidir_step, mpi_call = LinkCost(20e-6, 1 / 5e9), LinkCost(30e-6, 2 / 5e9), LinkCost(50e-6, 1 / 2e9)
+    ring_step, bidir_step, mpi_call = LinkCost(20e-6, 1 / 5e9), LinkCost(45e-6, 2.5 / 5e9), LinkCost(50e-6, 1 / 2e9)
     costs = RingCosts(link, (("ring", ring_step), ("bidir_ring", bidir_step)), mpi_call)
     assert predict_ring("allreduce", "ring", n, p, costs) == pytest.approx(14 * (20e-6 + n / 8 / 5e9))
-    assert predict_ring("allreduce", "bidir_ring", n, p, costs) == pytest.approx(14 * (30e-6 + n / 16 * 2 / 5e9))
+    assert predict_ring("allreduce", "bidir_ring", n, p, costs) == pytest.approx(8 * (45e-6 + 7 * n / 64 * 2.5 / 5e9))
     assert predict_ring("allreduce", "mpi", n, p, costs) == pytest.approx(50e-6 + n / 2e9)
     assert predict_ring("reduce_scatter", "mpi", n, p, costs) == pytest.approx((50e-6 + n / 2e9) / 2)
     assert choose_ring_algorithm("allreduce", n, p, link) == "bidir_ring"
@@ -279,7 +318,7 @@ def test_measured_costs_price_each_algorithm():
     # Measurements below the link's formula (noise) are charged the formula; what was not measured, the link.
     fast = RingCosts(link, (("ring", LinkCost(1e-7, 1e-12)),), LinkCost(1e-7, 1e-12))
     assert predict_ring("allgather", "ring", n, p, fast) == pytest.approx(7 * link.time(n / 8))
-    assert predict_ring("allgather", "bidir_ring", n, p, fast) == pytest.approx(7 * link.time(n / 16))
+    assert predict_ring("allgather", "bidir_ring", n, p, fast) == pytest.approx(4 * link.time(7 * n / 64))
     assert predict_ring("allgather", "mpi", n, p, fast) == predict_ring("allgather", "mpi", n, p, link)
 
 

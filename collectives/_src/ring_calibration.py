@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import statistics
 import time
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 from mpi4py import MPI
@@ -16,17 +16,17 @@ from mpi4py import MPI
 from hpcrt._src.costmodel import fit_link_cost
 from hpcrt._src.topology import LinkCost
 
-from .ring_cost import STEPPED, lanes, mpi_allreduce_key, ring_step_key
+from .ring_cost import STEPPED, mpi_allreduce_key, phase_steps, ring_step_key, step_bytes
 from .rings import allreduce
 
 SMALL_PIECE = 8
 LARGE_PIECE = 1 << 20
 LARGE_BUFFER = 16 << 20
-"""The measured sizes: pieces (what a lane moves per step) of 8 B and of 1 MiB, the large one cut
-so that a buffer stays within 16 MiB (at most 48 MiB a rank, and about as long a call, at any rank
-count). Past the caches on purpose: at a few hundred KiB a step's time hangs on where malloc
+"""The measured sizes: buffers of p pieces of 8 B and of 1 MiB, the large one cut to 16 MiB (at
+most 48 MiB a rank, and about as long a call, at any rank count), the same buffers for every
+algorithm. Past the caches on purpose: at a few hundred KiB a step's time hangs on where malloc
 happened to put the step's result beside its input (2× apart on the 2-core VM between two
-placements of the same buffer). MPI's allreduce is measured on the ring's two buffers."""
+placements of the same buffer)."""
 BATCHES = 7
 CALLS = 5
 
@@ -40,9 +40,9 @@ def allreduce_batch(comm: Any, x: np.ndarray, algorithm: str, calls: int = CALLS
     return comm.allreduce((time.perf_counter() - start) / calls, op=MPI.MAX)
 
 
-def measured_pieces(algorithm: str, p: int) -> tuple[int, int]:
-    """The small and the large piece of ``algorithm`` on ``p`` ranks, bytes (multiples of 4)."""
-    return SMALL_PIECE, max(SMALL_PIECE, min(LARGE_PIECE, LARGE_BUFFER // (lanes(algorithm, p) * p)) // 4 * 4)
+def measured_sizes(p: int) -> tuple[int, int]:
+    """The small and the large buffer on ``p`` ranks, bytes (multiples of 4p)."""
+    return p * SMALL_PIECE, max(p * SMALL_PIECE, min(p * LARGE_PIECE, LARGE_BUFFER) // (4 * p) * (4 * p))
 
 
 def measure_ring_steps(comm: Any) -> dict[str, LinkCost]:
@@ -53,23 +53,22 @@ def measure_ring_steps(comm: Any) -> dict[str, LinkCost]:
     p = comm.size
     if p < 2:
         return {}
-    pieces = {algorithm: measured_pieces(algorithm, p) for algorithm in STEPPED}
-    pieces["mpi"] = pieces["ring"]
-    buffers = {(algorithm, piece): np.ones(lanes(algorithm, p) * p * piece // 4, dtype=np.float32)
-               for algorithm, sizes in pieces.items() for piece in sizes}
+    sizes = measured_sizes(p)
+    buffers = {(algorithm, n): np.ones(n // 4, dtype=np.float32) for algorithm in (*STEPPED, "mpi") for n in sizes}
     for (algorithm, _), x in buffers.items():  # warm the paths and the pools up
         allreduce_batch(comm, x, algorithm, calls=1)
     times: dict[tuple[str, int], list[float]] = {key: [] for key in buffers}
     for _ in range(BATCHES):
-        for (algorithm, piece), x in buffers.items():
-            times[algorithm, piece].append(allreduce_batch(comm, x, algorithm))
+        for (algorithm, n), x in buffers.items():
+            times[algorithm, n].append(allreduce_batch(comm, x, algorithm))
 
-    def fit(algorithm: str, per_call: int, unit: int) -> LinkCost:
-        """α-β from the two medians: seconds per ``per_call``-th of a call, bytes in ``unit``s of a piece."""
-        small, large = pieces[algorithm]
+    def fit(algorithm: str, per_call: int, unit: Callable[[int], float]) -> LinkCost:
+        """α-β from the two medians: seconds per ``per_call``-th of a call, bytes ``unit(n)``."""
+        small, large = sizes
         return fit_link_cost(statistics.median(times[algorithm, small]) / per_call,
-                             statistics.median(times[algorithm, large]) / per_call, unit * small, unit * large)
+                             statistics.median(times[algorithm, large]) / per_call, unit(small), unit(large))
 
-    measured = {ring_step_key(algorithm): fit(algorithm, 2 * (p - 1), 1) for algorithm in STEPPED}
-    measured[mpi_allreduce_key(p)] = fit("mpi", 1, p)
+    measured = {ring_step_key(algorithm): fit(algorithm, 2 * phase_steps(algorithm, p),
+                                              lambda n, a=algorithm: step_bytes(a, n, p)) for algorithm in STEPPED}
+    measured[mpi_allreduce_key(p)] = fit("mpi", 1, float)
     return measured

@@ -1,9 +1,10 @@
 """α-β predictions for the ring collectives and the ``auto`` choice between them and MPI.
 
 ``nbytes`` is always the full buffer: the input of allreduce and reduce_scatter, the gathered
-result of allgather. A ring step moves one piece per lane: n/p bytes for the ring, n/(2p) for
-each of the bidirectional ring's two lanes (p ≥ 3; at p = 2 both halves share the one neighbour
-and travel as the ring's one message). Where the job measured them (:class:`RingCosts`), a step
+result of allgather. A phase (a reduce-scatter or an all-gather) of the ring takes p − 1 steps
+that each move a piece of n/p bytes; the bidirectional ring's two lanes each carry half of those
+bytes in ⌊p/2⌋ steps (p ≥ 3; at p = 2 both directions lead to the one neighbour and it is the
+ring). Where the job measured them (:class:`RingCosts`), a step
 costs what that algorithm's steps took (hpcrt's work per step, and how two lanes share a rank's
 links and cores, which a ping-pong does not show) and MPI's call what MPI's allreduce took, for
 collectives over the job's whole communicator; everything is charged no less than the slowest
@@ -73,20 +74,27 @@ def lanes(algorithm: str, p: int) -> int:
     return 2 if algorithm == "bidir_ring" and p >= 3 else 1
 
 
-def piece_bytes(algorithm: str, nbytes: float, p: int) -> float:
-    """Bytes one lane moves per step: n/p, or n/(2p) for the bidirectional ring from three ranks."""
-    return nbytes / p / lanes(algorithm, p)
+def phase_steps(algorithm: str, p: int) -> int:
+    """Steps of one phase: p − 1 for the ring, ⌊p/2⌋ for the bidirectional ring from three ranks."""
+    return p // 2 if lanes(algorithm, p) == 2 else p - 1
+
+
+def step_bytes(algorithm: str, nbytes: float, p: int) -> float:
+    """Bytes one lane moves per step, on average over a phase: its share of the (p − 1)/p·n bytes
+    a rank sends per phase, over the phase's steps (n/p for the ring)."""
+    return (p - 1) / p * nbytes / lanes(algorithm, p) / phase_steps(algorithm, p)
 
 
 def predict_ring(collective: str, algorithm: str, nbytes: float, p: int,
                  costs: Union[RingCosts, LinkCost]) -> float:
     """Predicted seconds for ``collective`` over ``p`` ranks with ``algorithm``.
 
-    ring and bidir_ring: s·(α + piece·β) with s = 2(p−1) steps for allreduce, p−1 otherwise, at
-    the step's α-β (:meth:`RingCosts.step`); mpi: MPICH's choices at the slowest link's — allreduce
-    the better of recursive doubling ⌈log₂p⌉(α + nβ) and Rabenseifner 2⌈log₂p⌉α + 2(p−1)/p·nβ,
-    allgather and reduce_scatter ⌈log₂p⌉α + (p−1)/p·nβ — or, where more, the measured allreduce
-    α + nβ (allgather and reduce_scatter, each one half of Rabenseifner's allreduce, half of it).
+    ring and bidir_ring: s·(α + piece·β) with s steps of :func:`phase_steps` per phase (two for
+    allreduce) and :func:`step_bytes` a piece, at the step's α-β (:meth:`RingCosts.step`); mpi:
+    MPICH's choices at the slowest link's — allreduce the better of recursive doubling
+    ⌈log₂p⌉(α + nβ) and Rabenseifner 2⌈log₂p⌉α + 2(p−1)/p·nβ, allgather and reduce_scatter
+    ⌈log₂p⌉α + (p−1)/p·nβ — or, where more, the measured allreduce α + nβ (allgather and
+    reduce_scatter, each one half of Rabenseifner's allreduce, half of it).
     """
     if collective not in RING_COLLECTIVES:
         raise ValueError(f"unknown collective {collective!r}; expected one of {RING_COLLECTIVES}")
@@ -99,7 +107,8 @@ def predict_ring(collective: str, algorithm: str, nbytes: float, p: int,
     if algorithm == "mpi":
         measured = costs.mpi_allreduce.time(nbytes) * phases / 2 if costs.mpi_allreduce is not None else 0.0
         return max(_mpi_formula(collective, nbytes, p, costs.link), measured)
-    return phases * (p - 1) * costs.step(algorithm).time(piece_bytes(algorithm, nbytes, p))
+    steps = phases * phase_steps(algorithm, p)
+    return steps * costs.step(algorithm).time(step_bytes(algorithm, nbytes, p))
 
 
 def _mpi_formula(collective: str, nbytes: float, p: int, link: LinkCost) -> float:

@@ -1,10 +1,14 @@
 """The one schedule engine behind the ring and bidirectional-ring collectives.
 
-A *lane* is a direction around the ring and the ``p`` pieces of the flat buffer it carries;
-piece ``r`` is the one that ends on rank ``r``. The ring runs one clockwise lane over whole
-blocks; the bidirectional ring (from three ranks) halves every block and runs a clockwise and a
-counter-clockwise lane at once, each step posting both lanes' non-blocking sends and receives
-together so each rank drives both of its links.
+A *lane* is a direction around the ring and the ``p`` pieces of the flat buffer, piece ``r`` the
+one that ends on rank ``r``; a piece travels ``hops`` steps along its lane. The ring runs one
+clockwise lane whose pieces travel ``p - 1`` hops. The bidirectional ring (from three ranks) sends
+each piece both ways, half the ring round each: the ranks ahead of a piece's owner on one side are
+served by the clockwise lane, those on the other side by the counter-clockwise lane, so every step
+posts both lanes' sends and receives together, each rank drives both of its links, and a pass
+takes ⌈(p - 1)/2⌉ steps instead of p - 1. At even p the rank opposite a piece's owner is as far
+either way: the clockwise lane carries the first half of that piece there, the counter-clockwise
+lane the second half, so each direction moves half of the ring's bytes.
 """
 
 from __future__ import annotations
@@ -23,49 +27,65 @@ _TAG_BASE = 7100
 
 @dataclass(frozen=True)
 class Lane:
-    """Pieces ``[start, stop)`` of the flat buffer that travel one way round the ring."""
+    """One way round the ring: per rank its piece ``[start, stop)`` of the flat buffer, how many
+    ``hops`` a piece travels, and the part of each piece (``far``) carried on the last hop."""
 
     direction: int  # +1: to rank + 1 (clockwise); -1: to rank - 1 (counter-clockwise)
     pieces: tuple
+    far: tuple
+    hops: int
     tag: int
+
+    def part(self, piece: int, last_hop: bool) -> tuple[int, int]:
+        """Bounds of what this lane moves of ``piece`` on a hop (the ``far`` part on the last)."""
+        return self.far[piece] if last_hop else self.pieces[piece]
 
 
 def ring_lanes(blocks: list[tuple[int, int]], algorithm: str) -> list[Lane]:
     """The lanes of ``algorithm`` over per-rank ``blocks``.
 
-    ``bidir_ring`` halves each block: the first half (the larger one when odd) goes clockwise,
-    the second counter-clockwise. At two ranks both directions lead to the one neighbour, so the
-    halves travel together as the ring's one message per step (same bytes, half the messages).
+    ``bidir_ring`` splits the ring in two: each piece goes ⌊(p - 1)/2⌋ hops each way, and at even p
+    one more, to the opposite rank, with its first half (the larger one when odd) clockwise and its
+    second half counter-clockwise. At two ranks both directions lead to the one neighbour, so it is
+    the ring (same bytes, half the messages).
     """
-    if algorithm == "ring" or len(blocks) <= 2:
-        return [Lane(+1, tuple(blocks), _TAG_BASE)]
-    cuts = [(start, start + (stop - start + 1) // 2, stop) for start, stop in blocks]
-    return [Lane(+1, tuple((start, middle) for start, middle, _ in cuts), _TAG_BASE + 1),
-            Lane(-1, tuple((middle, stop) for _, middle, stop in cuts), _TAG_BASE + 2)]
+    p, blocks = len(blocks), tuple(blocks)
+    if algorithm == "ring" or p <= 2:
+        return [Lane(+1, blocks, blocks, p - 1, _TAG_BASE)]
+    if p % 2:
+        return [Lane(+1, blocks, blocks, p // 2, _TAG_BASE + 1), Lane(-1, blocks, blocks, p // 2, _TAG_BASE + 2)]
+    middles = [start + (stop - start + 1) // 2 for start, stop in blocks]
+    first = tuple((start, middle) for (start, _), middle in zip(blocks, middles))
+    second = tuple((middle, stop) for (_, stop), middle in zip(blocks, middles))
+    return [Lane(+1, blocks, first, p // 2, _TAG_BASE + 1), Lane(-1, blocks, second, p // 2, _TAG_BASE + 2)]
 
 
 def ring_pass(transport: Transport, work: Any, lanes: list[Lane], *,
               combine: Optional[Callable[[Any, Any], None]] = None) -> None:
-    """Run ``p - 1`` ring steps over ``work`` (a flat array) on every lane at once.
+    """Run every lane's steps over ``work`` (a flat array) at once.
 
-    With ``combine`` it is a reduce-scatter: rank r first sends its piece r - d (d the lane's
-    direction), receives into scratch and folds in, and ends holding piece r fully reduced.
-    Without, it is an all-gather: rank r first sends its own piece r, receives in place, and ends
-    holding every piece. Empty pieces are skipped on both sides.
+    With ``combine`` it is a reduce-scatter: a piece starts ``hops`` ranks before its owner (with
+    its ``far`` part only), and each rank on the way folds the piece it receives into its own and
+    passes it on, so rank r ends holding piece r fully reduced. Without, it is an all-gather: rank
+    r sends its own piece r, receives in place and passes on, so every rank ends holding every
+    piece. Empty parts are skipped on both sides.
     """
     p, r = transport.size, transport.rank
-    first = 1 if combine is not None else 0
     scratch = {}
     buffers = Borrowed(get_xp(work))
     if combine is not None:
         for lane in lanes:
             scratch[lane.tag] = buffers.take(max(b - a for a, b in lane.pieces) * work.itemsize).view(work.dtype)
-    for step in range(p - 1):
+    for step in range(max(lane.hops for lane in lanes)):
         pending, folds = [], []
         for lane in lanes:
-            d = lane.direction
-            s_start, s_stop = lane.pieces[(r - d * (step + first)) % p]
-            r_start, r_stop = lane.pieces[(r - d * (step + first + 1)) % p]
+            d, hops = lane.direction, lane.hops
+            if combine is not None:
+                sent, received, last_hop = r + d * (hops - step), r + d * (hops - step - 1), step == 0
+            else:
+                sent, received, last_hop = r - d * step, r - d * (step + 1), step == hops - 1
+            s_start, s_stop = lane.part(sent % p, last_hop)
+            r_start, r_stop = lane.part(received % p, last_hop)
             if r_stop > r_start:
                 target = work[r_start:r_stop]
                 if combine is not None:

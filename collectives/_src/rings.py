@@ -1,8 +1,9 @@
 """allreduce, allgather and reduce_scatter with the ring, bidirectional-ring and MPI algorithms.
 
 ``ring``: one clockwise lane (allreduce = reduce-scatter then all-gather, p − 1 steps each);
-``bidir_ring``: from three ranks every block halved, halves going both ways at once (at two, the
-ring's schedule: both ways lead to the one neighbour); ``mpi``: the plain MPI call;
+``bidir_ring``: from three ranks every block goes both ways at once, half the ring round each, so
+each link direction carries half the bytes and a phase takes ⌊p/2⌋ steps (at two, the ring's
+schedule: both ways lead to the one neighbour); ``mpi``: the plain MPI call;
 ``auto``: the smallest α-β prediction (:mod:`.ring_cost`): the ring's slowest link, and the
 ring algorithms' steps as the job measured them where it did.
 Every algorithm returns a new array on the input's backend and leaves the input untouched.
