@@ -95,9 +95,11 @@ def _link_table(costs: dict) -> dict:
 
 
 def _ring_costs_entry(costs: RingCosts) -> dict:
-    """The rings' predictions' costs: each measured step, and MPI's measured allreduce call."""
+    """The rings' predictions' costs: each measured step, MPI's measured allreduce call, and the
+    work charged to a step that was not measured."""
     return {"steps": {name: _link_entry(step) for name, step in costs.steps},
-            "mpi_allreduce": _link_entry(costs.mpi_allreduce) if costs.mpi_allreduce is not None else None}
+            "mpi_allreduce": _link_entry(costs.mpi_allreduce) if costs.mpi_allreduce is not None else None,
+            "unmeasured_step_work_us": costs.step_work * 1e6}
 
 
 def metadata(runtime: hpcrt.Runtime, cfg: DictConfig, nominal: dict, measured: dict, started: str) -> dict:

@@ -9,7 +9,7 @@ from hpcrt import LinkCost
 from hpcrt._src.costmodel import bottleneck_link
 from hpcrt.collectives import (CollectiveMismatchError, RingCosts, allgather, allreduce, block_bounds, calibrate,
                                count_link_bytes, predict_ring, reduce_scatter, ring_choice, ring_costs)
-from hpcrt.collectives._src.ring_cost import choose_ring_algorithm
+from hpcrt.collectives._src.ring_cost import STEP_WORK, choose_ring_algorithm
 from hpcrt.collectives._src.ring_engine import ring_lanes
 
 from array_backends import BACKENDS, to_host as host
@@ -175,6 +175,11 @@ def test_ring_link_bytes_are_exact(comm):
     with count_link_bytes() as scatter:
         reduce_scatter(x, comm=rt.comm, algorithm="ring")
     assert scatter.sent == {(r, right): (n - blocks[r]) * item}
+    with count_link_bytes() as scatter2:
+        reduce_scatter(x, comm=rt.comm, algorithm="bidir_ring")
+    if p >= 3:
+        assert scatter2.sent == {(r, right): bidir_bytes(blocks, r, 1)[0] * item,
+                                 (r, left): bidir_bytes(blocks, r, -1)[0] * item}
 
     with count_link_bytes() as plain:
         allreduce(x, comm=rt.comm, algorithm="mpi")
@@ -208,6 +213,12 @@ def test_ring_choice_names_what_auto_runs(comm):
             assert set(sent.sent) == (set() if algorithm == "mpi" else neighbours), (collective, x.nbytes)
         # priced at the input alone, 32 KiB would have gone to MPI's allgather
         assert choose_ring_algorithm("allgather", mid.nbytes, 4, ring_costs(rt.topology)) == "mpi"
+        # nothing measured: a step costs the link plus hpcrt's nominal work on it, and MPI's call wins
+        # the small sizes, although ⌊p/2⌋ bidirectional steps pay no more link α than its rounds
+        del rt.topology.link_costs["ring_step_ring"], rt.topology.link_costs["ring_step_bidir_ring"]
+        for collective in ("allreduce", "allgather", "reduce_scatter"):
+            assert ring_choice(collective, small, comm=rt.comm) == "mpi", collective
+        assert ring_choice("allreduce", np.ones(1 << 20), comm=rt.comm) == "bidir_ring"
         with pytest.raises(ValueError, match="unknown collective"):
             ring_choice("all_scan", small)
     finally:
@@ -337,8 +348,9 @@ def test_calibrate_measures_what_ring_auto_weighs(comm):
         costs = ring_costs(rt.topology)
         assert dict(costs.steps) == {"ring": measured["ring_step_ring"], "bidir_ring": measured["ring_step_bidir_ring"]}
         assert costs.mpi_allreduce == measured[f"mpi_allreduce_{comm.size}"]
-        subset = list(range(comm.size - 1))  # measured over all ranks: a subset pays its links alone
-        assert ring_costs(rt.topology, subset) == RingCosts(bottleneck_link(rt.topology, subset))
+        subset = list(range(comm.size - 1))  # measured over all ranks: a subset pays its links (and
+        # hpcrt's nominal work per step) alone
+        assert ring_costs(rt.topology, subset) == RingCosts(bottleneck_link(rt.topology, subset), step_work=STEP_WORK)
         for nbytes in (8, 1 << 16, 1 << 22):
             x = np.ones(nbytes // 8)
             assert ring_choice("allreduce", x, comm=rt.comm) == choose_ring_algorithm("allreduce", nbytes, comm.size,

@@ -1,6 +1,6 @@
 """What the ring collectives' algorithms cost on a communicator, measured with hpcrt's own
 allreduce: per ring algorithm, a step's α (hpcrt's work per step and the messages' latency) and β
-per byte of the piece a lane moves; and MPI's allreduce, α-β of a whole call. A ping-pong shows
+per byte a lane moves per step; and MPI's allreduce, α-β of a whole call. A ping-pong shows
 neither hpcrt's work, nor how the bidirectional ring's two lanes share a rank's links and cores,
 nor what MPI's reductions add to its messages; these give the rings' model all three."""
 
@@ -69,6 +69,6 @@ def measure_ring_steps(comm: Any) -> dict[str, LinkCost]:
                              statistics.median(times[algorithm, large]) / per_call, unit(small), unit(large))
 
     measured = {ring_step_key(algorithm): fit(algorithm, 2 * phase_steps(algorithm, p),
-                                              lambda n, a=algorithm: step_bytes(a, n, p)) for algorithm in STEPPED}
+                                              lambda n: step_bytes(algorithm, n, p)) for algorithm in STEPPED}
     measured[mpi_allreduce_key(p)] = fit("mpi", 1, float)
     return measured

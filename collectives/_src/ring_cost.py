@@ -8,7 +8,7 @@ ring). Where the job measured them (:class:`RingCosts`), a step
 costs what that algorithm's steps took (hpcrt's work per step, and how two lanes share a rank's
 links and cores, which a ping-pong does not show) and MPI's call what MPI's allreduce took, for
 collectives over the job's whole communicator; everything is charged no less than the slowest
-link's α-β formula.
+link's α-β formula; where nothing was measured, a step also pays :data:`STEP_WORK`.
 """
 
 from __future__ import annotations
@@ -24,11 +24,16 @@ RING_COLLECTIVES = ("allreduce", "allgather", "reduce_scatter")
 ALGORITHMS = ("mpi", "ring", "bidir_ring")
 STEPPED = ("ring", "bidir_ring")
 """The algorithms that run hpcrt's ring engine, whose steps the job can measure."""
+STEP_WORK = 5e-6
+"""hpcrt's own work on a ring step beyond its messages' latency (posting and completing them, the
+fold), charged where the steps were not measured: at 8 B a step took about 8 µs on 8–16 ranks of
+a 16-core machine (124–265 µs for 2(p − 1) steps), messages included. Without it a link's α alone
+would price the Python rings at or below MPI's own call at any size."""
 
 
 def ring_step_key(algorithm: str) -> str:
     """Key in a topology's ``link_costs`` of the measured α-β of one step of ``algorithm`` (β per
-    byte of the piece one lane moves)."""
+    byte a lane moves per step, averaged over a phase: :func:`step_bytes`)."""
     return f"ring_step_{algorithm}"
 
 
@@ -47,12 +52,15 @@ class RingCosts:
     steps: tuple[tuple[str, LinkCost], ...] = ()
     mpi_allreduce: Optional[LinkCost] = None
     """MPI's allreduce over these ranks, as measured (α-β of a whole call), or None."""
+    step_work: float = 0.0
+    """Seconds added to the link's α for a step that was not measured (:data:`STEP_WORK`)."""
 
     def step(self, algorithm: str) -> LinkCost:
-        """One step of ``algorithm``: as measured, but never cheaper than the slowest link."""
+        """One step of ``algorithm``: as measured, but never cheaper than the slowest link; where
+        not measured, the link plus :attr:`step_work`."""
         measured = dict(self.steps).get(algorithm)
         if measured is None:
-            return self.link
+            return LinkCost(self.link.alpha + self.step_work, self.link.beta)
         return LinkCost(max(measured.alpha, self.link.alpha), max(measured.beta, self.link.beta))
 
 
@@ -63,10 +71,10 @@ def ring_costs(topology: Topology, ranks: Optional[list[int]] = None) -> RingCos
     costs = topology.link_costs
     link = bottleneck_link(topology, ranks)
     if ranks is not None and len(ranks) != topology.size:
-        return RingCosts(link)
+        return RingCosts(link, step_work=STEP_WORK)
     steps = tuple((algorithm, costs[ring_step_key(algorithm)]) for algorithm in STEPPED
                   if ring_step_key(algorithm) in costs)
-    return RingCosts(link, steps, costs.get(mpi_allreduce_key(topology.size)))
+    return RingCosts(link, steps, costs.get(mpi_allreduce_key(topology.size)), STEP_WORK)
 
 
 def lanes(algorithm: str, p: int) -> int:
