@@ -229,6 +229,15 @@ def test_disagreeing_ranks_fail_together(comm):
         all_scan(x, "sum", algorithm="tree")
     with pytest.raises(ValueError, match="blocks applies to the pipeline"):
         all_scan(x, "sum", algorithm="ring", blocks=2)
+    with pytest.raises(ValueError, match="blocks must be a positive integer"):
+        all_scan(x, "sum", blocks=True)
+    # An op or a dtype that cannot go together is refused before any message, on every rank.
+    with pytest.raises(TypeError, match="'max' is not defined for dtype complex128"):
+        all_scan(x.astype(complex), "max")
+    with pytest.raises(TypeError, match="not defined for dtype object"):
+        all_scan(x.astype(object), "sum")
+    with pytest.raises(CollectiveMismatchError, match="disagree on input_error.*dtype object"):
+        all_scan(x.astype(object) if last else x, "sum")
     # The communicator still works afterwards.
     assert np.array_equal(all_scan(x, "sum", inclusive=True), x * (comm.rank + 1))
 
@@ -281,6 +290,41 @@ def test_started_scans_overlap_local_work(comm):
                           (got_backward, all_scan(mine, "affine", algorithm="allgather", reverse=True,
                                                   inclusive=True))):
             assert all(np.allclose(g, w, rtol=1e-12) for g, w in zip(got, want)), algorithm
+
+
+@pytest.mark.mpi(ranks=[2, 3], timeout=60)
+def test_scans_waited_out_of_order_or_never(comm):
+    """Waiting a scan finishes the ones started before it on the communicator: scans waited in
+    reverse order, or dropped unwaited before another scan, give every result right (before, they
+    crossed messages or wrote into freed buffers), and a failed wait raises its error again."""
+    import hpcrt
+    from hpcrt.collectives import ScanOp, all_scan, all_scan_start
+    hpcrt.init({"log_files": False})
+    r, p = comm.rank, comm.size
+    before = sum(range(r))  # the exclusive sum of the ranks' numbers below r
+    for algorithm in ALGORITHMS:
+        first = all_scan_start(np.full(3, 1.0 * r), "sum", algorithm=algorithm)
+        second = all_scan_start(np.full(3, 100.0 * r), "sum", algorithm=algorithm)
+        assert np.array_equal(second.wait(), np.full(3, 100.0 * before)), algorithm
+        assert np.array_equal(first.wait(), np.full(3, 1.0 * before)), algorithm
+        all_scan_start(np.arange(3.0) + r, "sum", algorithm=algorithm)  # dropped
+        got = all_scan(np.arange(3.0) + 10 * r, "sum", algorithm=algorithm, inclusive=True)
+        assert np.array_equal(got, sum(np.arange(3.0) + 10 * i for i in range(r + 1))), algorithm
+
+    def failing(lower, upper):
+        if r == p - 1:  # the chain's last rank: nobody waits on a message from it
+            raise ArithmeticError(f"combine failed on rank {r}")
+        return lower + upper
+
+    handle = all_scan_start(np.ones(2), ScanOp(failing, np.zeros_like, "failing"), algorithm="pipeline",
+                            inclusive=True)
+    for _ in range(2):
+        if r == p - 1:
+            with pytest.raises(ArithmeticError, match=f"combine failed on rank {r}"):
+                handle.wait()
+        else:
+            assert np.array_equal(handle.wait(), np.full(2, r + 1.0))
+    assert np.array_equal(all_scan(np.ones(2), "sum", inclusive=True), np.full(2, r + 1.0))
 
 
 @pytest.mark.mpi(ranks=[1, 2], timeout=60)

@@ -1,6 +1,8 @@
 """Ring attention and TokenRing attention over a sequence split across ranks equal single-rank
 softmax attention (causal or not, even or uneven chunks); their exact per-link bytes; bad input."""
 
+import re
+
 import numpy as np
 import pytest
 
@@ -110,6 +112,28 @@ def test_bad_input_is_an_error_on_every_rank(comm):
             schedule(q, np.zeros((4, 7)) if comm.rank == 1 else q, q, comm=comm)
         with pytest.raises(ValueError, match="disagree on d_v"):
             schedule(q, q, np.zeros((4, 3)) if comm.rank == 1 else q, comm=comm)
-        with pytest.raises(ValueError, match="one floating dtype"):
+        with pytest.raises(TypeError, match="need one dtype of float32, float64"):
             schedule(q.astype(np.int64), q.astype(np.int64), q.astype(np.int64), comm=comm)
+        assert np.isfinite(schedule(q, q, q, comm=comm, causal=True)).all()  # nothing left in flight
+
+
+@pytest.mark.mpi(ranks=[2], timeout=60)
+def test_what_the_kernels_cannot_run_is_refused_on_every_rank(comm):
+    hpcrt.init({"log_files": False})
+    q = np.zeros((4, 8))
+    half = q.astype(np.float16)
+    for schedule in SCHEDULES.values():
+        with pytest.raises(TypeError, match="rank 0: q, k, v need one dtype of float32, float64"):
+            schedule(half, half, half, comm=comm)
+        with pytest.raises(TypeError, match="rank 1: q, k, v need one dtype of float32, float64 .*got float16"):
+            schedule(*(half if comm.rank == 1 else q.astype(np.float32),) * 3, comm=comm)
+        for scale in (float("nan"), float("inf"), 0.0, -1.0):
+            with pytest.raises(ValueError, match="rank 0: scale must be finite and positive"):
+                schedule(q, q, q, comm=comm, scale=scale)
+        with pytest.raises(ValueError, match="rank 1: scale must be finite and positive, got nan"):
+            schedule(q, q, q, comm=comm, scale=float("nan") if comm.rank == 1 else 0.5)
+        no_d = np.zeros((4, 0))
+        with pytest.raises(ValueError, match=re.escape(
+                "rank 0: q, k need a head dim d > 0, got shapes (4, 0), (4, 0)")):
+            schedule(no_d, no_d, q, comm=comm)
         assert np.isfinite(schedule(q, q, q, comm=comm, causal=True)).all()  # nothing left in flight

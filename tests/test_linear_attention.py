@@ -125,3 +125,46 @@ def test_gla_float32_and_bad_inputs(comm):
         gla_forward(q, k, v, log_gates[:, :2])
     with pytest.raises(CollectiveMismatchError, match="disagree on d_v"):
         gla_forward(q, k, v[:, :3] if comm.rank else v, log_gates)
+
+
+@pytest.mark.mpi(ranks=[2, 3], timeout=60)
+def test_gla_ranks_disagreeing_on_the_call_raise_everywhere(comm):
+    """A differing algorithm or an incoming_state on some ranks only would run different scans
+    (a hang); every rank raises instead, naming the field and the ranks."""
+    import hpcrt
+    from hpcrt.collectives import CollectiveMismatchError, gla_backward, gla_forward
+    hpcrt.init({"log_files": False})
+    q, k, v, log_gates, grad_out = _problem(4, 3, 2, 3, seed=comm.rank)
+    with pytest.raises(CollectiveMismatchError, match="disagree on algorithm: rank 0 has 'pipeline', rank 1 has 'mpi'"):
+        gla_forward(q, k, v, log_gates, algorithm="mpi" if comm.rank == 1 else "pipeline")
+    with pytest.raises(CollectiveMismatchError, match="disagree on algorithm"):
+        gla_backward(q, k, v, log_gates, grad_out, algorithm="ring" if comm.rank else "allgather")
+    _, incoming = gla_forward(q, k, v, log_gates, return_state=True)
+    mismatch = r"disagree on incoming_state: rank 0 has \(3, 2\), rank 1 has None"
+    with pytest.raises(CollectiveMismatchError, match=mismatch):
+        gla_backward(q, k, v, log_gates, grad_out, incoming_state=incoming if comm.rank == 0 else None)
+    assert np.allclose(gla_backward(q, k, v, log_gates, grad_out, incoming_state=incoming)[0],
+                       gla_backward(q, k, v, log_gates, grad_out)[0], rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.mpi(ranks=[1, 2], timeout=60)
+def test_gla_bad_arguments_raise_clear_errors_before_communicating(comm):
+    """A bad subchunk, 0-d inputs or a wrongly shaped incoming_state raise an error naming the
+    argument and what it got, and leave no scan behind to confuse the next call."""
+    import hpcrt
+    from hpcrt.collectives import gla_backward, gla_forward
+    hpcrt.init({"log_files": False})
+    q, k, v, log_gates, grad_out = _problem(4, 3, 2, 3, seed=comm.rank)
+    for subchunk in (0, -3, 2.5):
+        with pytest.raises(ValueError, match=rf"subchunk must be a positive integer, got {subchunk}"):
+            gla_forward(q, k, v, log_gates, subchunk=subchunk)
+    scalar = np.ones(())
+    with pytest.raises(TypeError, match=r"need q, k \[L, d_k\].*got q \(\)"):
+        gla_forward(scalar, scalar, scalar, scalar)
+    with pytest.raises(ValueError, match=r"incoming_state must have shape \[d_k, d_v\] = \(3, 2\), got \(7, 7\)"):
+        gla_backward(q, k, v, log_gates, grad_out, incoming_state=np.zeros((7, 7)))
+    with pytest.raises(ValueError, match="unknown algorithm 'bogus'"):
+        gla_backward(q, k, v, log_gates, grad_out, algorithm="bogus")
+    lo, hi = comm.rank * 4, comm.rank * 4 + 4
+    whole = [np.concatenate([_problem(4, 3, 2, 3, seed=rank)[i] for rank in range(comm.size)]) for i in range(4)]
+    assert np.allclose(gla_forward(q, k, v, log_gates), reference_forward(*whole)[0][lo:hi], rtol=1e-10, atol=1e-10)

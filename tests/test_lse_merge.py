@@ -1,5 +1,6 @@
 """The fused log-sum-exp merge equals the numpy expression, masked rows included, on every backend."""
 
+import re
 import warnings
 
 import numpy as np
@@ -88,5 +89,53 @@ def test_bad_arguments():
         lse_merge(o1, l1, o2, l2, kernel="triton")
     with pytest.raises(ValueError, match="shapes do not fit"):
         lse_merge(o1, l1[:, :3], o2, l2)
-    with pytest.raises(ValueError, match="C-contiguous"):
+    with pytest.raises(ValueError, match=re.escape("out[0] must be C-contiguous")):
         lse_merge(o1, l1, o2, l2, out=(np.empty(o1.shape, order="F"), np.empty(l1.shape)), kernel="numba")
+
+
+ALL_KERNELS = [("auto", "numpy"), ("numpy", "numpy"), ("auto", "fakegpu"), *FUSED]
+
+
+@pytest.mark.parametrize("kernel, backend", ALL_KERNELS)
+def test_out_is_checked_before_any_kernel_runs(kernel, backend):
+    convert = BACKENDS[backend]
+    args = tuple(convert(a) for a in partials(np.float64))
+    o_shape, l_shape = args[0].shape, args[1].shape
+    # one-row outputs inside a buffer that holds a full result: an unchecked kernel writes into it
+    memory = convert(np.full(2 * args[0].size, -7.0))
+    one_row = (memory[:o_shape[-1]].reshape(1, o_shape[-1]), memory[args[0].size:args[0].size + 1])
+    with pytest.raises(ValueError, match=re.escape(f"out[0] must have the result's shape {o_shape}, got (1, 8)")):
+        lse_merge(*args, out=one_row, kernel=kernel)
+    assert np.all(to_host(memory) == -7.0)
+    right_o, right_l = convert(np.zeros(o_shape)), convert(np.zeros(l_shape))
+    with pytest.raises(ValueError, match=re.escape(f"out[1] must have the result's shape {l_shape}, got (3,)")):
+        lse_merge(*args, out=(right_o, convert(np.zeros(3))), kernel=kernel)
+    with pytest.raises(TypeError, match=re.escape("out[1] must have the result's dtype float64, got float32")):
+        lse_merge(*args, out=(right_o, convert(np.zeros(l_shape, np.float32))), kernel=kernel)
+    with pytest.raises(TypeError, match=re.escape(f"out[0] must be a {backend} array like the inputs, got list")):
+        lse_merge(*args, out=([0.0], right_l), kernel=kernel)
+    if backend != "cupy":  # CuPy arrays are always writable
+        read_only = convert(np.zeros(o_shape))
+        read_only.flags.writeable = False
+        with pytest.raises(ValueError, match=re.escape("out[0] is read-only")):
+            lse_merge(*args, out=(read_only, right_l), kernel=kernel)
+    with pytest.raises(TypeError, match="out must be a pair"):
+        lse_merge(*args, out=right_o, kernel=kernel)
+    assert np.all(to_host(right_o) == 0) and np.all(to_host(right_l) == 0)
+
+
+@pytest.mark.parametrize("kernel, backend", ALL_KERNELS)
+@pytest.mark.parametrize("dtypes", [(np.float16,) * 4, (np.complex128,) * 4,
+                                    (np.float64, np.float32, np.float64, np.float64)])
+def test_dtypes_no_kernel_takes_are_a_type_error(dtypes, kernel, backend):
+    args = tuple(BACKENDS[backend](a.astype(dtype)) for a, dtype in zip(partials(np.float64), dtypes))
+    with pytest.raises(TypeError, match="need one dtype of float32, float64"):
+        lse_merge(*args, kernel=kernel)
+
+
+@pytest.mark.parametrize("kernel, backend", ALL_KERNELS)
+def test_empty_value_dim_still_merges_the_lse(kernel, backend):
+    o1, l1, o2, l2 = partials(np.float64, shape=(3, 17, 0))
+    got_o, got_l = lse_merge(*(BACKENDS[backend](a) for a in (o1, l1, o2, l2)), kernel=kernel)
+    assert got_o.shape == (3, 17, 0)
+    np.testing.assert_allclose(to_host(got_l), by_hand(o1, l1, o2, l2)[1], rtol=1e-14)

@@ -225,6 +225,27 @@ def test_ring_choice_names_what_auto_runs(comm):
         hpcrt.finalize()
 
 
+@pytest.mark.mpi(ranks=[2, 3], timeout=60)
+def test_operands_no_algorithm_can_take_are_refused_alike(comm):
+    """An op a dtype does not have (sum on booleans, max and min on complex numbers) or something
+    that is not an array gets the same TypeError from every algorithm, on every rank, before any
+    message; one rank's bad operand is every rank's error; what all algorithms take, they agree on."""
+    hpcrt.init({"log_files": False})
+    for algorithm in ALGORITHMS:
+        with pytest.raises(TypeError, match="'sum' is not defined for dtype bool"):
+            allreduce(np.ones(3, bool), comm=comm, algorithm=algorithm)
+        for op in ("max", "min"):
+            with pytest.raises(TypeError, match=f"'{op}' is not defined for dtype complex128"):
+                reduce_scatter(np.ones(6, complex), op, comm=comm, algorithm=algorithm)
+        with pytest.raises(TypeError, match="expected a numpy or CuPy array, got list"):
+            allreduce([1.0, 2.0], comm=comm, algorithm=algorithm)
+        with pytest.raises(CollectiveMismatchError, match="disagree on input_error.*dtype object"):
+            allgather(np.ones(2, object if comm.rank == 1 else float), comm=comm, algorithm=algorithm)
+        got = allreduce(np.full(3, 1 + 1j), comm=comm, algorithm=algorithm)
+        assert np.array_equal(got, np.full(3, comm.size * (1 + 1j))), algorithm
+        assert np.array_equal(allgather(np.ones(2, bool), comm=comm, algorithm=algorithm), np.ones(2 * comm.size, bool))
+
+
 @pytest.mark.mpi(ranks=[3], timeout=60)
 def test_disagreeing_ranks_all_get_the_error(comm):
     hpcrt.init({"log_files": False})

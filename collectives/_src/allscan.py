@@ -14,33 +14,60 @@ from .allscan_algos import ScanCall, Steps
 from .allscan_cost import ALGORITHMS, ScanLinks, best_blocks, choose_allscan, scan_links
 from .model_memo import ChoiceMemo, LinkMemo
 from .scanlayout import ScanLayout
-from .scanops import BUILTIN_OPS, ScanOp, as_parts, from_parts, resolve_op
+from .scanops import BUILTIN_OPS, ScanOp, as_parts, check_sendable, from_parts, resolve_op
 from .tracing import enter, payload_bytes
 from .transport import Transport
 
 
-class AllScanHandle:
-    """A started All-Scan: compute meanwhile, then :meth:`wait` finishes it and returns the result."""
+_OUTSTANDING: dict[int, list] = {}
+"""Per communicator (its MPI handle), the started All-Scans not yet finished, in start order: a
+scan's messages and buffers stay valid until it is finished, even when its handle was dropped."""
 
-    def __init__(self, steps: Steps, like: Any, trace_token: int):
+
+class AllScanHandle:
+    """A started All-Scan: compute meanwhile, then :meth:`wait` finishes it and returns the result.
+
+    Waiting finishes every scan started before it on the same communicator first, in start order,
+    so scans waited out of order, or never waited, neither cross their messages nor deadlock
+    (every rank finishes them in the one order they were started in)."""
+
+    def __init__(self, steps: Steps, like: Any, trace_token: int, comm: Any):
         self._steps = steps
         self._like = like
         self._trace_token = trace_token
         self._result: Optional[tuple] = None
+        self._error: Optional[BaseException] = None
         next(steps)  # posts what the algorithm can post before its first wait
+        self._queue = _OUTSTANDING.setdefault(comm.py2f(), [])
+        self._queue.append(self)
 
     def wait(self) -> Any:
-        """Complete the scan (blocking) and return the result; later calls return it again."""
-        if self._result is None:
-            try:
-                next(self._steps)
-            except StopIteration as stop:
-                self._result = stop.value
-            else:
-                raise RuntimeError("an All-Scan algorithm yielded more than once")
-            finally:
-                trace_done(self._trace_token)
+        """Complete the scan (blocking) and return the result; later calls return it again, or
+        raise its error again."""
+        if self in self._queue:
+            for earlier in self._queue[:self._queue.index(self)]:
+                earlier._finish()
+                if earlier._error is not None:
+                    raise RuntimeError("all_scan: a scan started before this one on the same communicator "
+                                       "failed while finishing it") from earlier._error
+            self._finish()
+        if self._error is not None:
+            raise self._error
         return from_parts(self._result, self._like)
+
+    def _finish(self) -> None:
+        """Run the algorithm to its end, keeping its result or its error."""
+        self._queue.remove(self)
+        try:
+            next(self._steps)
+        except StopIteration as stop:
+            self._result = stop.value
+        except BaseException as error:
+            self._error = error
+        else:
+            self._error = RuntimeError("an All-Scan algorithm yielded more than once")
+        finally:
+            trace_done(self._trace_token)
 
 
 _SCAN_LINKS = LinkMemo(scan_links)
@@ -66,7 +93,7 @@ def _prepare(x: Any, op: Any, algorithm: str, blocks: Optional[int]) -> tuple:
     """(op, contiguous arrays, layout) of a call; TypeError/ValueError for what is wrong with it."""
     if algorithm != "auto" and algorithm not in ALGORITHMS:
         raise ValueError(f"all_scan: unknown algorithm {algorithm!r}; choose auto or one of {', '.join(ALGORITHMS)}")
-    if blocks is not None and (not isinstance(blocks, Integral) or blocks < 1):
+    if blocks is not None and (isinstance(blocks, bool) or not isinstance(blocks, Integral) or blocks < 1):
         raise ValueError(f"all_scan: blocks must be a positive integer, got {blocks!r}")
     if blocks is not None and algorithm not in ("auto", "pipeline"):
         raise ValueError(f"all_scan: blocks applies to the pipeline algorithm, not {algorithm!r}")
@@ -74,6 +101,7 @@ def _prepare(x: Any, op: Any, algorithm: str, blocks: Optional[int]) -> tuple:
     if scan_op.check is not None:
         scan_op.check(x)
     parts = tuple(part if part.flags.c_contiguous else part.copy() for part in as_parts(x))
+    check_sendable(parts)
     return scan_op, parts, ScanLayout.of(parts, scan_op.rowwise)
 
 
@@ -83,8 +111,9 @@ def all_scan_start(x: Any, op: Any, *, comm: Any = None, inclusive: bool = False
 
     Communication that can start does; the pipeline forwards its blocks inside ``wait()``, so
     the caller's local work between start and wait overlaps the other ranks' progress.
-    Concurrent scans in the same direction on one communicator must be waited in start order,
-    and ``x`` must not change until ``wait()`` returns (MPI and the pipeline read it meanwhile).
+    Waiting a scan first finishes the scans started before it on the same communicator (so any
+    wait order is safe), and ``x`` must not change until ``wait()`` returns (MPI and the pipeline
+    read it meanwhile).
     """
     transport = Transport(comm)
     token = enter("all_scan", transport.comm, payload_bytes(x))
@@ -118,7 +147,7 @@ def _start(transport: Transport, token: int, x: Any, op: Any, inclusive: bool, r
     if problem is not None:
         raise problem
     call = ScanCall(transport, scan_op, layout, parts, x, inclusive, reverse)
-    return AllScanHandle(_steps(call, algorithm, blocks), x, token)
+    return AllScanHandle(_steps(call, algorithm, blocks), x, token, transport.comm)
 
 
 def _max_blocks(layout: ScanLayout, scan_op: Any) -> int:

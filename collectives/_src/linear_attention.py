@@ -10,6 +10,7 @@ with a reverse scan of the gradient state.
 
 from __future__ import annotations
 
+from numbers import Integral
 from typing import Any, Optional
 
 import numpy as np
@@ -20,28 +21,50 @@ from hpcrt._src.runtime import get_runtime
 from . import gla_local
 from .agreement import check_agreement
 from .allscan import all_scan, all_scan_start
+from .allscan_cost import ALGORITHMS
 from .scanops import AFFINE, flipped
 
 _BACKWARD_OP = flipped(AFFINE)
 
 
-def _checked(name: str, comm: Any, q: Any, k: Any, v: Any, log_gates: Any, *more: Any) -> tuple:
-    """(comm, log-gates broadcast to [L, d_k]) after checking shapes and agreement on every rank;
-    a bad input on any rank raises on all of them."""
+def _checked(name: str, comm: Any, arrays: tuple, algorithm: str, subchunk: Any,
+             incoming_state: Optional[Any] = None) -> tuple:
+    """(comm, log-gates broadcast to [L, d_k]) after one agreement check on every rank: a bad
+    input or a call that differs across ranks raises on all of them instead of hanging a scan."""
     comm = comm if comm is not None else get_runtime().comm
-    problem = None
+    q, _, v, log_gates = arrays[:4]
+    problem = _local_problem(name, arrays, algorithm, subchunk, incoming_state)
+    shaped = q.ndim == v.ndim == 2
+    check_agreement(comm, name, input_error=None if problem is None else str(problem),
+                    d_k=q.shape[1] if shaped else None, d_v=v.shape[1] if shaped else None,
+                    dtype=str(q.dtype), algorithm=algorithm,
+                    incoming_state=None if incoming_state is None else np.shape(incoming_state))
+    if problem is not None:
+        raise problem
+    return comm, get_xp(q).broadcast_to(log_gates, q.shape)
+
+
+def _local_problem(name: str, arrays: tuple, algorithm: str, subchunk: Any,
+                   incoming_state: Optional[Any]) -> Optional[Exception]:
+    """What is wrong with this rank's arguments, found without communication, so that every
+    rank reaches the agreement check."""
+    q, k, v, log_gates, *more = arrays
     if not (q.ndim == k.ndim == v.ndim == log_gates.ndim == 2 and q.shape == k.shape
             and len(v) == len(q) and log_gates.shape in ((len(q), q.shape[1]), (len(q), 1))
-            and all(m.shape == v.shape for m in more)):
-        problem = (f"{name}: need q, k [L, d_k], v{' and grad_out' if more else ''} [L, d_v], log_gates "
-                   f"[L, d_k] or [L, 1]; got q {q.shape}, k {k.shape}, v {v.shape}, log_gates "
-                   f"{log_gates.shape}" + "".join(f", grad_out {m.shape}" for m in more))
-    elif len({np.dtype(x.dtype) for x in (q, k, v, log_gates, *more)}) != 1 or np.dtype(q.dtype).kind != "f":
-        problem = f"{name}: q, k, v and log_gates need one floating dtype"
-    check_agreement(comm, name, input_error=problem, d_k=q.shape[-1], d_v=v.shape[-1], dtype=str(q.dtype))
-    if problem:
-        raise TypeError(problem)
-    return comm, get_xp(q).broadcast_to(log_gates, q.shape)
+            and all(m.ndim == 2 and m.shape == v.shape for m in more)):
+        return TypeError(f"{name}: need q, k [L, d_k], v{' and grad_out' if more else ''} [L, d_v], log_gates "
+                         f"[L, d_k] or [L, 1]; got q {q.shape}, k {k.shape}, v {v.shape}, log_gates "
+                         f"{log_gates.shape}" + "".join(f", grad_out {m.shape}" for m in more))
+    if len({np.dtype(x.dtype) for x in arrays}) != 1 or np.dtype(q.dtype).kind != "f":
+        return TypeError(f"{name}: q, k, v and log_gates need one floating dtype")
+    if algorithm != "auto" and algorithm not in ALGORITHMS:
+        return ValueError(f"{name}: unknown algorithm {algorithm!r}; choose auto or one of {', '.join(ALGORITHMS)}")
+    if isinstance(subchunk, bool) or not isinstance(subchunk, Integral) or subchunk < 1:
+        return ValueError(f"{name}: subchunk must be a positive integer, got {subchunk!r}")
+    if incoming_state is not None and np.shape(incoming_state) != (q.shape[1], v.shape[1]):
+        return ValueError(f"{name}: incoming_state must have shape [d_k, d_v] = {(q.shape[1], v.shape[1])}, "
+                          f"got {np.shape(incoming_state)}")
+    return None
 
 
 def _chunk_pair(k: Any, v: Any, log_gates: Any) -> tuple:
@@ -56,7 +79,7 @@ def gla_forward(q: Any, k: Any, v: Any, log_gates: Any, *, comm: Any = None, alg
                 subchunk: int = 16, return_state: bool = False) -> Any:
     """This rank's GLA outputs [L, d_v]; with ``return_state`` also the state entering its chunk
     [d_k, d_v], which :func:`gla_backward` can take instead of scanning for it again."""
-    comm, log_gates = _checked("gla_forward", comm, q, k, v, log_gates)
+    comm, log_gates = _checked("gla_forward", comm, (q, k, v, log_gates), algorithm, subchunk)
     xp = get_xp(q)
     scan = all_scan_start(_chunk_pair(k, v, log_gates), "affine", comm=comm, algorithm=algorithm, validate=False)
     out = gla_local.forward(gla_local.SubChunks.of(q, k, v, log_gates, subchunk))
@@ -69,7 +92,8 @@ def gla_backward(q: Any, k: Any, v: Any, log_gates: Any, grad_out: Any, *, comm:
                  algorithm: str = "auto", subchunk: int = 16, incoming_state: Optional[Any] = None) -> tuple:
     """Gradients (dq, dk, dv, dlog_gates) of a loss given ``grad_out`` = ∂loss/∂outputs [L, d_v];
     dlog_gates has log_gates' shape."""
-    comm, gates = _checked("gla_backward", comm, q, k, v, log_gates, grad_out)
+    comm, gates = _checked("gla_backward", comm, (q, k, v, log_gates, grad_out), algorithm, subchunk,
+                           incoming_state)
     xp = get_xp(q)
     forward_scan = None if incoming_state is not None else all_scan_start(
         _chunk_pair(k, v, gates), "affine", comm=comm, algorithm=algorithm, validate=False)

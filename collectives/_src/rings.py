@@ -15,14 +15,16 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
-from hpcrt._src.backends import get_xp
+import numpy as np
+
+from hpcrt._src.backends import backend_of, get_xp
 from hpcrt._src.runtime import get_runtime
 
 from .agreement import check_agreement
 from .blocks import block_bounds
 from .mpi_collectives import mpi_allgather, mpi_allreduce, mpi_reduce_scatter
 from .model_memo import ChoiceMemo, LinkMemo
-from .reduce_ops import check_op, combine_into
+from .reduce_ops import REDUCE_OPS, combine_into
 from .ring_cost import ALGORITHMS, RING_COLLECTIVES, choose_ring_algorithm, ring_costs
 from .ring_engine import ring_lanes, ring_pass
 from .transport import Transport
@@ -100,20 +102,43 @@ def _size(comm: Optional[Any]) -> int:
 
 def _begin(collective: str, x: Any, comm: Optional[Any], algorithm: str, validate: bool,
            op: Optional[str]) -> tuple[Transport, str]:
-    """Check agreement (then, identically on every rank, the arguments) and resolve ``auto``."""
+    """Check the arguments (with ``validate``, collectively: a rank's bad operand is then every
+    rank's error) and resolve ``auto``."""
     transport = Transport(comm)
+    problem = _operand_problem(collective, x, op)
     if validate:
-        fields = {"shape": tuple(x.shape), "dtype": str(x.dtype), "algorithm": algorithm}
+        fields = {"input_error": None if problem is None else str(problem), "algorithm": algorithm}
+        if problem is None:
+            fields.update(shape=tuple(x.shape), dtype=str(x.dtype))
         if op is not None:
             fields["op"] = op
         check_agreement(transport.comm, collective, **fields)
-    if op is not None:
-        check_op(op)
+    if problem is not None:
+        raise problem
     if algorithm == "auto":
         return transport, _auto(collective, x, transport)
     if algorithm not in ALGORITHMS:
         raise ValueError(f"{collective}: unknown algorithm {algorithm!r}; expected auto or one of {ALGORITHMS}")
     return transport, algorithm
+
+
+_OP_KINDS = {"sum": "iufc", "max": "iuf", "min": "iuf", None: "biufc"}
+"""dtype kinds each op is defined for on every algorithm (MPI has no sum on booleans and no
+order on complex numbers); allgather (no op) carries any number or boolean."""
+
+
+def _operand_problem(collective: str, x: Any, op: Optional[str]) -> Optional[Exception]:
+    """What is wrong with ``op`` or the operand ``x`` (the same on every rank for the same call), or None."""
+    if op is not None and op not in REDUCE_OPS:
+        return ValueError(f"{collective}: unknown reduction op {op!r}; expected one of {', '.join(REDUCE_OPS)}")
+    try:
+        backend_of(x)
+    except TypeError as error:
+        return TypeError(f"{collective}: {error}")
+    if np.dtype(x.dtype).kind not in _OP_KINDS[op]:
+        what = f"op {op!r}" if op is not None else "it"
+        return TypeError(f"{collective}: {what} is not defined for dtype {x.dtype}")
+    return None
 
 
 _RING_COSTS = LinkMemo(ring_costs)

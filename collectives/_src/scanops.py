@@ -47,12 +47,27 @@ def from_parts(parts: tuple, like: Any) -> Any:
     return tuple(parts) if isinstance(like, (tuple, list)) else parts[0]
 
 
-def _check_single(name: str) -> Callable[[Any], None]:
+SENDABLE_KINDS = "biufc"
+"""dtype kinds a scan can send: booleans and numbers (not objects, strings, dates or records)."""
+
+
+def check_sendable(parts: tuple) -> None:
+    """TypeError for an array whose elements MPI cannot carry as values (object references, text)."""
+    for part in parts:
+        if np.dtype(part.dtype).kind not in SENDABLE_KINDS:
+            raise TypeError(f"all_scan: dtype {part.dtype} cannot be sent between ranks; "
+                            "numeric or boolean arrays only")
+
+
+def _check_single(name: str, kinds: str) -> Callable[[Any], None]:
+    """The check of an op on one array whose dtype is of ``kinds``."""
     def check(x: Any) -> None:
         if isinstance(x, (tuple, list)):
             raise TypeError(f"all_scan: op {name!r} takes one array, got a {type(x).__name__} of "
                             f"{len(x)}")
         backend_of(x)
+        if np.dtype(x.dtype).kind not in kinds:
+            raise TypeError(f"all_scan: op {name!r} is not defined for dtype {x.dtype}")
     return check
 
 
@@ -103,10 +118,10 @@ def _affine_identity(x: Any) -> tuple:
 
 
 SUM = ScanOp(lambda lower, upper: lower + upper, lambda x: get_xp(x).zeros(x.shape, dtype=x.dtype),
-             "sum", rowwise=True, check=_check_single("sum"),
+             "sum", rowwise=True, check=_check_single("sum", "biufc"),
              combine_into=lambda lower, upper, out: get_xp(lower).add(lower, upper, out=out[0]))
 MAX = ScanOp(lambda lower, upper: get_xp(lower).maximum(lower, upper), _max_identity, "max",
-             rowwise=True, check=_check_single("max"),
+             rowwise=True, check=_check_single("max", "biuf"),
              combine_into=lambda lower, upper, out: get_xp(lower).maximum(lower, upper, out=out[0]))
 AFFINE = ScanOp(_affine_combine, _affine_identity, "affine", rowwise=True, check=_check_affine,
                 combine_into=_affine_combine_into)

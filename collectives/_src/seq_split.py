@@ -10,6 +10,7 @@ from typing import Any, Optional
 from hpcrt._src.backends import backend_of
 
 from .agreement import check_agreement
+from .lse_merge import LSE_DTYPES
 from .transport import Transport
 
 
@@ -39,12 +40,10 @@ class AttentionCall:
 
 def prepare_attention(name: str, q: Any, k: Any, v: Any, comm: Optional[Any], causal: bool,
                       scale: Optional[float], validate: bool) -> AttentionCall:
-    """Check the local arrays, gather every rank's token count and (``validate``) agreement."""
+    """Check the local arrays and scale, gather every rank's token count and (``validate``) agreement."""
     transport = Transport(comm)
-    problems = transport.comm.allgather((_local_problem(q, k, v), q.shape[-2] if q.ndim >= 2 else 0))
-    bad = [f"rank {rank}: {problem}" for rank, (problem, _) in enumerate(problems) if problem]
-    if bad:
-        raise ValueError(f"{name}: " + "; ".join(bad))
+    problems = transport.comm.allgather((_local_problem(q, k, v, scale), q.shape[-2] if q.ndim >= 2 else 0))
+    _raise_on_every_rank(name, [problem for problem, _ in problems])
     if scale is None:
         scale = 1.0 / math.sqrt(q.shape[-1])
     if validate:
@@ -55,13 +54,38 @@ def prepare_attention(name: str, q: Any, k: Any, v: Any, comm: Optional[Any], ca
     return AttentionCall(transport, SequenceSplit(lengths, starts), float(scale))
 
 
-def _local_problem(q: Any, k: Any, v: Any) -> Optional[str]:
+def _raise_on_every_rank(name: str, problems: list) -> None:
+    """Raise every rank's problems on all ranks alike, as the exception type of the first rank with one."""
+    bad = [(rank, problem) for rank, problem in enumerate(problems) if problem]
+    if bad:
+        error = bad[0][1][0]
+        raise error(f"{name}: " + "; ".join(f"rank {rank}: {message}" for rank, (_, message) in bad))
+
+
+def _local_problem(q: Any, k: Any, v: Any, scale: Optional[float]) -> Optional[tuple[type, str]]:
+    """Why this rank's arguments cannot run, as (exception type, message), or None."""
     if min(q.ndim, k.ndim, v.ndim) < 2:
-        return f"q, k, v need shape [..., T, d], got {q.shape}, {k.shape}, {v.shape}"
+        return ValueError, f"q, k, v need shape [..., T, d], got {q.shape}, {k.shape}, {v.shape}"
     if not (q.shape[:-1] == k.shape[:-1] == v.shape[:-1]) or q.shape[-1] != k.shape[-1]:
-        return f"q, k, v must share [..., T] and q, k their d: got {q.shape}, {k.shape}, {v.shape}"
-    if not (q.dtype == k.dtype == v.dtype) or q.dtype.kind != "f":
-        return f"q, k, v need one floating dtype, got {q.dtype}, {k.dtype}, {v.dtype}"
+        return ValueError, f"q, k, v must share [..., T] and q, k their d: got {q.shape}, {k.shape}, {v.shape}"
+    if q.shape[-1] == 0:
+        return ValueError, f"q, k need a head dim d > 0, got shapes {q.shape}, {k.shape}"
+    if not (q.dtype == k.dtype == v.dtype) or str(q.dtype) not in LSE_DTYPES:
+        return TypeError, (f"q, k, v need one dtype of {', '.join(LSE_DTYPES)} (the kernels' dtypes), "
+                           f"got {q.dtype}, {k.dtype}, {v.dtype}")
     if not (backend_of(q) is backend_of(k) is backend_of(v)):
-        return "q, k, v must live on one backend"
+        return ValueError, "q, k, v must live on one backend"
+    return _scale_problem(scale)
+
+
+def _scale_problem(scale: Optional[float]) -> Optional[tuple[type, str]]:
+    """Why ``scale`` is no usable softmax scale (None: the default 1/√d), or None."""
+    if scale is None:
+        return None
+    try:
+        value = float(scale)
+    except (TypeError, ValueError):
+        return TypeError, f"scale must be a number, got {scale!r}"
+    if not (math.isfinite(value) and value > 0):
+        return ValueError, f"scale must be finite and positive, got {value}"
     return None
