@@ -311,6 +311,16 @@ def test_scans_waited_out_of_order_or_never(comm):
         got = all_scan(np.arange(3.0) + 10 * r, "sum", algorithm=algorithm, inclusive=True)
         assert np.array_equal(got, sum(np.arange(3.0) + 10 * i for i in range(r + 1))), algorithm
 
+    # A scan never waited on a communicator freed since is let go with it, and does not touch a
+    # new communicator (MPI may hand the new one the freed one's handle).
+    for algorithm in ALGORITHMS:
+        old = comm.Dup()
+        all_scan_start(np.ones(2), "sum", comm=old, algorithm=algorithm)
+        old.Free()
+        new = comm.Dup()
+        assert np.array_equal(all_scan(np.ones(2), "sum", comm=new, algorithm=algorithm), np.full(2, 1.0 * r))
+        new.Free()
+
     def failing(lower, upper):
         if r == p - 1:  # the chain's last rank: nobody waits on a message from it
             raise ArithmeticError(f"combine failed on rank {r}")

@@ -114,6 +114,10 @@ def test_bad_input_is_an_error_on_every_rank(comm):
             schedule(q, q, np.zeros((4, 3)) if comm.rank == 1 else q, comm=comm)
         with pytest.raises(TypeError, match="need one dtype of float32, float64"):
             schedule(q.astype(np.int64), q.astype(np.int64), q.astype(np.int64), comm=comm)
+        with pytest.raises(TypeError, match="rank 1: expected a numpy or CuPy array, got list"):
+            schedule(q.tolist() if comm.rank == 1 else q, q, q, comm=comm)
+        with pytest.raises(TypeError, match="scale must be a real number, got '0.5'"):
+            schedule(q, q, q, comm=comm, scale="0.5")
         assert np.isfinite(schedule(q, q, q, comm=comm, causal=True)).all()  # nothing left in flight
 
 
@@ -136,4 +140,8 @@ def test_what_the_kernels_cannot_run_is_refused_on_every_rank(comm):
         with pytest.raises(ValueError, match=re.escape(
                 "rank 0: q, k need a head dim d > 0, got shapes (4, 0), (4, 0)")):
             schedule(no_d, no_d, q, comm=comm)
+        with pytest.raises(TypeError, match="rank 1: expected a numpy or CuPy array, got list"):
+            schedule(q.tolist() if comm.rank == 1 else q, q, q, comm=comm)
+        with pytest.raises(TypeError, match="scale must be a real number, got '0.5'"):
+            schedule(q, q, q, comm=comm, scale="0.5")
         assert np.isfinite(schedule(q, q, q, comm=comm, causal=True)).all()  # nothing left in flight

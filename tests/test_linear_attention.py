@@ -143,6 +143,8 @@ def test_gla_ranks_disagreeing_on_the_call_raise_everywhere(comm):
     mismatch = r"disagree on incoming_state: rank 0 has \(3, 2\), rank 1 has None"
     with pytest.raises(CollectiveMismatchError, match=mismatch):
         gla_backward(q, k, v, log_gates, grad_out, incoming_state=incoming if comm.rank == 0 else None)
+    with pytest.raises(CollectiveMismatchError, match="disagree on input_error.*expected a numpy or CuPy array"):
+        gla_forward(q.tolist() if comm.rank == 1 else q, k, v, log_gates)
     assert np.allclose(gla_backward(q, k, v, log_gates, grad_out, incoming_state=incoming)[0],
                        gla_backward(q, k, v, log_gates, grad_out)[0], rtol=1e-12, atol=1e-12)
 
@@ -163,6 +165,8 @@ def test_gla_bad_arguments_raise_clear_errors_before_communicating(comm):
         gla_forward(scalar, scalar, scalar, scalar)
     with pytest.raises(ValueError, match=r"incoming_state must have shape \[d_k, d_v\] = \(3, 2\), got \(7, 7\)"):
         gla_backward(q, k, v, log_gates, grad_out, incoming_state=np.zeros((7, 7)))
+    with pytest.raises(TypeError, match="incoming_state must have q's dtype float64, got complex128"):
+        gla_backward(q, k, v, log_gates, grad_out, incoming_state=np.zeros((3, 2), complex))
     with pytest.raises(ValueError, match="unknown algorithm 'bogus'"):
         gla_backward(q, k, v, log_gates, grad_out, algorithm="bogus")
     lo, hi = comm.rank * 4, comm.rank * 4 + 4

@@ -3,8 +3,11 @@ associative, not necessarily commutative op, by a chosen algorithm or the cost m
 
 from __future__ import annotations
 
+import threading
 from numbers import Integral
 from typing import Any, Optional
+
+from mpi4py import MPI
 
 from hpcrt._src.trace import trace_done
 
@@ -19,17 +22,46 @@ from .tracing import enter, payload_bytes
 from .transport import Transport
 
 
-_OUTSTANDING: dict[int, list] = {}
-"""Per communicator (its MPI handle), the started All-Scans not yet finished, in start order: a
-scan's messages and buffers stay valid until it is finished, even when its handle was dropped."""
+_QUEUE_KEYVAL: list = []
+_ORPHANS: list = []
+"""Scans never finished on communicators freed since: held for the process's life, since their
+messages may still land in their buffers."""
+
+
+def _orphan(comm: Any, keyval: int, queue: "_Outstanding") -> None:
+    """Called by MPI as a communicator with a queue is freed: keep its unfinished scans alive."""
+    _ORPHANS.extend(queue.handles)
+
+
+class _Outstanding:
+    """A communicator's started All-Scans not yet finished, in start order, kept as an attribute of
+    the communicator (a new communicator never sees a freed one's): a scan's buffers stay valid
+    until it is finished, even when its handle was dropped. The lock keeps two threads from
+    finishing one scan."""
+
+    def __init__(self) -> None:
+        self.handles: list = []
+        self.lock = threading.RLock()
+
+    @staticmethod
+    def of(comm: Any) -> "_Outstanding":
+        """The communicator's queue, made on first use."""
+        if not _QUEUE_KEYVAL:
+            _QUEUE_KEYVAL.append(MPI.Comm.Create_keyval(delete_fn=_orphan))
+        queue = comm.Get_attr(_QUEUE_KEYVAL[0])
+        if queue is None:
+            queue = _Outstanding()
+            comm.Set_attr(_QUEUE_KEYVAL[0], queue)
+        return queue
 
 
 class AllScanHandle:
     """A started All-Scan: compute meanwhile, then :meth:`wait` finishes it and returns the result.
 
     Waiting finishes every scan started before it on the same communicator first, in start order,
-    so scans waited out of order, or never waited, neither cross their messages nor deadlock
-    (every rank finishes them in the one order they were started in)."""
+    so scans waited out of order neither cross their messages nor deadlock (every rank finishes
+    them in the one order they were started in), and a scan never waited is finished by the next
+    wait on its communicator (until then it is in flight, as the monitor sees it)."""
 
     def __init__(self, steps: Steps, like: Any, trace_token: int, comm: Any):
         self._steps = steps
@@ -37,36 +69,40 @@ class AllScanHandle:
         self._trace_token = trace_token
         self._result: Optional[tuple] = None
         self._error: Optional[BaseException] = None
+        self._traceback: Any = None
         next(steps)  # posts what the algorithm can post before its first wait
-        self._queue = _OUTSTANDING.setdefault(comm.py2f(), [])
-        self._queue.append(self)
+        self._queue = _Outstanding.of(comm)
+        self._queue.handles.append(self)
 
     def wait(self) -> Any:
         """Complete the scan (blocking) and return the result; later calls return it again, or
         raise its error again."""
-        if self in self._queue:
-            for earlier in self._queue[:self._queue.index(self)]:
-                earlier._finish()
-                if earlier._error is not None:
-                    raise RuntimeError("all_scan: a scan started before this one on the same communicator "
-                                       "failed while finishing it") from earlier._error
-            self._finish()
+        with self._queue.lock:
+            if self in self._queue.handles:
+                for earlier in self._queue.handles[:self._queue.handles.index(self)]:
+                    earlier._finish()
+                    if isinstance(earlier._error, Exception):
+                        raise RuntimeError("all_scan: a scan started before this one on the same communicator "
+                                           "failed while finishing it") from earlier._error
+                    if earlier._error is not None:
+                        raise earlier._error.with_traceback(earlier._traceback)
+                self._finish()
         if self._error is not None:
-            raise self._error
+            raise self._error.with_traceback(self._traceback)
         return from_parts(self._result, self._like)
 
     def _finish(self) -> None:
         """Run the algorithm to its end, keeping its result or its error."""
-        self._queue.remove(self)
         try:
             next(self._steps)
         except StopIteration as stop:
             self._result = stop.value
         except BaseException as error:
-            self._error = error
+            self._error, self._traceback = error, error.__traceback__
         else:
             self._error = RuntimeError("an All-Scan algorithm yielded more than once")
         finally:
+            self._queue.handles.remove(self)
             trace_done(self._trace_token)
 
 

@@ -15,7 +15,7 @@ from typing import Any, Optional
 
 import numpy as np
 
-from hpcrt._src.backends import get_xp
+from hpcrt._src.backends import backend_of, get_xp
 from hpcrt._src.runtime import get_runtime
 
 from . import gla_local
@@ -34,20 +34,29 @@ def _checked(name: str, comm: Any, arrays: tuple, algorithm: str, subchunk: Any,
     comm = comm if comm is not None else get_runtime().comm
     q, _, v, log_gates = arrays[:4]
     problem = _local_problem(name, arrays, algorithm, subchunk, incoming_state)
-    shaped = q.ndim == v.ndim == 2
+    shaped = not isinstance(problem, _NotArrays) and q.ndim == v.ndim == 2
     check_agreement(comm, name, input_error=None if problem is None else str(problem),
                     d_k=q.shape[1] if shaped else None, d_v=v.shape[1] if shaped else None,
-                    dtype=str(q.dtype), algorithm=algorithm,
+                    dtype=str(q.dtype) if shaped else None, algorithm=algorithm,
                     incoming_state=None if incoming_state is None else np.shape(incoming_state))
     if problem is not None:
         raise problem
     return comm, get_xp(q).broadcast_to(log_gates, q.shape)
 
 
+class _NotArrays(TypeError):
+    """An argument that is no array: nothing else about the call can be read from it."""
+
+
 def _local_problem(name: str, arrays: tuple, algorithm: str, subchunk: Any,
                    incoming_state: Optional[Any]) -> Optional[Exception]:
     """What is wrong with this rank's arguments, found without communication, so that every
     rank reaches the agreement check."""
+    try:
+        for array in arrays:
+            backend_of(array)
+    except TypeError as error:
+        return _NotArrays(f"{name}: {error}")
     q, k, v, log_gates, *more = arrays
     if not (q.ndim == k.ndim == v.ndim == log_gates.ndim == 2 and q.shape == k.shape
             and len(v) == len(q) and log_gates.shape in ((len(q), q.shape[1]), (len(q), 1))
@@ -64,6 +73,9 @@ def _local_problem(name: str, arrays: tuple, algorithm: str, subchunk: Any,
     if incoming_state is not None and np.shape(incoming_state) != (q.shape[1], v.shape[1]):
         return ValueError(f"{name}: incoming_state must have shape [d_k, d_v] = {(q.shape[1], v.shape[1])}, "
                           f"got {np.shape(incoming_state)}")
+    if incoming_state is not None and getattr(incoming_state, "dtype", None) != q.dtype:
+        return TypeError(f"{name}: incoming_state must have q's dtype {q.dtype}, "
+                         f"got {getattr(incoming_state, 'dtype', type(incoming_state).__name__)}")
     return None
 
 

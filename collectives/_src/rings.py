@@ -136,8 +136,10 @@ def _operand_problem(collective: str, x: Any, op: Optional[str]) -> Optional[Exc
     except TypeError as error:
         return TypeError(f"{collective}: {error}")
     if np.dtype(x.dtype).kind not in _OP_KINDS[op]:
-        what = f"op {op!r}" if op is not None else "it"
-        return TypeError(f"{collective}: {what} is not defined for dtype {x.dtype}")
+        if op is None:
+            return TypeError(f"{collective}: dtype {x.dtype} cannot be sent between ranks; numeric or boolean "
+                             "arrays only")
+        return TypeError(f"{collective}: op {op!r} is not defined for dtype {x.dtype}")
     return None
 
 

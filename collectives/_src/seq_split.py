@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from numbers import Real
 from typing import Any, Optional
 
 from hpcrt._src.backends import backend_of
@@ -42,7 +43,8 @@ def prepare_attention(name: str, q: Any, k: Any, v: Any, comm: Optional[Any], ca
                       scale: Optional[float], validate: bool) -> AttentionCall:
     """Check the local arrays and scale, gather every rank's token count and (``validate``) agreement."""
     transport = Transport(comm)
-    problems = transport.comm.allgather((_local_problem(q, k, v, scale), q.shape[-2] if q.ndim >= 2 else 0))
+    problem = _local_problem(q, k, v, scale)
+    problems = transport.comm.allgather((problem, q.shape[-2] if problem is None else 0))
     _raise_on_every_rank(name, [problem for problem, _ in problems])
     if scale is None:
         scale = 1.0 / math.sqrt(q.shape[-1])
@@ -64,6 +66,11 @@ def _raise_on_every_rank(name: str, problems: list) -> None:
 
 def _local_problem(q: Any, k: Any, v: Any, scale: Optional[float]) -> Optional[tuple[type, str]]:
     """Why this rank's arguments cannot run, as (exception type, message), or None."""
+    try:
+        for array in (q, k, v):
+            backend_of(array)
+    except TypeError as error:
+        return TypeError, str(error)
     if min(q.ndim, k.ndim, v.ndim) < 2:
         return ValueError, f"q, k, v need shape [..., T, d], got {q.shape}, {k.shape}, {v.shape}"
     if not (q.shape[:-1] == k.shape[:-1] == v.shape[:-1]) or q.shape[-1] != k.shape[-1]:
@@ -82,10 +89,9 @@ def _scale_problem(scale: Optional[float]) -> Optional[tuple[type, str]]:
     """Why ``scale`` is no usable softmax scale (None: the default 1/√d), or None."""
     if scale is None:
         return None
-    try:
-        value = float(scale)
-    except (TypeError, ValueError):
-        return TypeError, f"scale must be a number, got {scale!r}"
+    if isinstance(scale, bool) or not isinstance(scale, Real):
+        return TypeError, f"scale must be a real number, got {scale!r}"
+    value = float(scale)
     if not (math.isfinite(value) and value > 0):
         return ValueError, f"scale must be finite and positive, got {value}"
     return None
