@@ -236,6 +236,8 @@ def test_disagreeing_ranks_fail_together(comm):
         all_scan(x.astype(complex), "max")
     with pytest.raises(TypeError, match="not defined for dtype object"):
         all_scan(x.astype(object), "sum")
+    with pytest.raises(TypeError, match="not in this machine's byte order"):
+        all_scan(x.astype(x.dtype.newbyteorder()), "sum")
     with pytest.raises(CollectiveMismatchError, match="disagree on input_error.*dtype object"):
         all_scan(x.astype(object) if last else x, "sum")
     # The communicator still works afterwards.

@@ -241,6 +241,8 @@ def test_operands_no_algorithm_can_take_are_refused_alike(comm):
             allreduce([1.0, 2.0], comm=comm, algorithm=algorithm)
         with pytest.raises(CollectiveMismatchError, match="disagree on input_error.*dtype object"):
             allgather(np.ones(2, object if comm.rank == 1 else float), comm=comm, algorithm=algorithm)
+        with pytest.raises(TypeError, match="not in this machine's byte order"):
+            allgather(np.ones(2, np.dtype(np.float64).newbyteorder()), comm=comm, algorithm=algorithm)
         got = allreduce(np.full(3, 1 + 1j), comm=comm, algorithm=algorithm)
         assert np.array_equal(got, np.full(3, comm.size * (1 + 1j))), algorithm
         assert np.array_equal(allgather(np.ones(2, bool), comm=comm, algorithm=algorithm), np.ones(2 * comm.size, bool))

@@ -140,6 +140,9 @@ def _operand_problem(collective: str, x: Any, op: Optional[str]) -> Optional[Exc
             return TypeError(f"{collective}: dtype {x.dtype} cannot be sent between ranks; numeric or boolean "
                              "arrays only")
         return TypeError(f"{collective}: op {op!r} is not defined for dtype {x.dtype}")
+    if not np.dtype(x.dtype).isnative:
+        return TypeError(f"{collective}: dtype {x.dtype} is not in this machine's byte order; "
+                         "convert it with x.astype(x.dtype.newbyteorder('='))")
     return None
 
 

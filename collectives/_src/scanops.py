@@ -52,11 +52,15 @@ SENDABLE_KINDS = "biufc"
 
 
 def check_sendable(parts: tuple) -> None:
-    """TypeError for an array whose elements MPI cannot carry as values (object references, text)."""
+    """TypeError for an array whose elements MPI cannot carry as values (object references, text,
+    the other byte order)."""
     for part in parts:
         if np.dtype(part.dtype).kind not in SENDABLE_KINDS:
             raise TypeError(f"all_scan: dtype {part.dtype} cannot be sent between ranks; "
                             "numeric or boolean arrays only")
+        if not np.dtype(part.dtype).isnative:
+            raise TypeError(f"all_scan: dtype {part.dtype} is not in this machine's byte order; "
+                            "convert it with x.astype(x.dtype.newbyteorder('='))")
 
 
 def _check_single(name: str, kinds: str) -> Callable[[Any], None]:
