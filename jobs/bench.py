@@ -137,9 +137,15 @@ def metadata(runtime: hpcrt.Runtime, cfg: DictConfig, nominal: dict, measured: d
 def run(cfg: DictConfig) -> None:
     """One job of the app (one point of a sweep): check the config, measure, report."""
     started = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
-    settings = parse_settings(OmegaConf.to_container(cfg.bench, resolve=True),
-                              {name: tuple(c.algorithms) for name, c in COLLECTIVES.items()}, KNOWN_OPS, SUITES)
-    algorithms, skipped = select_algorithms(settings) if settings.collectives else ({}, {})
+    try:
+        settings = parse_settings(OmegaConf.to_container(cfg.bench, resolve=True),
+                                  {name: tuple(c.algorithms) for name, c in COLLECTIVES.items()}, KNOWN_OPS, SUITES)
+        algorithms, skipped = select_algorithms(settings) if settings.collectives else ({}, {})
+    except ConfigError as error:
+        # The same config, so the same error, on every rank: said once, by rank 0, with no traceback.
+        if MPI.COMM_WORLD.rank == 0:
+            print(f"bench: {error}", file=sys.stderr, flush=True)
+        sys.exit(2)
     runtime = hpcrt.init(cfg.runtime)
     for name, why in skipped.items():
         log.info("%s skipped: %s", name, why)
