@@ -27,7 +27,7 @@ from .model_memo import ChoiceMemo, LinkMemo
 from .reduce_ops import REDUCE_OPS, combine_into
 from .ring_cost import ALGORITHMS, RING_COLLECTIVES, choose_ring_algorithm, ring_costs
 from .ring_engine import ring_lanes, ring_pass
-from .transport import Transport
+from .transport import Transport, unsendable
 from .tracing import traced
 
 
@@ -122,9 +122,9 @@ def _begin(collective: str, x: Any, comm: Optional[Any], algorithm: str, validat
     return transport, algorithm
 
 
-_OP_KINDS = {"sum": "iufc", "max": "iuf", "min": "iuf", None: "biufc"}
+_OP_KINDS = {"sum": "iufc", "max": "iuf", "min": "iuf"}
 """dtype kinds each op is defined for on every algorithm (MPI has no sum on booleans and no
-order on complex numbers); allgather (no op) carries any number or boolean."""
+order on complex numbers)."""
 
 
 def _operand_problem(collective: str, x: Any, op: Optional[str]) -> Optional[Exception]:
@@ -135,14 +135,11 @@ def _operand_problem(collective: str, x: Any, op: Optional[str]) -> Optional[Exc
         backend_of(x)
     except TypeError as error:
         return TypeError(f"{collective}: {error}")
-    if np.dtype(x.dtype).kind not in _OP_KINDS[op]:
-        if op is None:
-            return TypeError(f"{collective}: dtype {x.dtype} cannot be sent between ranks; numeric or boolean "
-                             "arrays only")
+    problem = unsendable(x.dtype)
+    if problem is not None:
+        return TypeError(f"{collective}: {problem}")
+    if op is not None and np.dtype(x.dtype).kind not in _OP_KINDS[op]:
         return TypeError(f"{collective}: op {op!r} is not defined for dtype {x.dtype}")
-    if not np.dtype(x.dtype).isnative:
-        return TypeError(f"{collective}: dtype {x.dtype} is not in this machine's byte order; "
-                         "convert it with x.astype(x.dtype.newbyteorder('='))")
     return None
 
 

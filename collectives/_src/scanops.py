@@ -10,6 +10,8 @@ import numpy as np
 
 from hpcrt._src.backends import backend_of, get_xp
 
+from .transport import SENDABLE_KINDS, unsendable
+
 
 @dataclass(frozen=True, eq=False)
 class ScanOp:
@@ -47,20 +49,12 @@ def from_parts(parts: tuple, like: Any) -> Any:
     return tuple(parts) if isinstance(like, (tuple, list)) else parts[0]
 
 
-SENDABLE_KINDS = "biufc"
-"""dtype kinds a scan can send: booleans and numbers (not objects, strings, dates or records)."""
-
-
 def check_sendable(parts: tuple) -> None:
-    """TypeError for an array whose elements MPI cannot carry as values (object references, text,
-    the other byte order)."""
+    """TypeError for an array whose elements MPI cannot carry as values (:func:`.transport.unsendable`)."""
     for part in parts:
-        if np.dtype(part.dtype).kind not in SENDABLE_KINDS:
-            raise TypeError(f"all_scan: dtype {part.dtype} cannot be sent between ranks; "
-                            "numeric or boolean arrays only")
-        if not np.dtype(part.dtype).isnative:
-            raise TypeError(f"all_scan: dtype {part.dtype} is not in this machine's byte order; "
-                            "convert it with x.astype(x.dtype.newbyteorder('='))")
+        problem = unsendable(part.dtype)
+        if problem is not None:
+            raise TypeError(f"all_scan: {problem}")
 
 
 def _check_single(name: str, kinds: str) -> Callable[[Any], None]:
@@ -122,7 +116,7 @@ def _affine_identity(x: Any) -> tuple:
 
 
 SUM = ScanOp(lambda lower, upper: lower + upper, lambda x: get_xp(x).zeros(x.shape, dtype=x.dtype),
-             "sum", rowwise=True, check=_check_single("sum", "biufc"),
+             "sum", rowwise=True, check=_check_single("sum", SENDABLE_KINDS),
              combine_into=lambda lower, upper, out: get_xp(lower).add(lower, upper, out=out[0]))
 MAX = ScanOp(lambda lower, upper: get_xp(lower).maximum(lower, upper), _max_identity, "max",
              rowwise=True, check=_check_single("max", "biuf"),

@@ -33,6 +33,21 @@ def _world_ranks(comm: Any) -> tuple[int, ...]:
     return ranks
 
 
+SENDABLE_KINDS = "biufc"
+"""dtype kinds a message can carry as values: booleans and numbers (not objects, strings, dates
+or records)."""
+
+
+def unsendable(dtype: Any) -> Optional[str]:
+    """Why arrays of ``dtype`` cannot travel between ranks as their values, or None."""
+    dtype = np.dtype(dtype)
+    if dtype.kind not in SENDABLE_KINDS:
+        return f"dtype {dtype} cannot be sent between ranks; numeric or boolean arrays only"
+    if not dtype.isnative:
+        return f"dtype {dtype} is not in this machine's byte order; convert it with x.astype(x.dtype.newbyteorder('='))"
+    return None
+
+
 def hold_for(seconds: float) -> None:
     """Wait ``seconds`` precisely: sleep through most of it, spin the last half millisecond."""
     deadline = time.perf_counter() + seconds
