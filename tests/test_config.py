@@ -40,3 +40,26 @@ def test_omegaconf_node_is_accepted():
 def test_bad_settings_name_the_key(config, env, key):
     with pytest.raises(ConfigError, match=key):
         resolve_config(config, environ=env)
+
+
+@pytest.mark.parametrize("name, hint", [
+    ("HPCRT_LOGFILES", "did you mean HPCRT_LOG_FILES"),
+    ("HPCRT_FAULTS", "did you mean HPCRT_FAULT"),
+    ("HPCRT_RUNDIR", "did you mean HPCRT_RUN_DIR"),
+])
+def test_mistyped_variable_is_an_error_naming_it(name, hint):
+    with pytest.raises(ConfigError, match=f"environment variable {name} is unknown: {hint}"):
+        resolve_config(None, environ={name: "1"})
+
+
+def test_variables_read_elsewhere_are_not_config_typos():
+    env = {"HPCRT_FAULT": "kill:rank=0,step=1", "HPCRT_SRUN_MPI": "pmix", "HPCRT_TEST_ULFM": "1",
+           "HPCRT_MONITOR_THRESHOLD": "0.5", "HPCRTX": "not ours"}
+    assert resolve_config(None, environ=env) == RuntimeConfig()
+
+
+@pytest.mark.parametrize("key", ["staging_pool_mb", "keep_freed_mb"])
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), True])
+def test_integer_settings_refuse_non_finite_numbers_and_booleans(key, value):
+    with pytest.raises(ConfigError, match=key):
+        resolve_config({key: value}, environ={})

@@ -25,6 +25,36 @@ def test_bad_value_names_the_key(key, value):
         resolve_monitor_config({key: value}, environ={})
 
 
+@pytest.mark.parametrize("key", ["threshold", "min_section_ms", "collective_timeout_s", "section_timeout_s",
+                                 "heartbeat_interval_s", "heartbeat_timeout_s", "dump_grace_s"])
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")])
+def test_non_finite_float_setting_is_refused(key, value):
+    # a NaN timeout compares false with everything: it would turn hang detection off, or crash the abort
+    with pytest.raises(ConfigError, match=f"'{key}'"):
+        resolve_monitor_config({key: value}, environ={})
+    with pytest.raises(ConfigError, match=f"'{key}'"):
+        resolve_monitor_config(None, environ={f"HPCRT_MONITOR_{key.upper()}": str(value)})
+
+
+@pytest.mark.parametrize("fault", ["delay:rank=0,ms=nan", "delay:rank=0,ms=inf"])
+def test_non_finite_delay_is_refused(fault):
+    with pytest.raises(ConfigError, match="finite ms"):
+        resolve_monitor_config(None, environ={"HPCRT_FAULT": fault})
+
+
+def test_fault_on_a_rank_the_job_does_not_have_is_refused():
+    cfg = resolve_monitor_config(None, environ={"HPCRT_FAULT": "delay:rank=1,step=0,ms=1;kill:rank=4,step=3"})
+    assert len(cfg.fault_specs(5)) == 2
+    with pytest.raises(ConfigError, match=r"'kill:rank=4,step=3' names rank 4, but the job has ranks 0\.\.3"):
+        cfg.fault_specs(4)
+
+
+def test_mistyped_monitor_variable_is_named():
+    with pytest.raises(ConfigError, match="HPCRT_MONITOR_COLECTIVE_TIMEOUT_S is unknown: did you mean "
+                                          "HPCRT_MONITOR_COLLECTIVE_TIMEOUT_S"):
+        resolve_monitor_config(None, environ={"HPCRT_MONITOR_COLECTIVE_TIMEOUT_S": "5"})
+
+
 def test_unknown_key_is_named():
     with pytest.raises(ConfigError, match="'treshold' is unknown"):
         resolve_monitor_config({"treshold": 0.5}, environ={})

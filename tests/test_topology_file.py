@@ -63,6 +63,7 @@ def test_interleaved_ranks_and_slower_class_between_mixed_nodes(tmp_path):
      "positive finite"),
     ("nodes: [{name: a, ranks: [0, 1]}, {name: b, ranks: [1, 2, 3]}]" + GOOD_LINKS, "nodes[1].ranks",
      "not already placed"),
+    ("nodes: [{name: a, ranks: 2}, {name: a, ranks: 2}]" + GOOD_LINKS, "nodes[1].name", "no other node has"),
     ("nodes: [{name: a, ranks: 4}]" + GOOD_LINKS + "mixed: roce\n", "mixed", "link class defined"),
     ("nodes: [{name: a, ranks: 4}]" + GOOD_LINKS + "emulate: sometimes\n", "emulate", "true or false"),
     ("topology: {}\n", "topology", "unknown"),

@@ -4,6 +4,8 @@ and by plain scripts, with ``HPCRT_*`` environment overrides for launch scripts.
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import math
 import os
 from dataclasses import dataclass
 from typing import Any, Mapping, Optional
@@ -53,16 +55,24 @@ class RuntimeConfig:
         _check_choice("cuda_aware", self.cuda_aware, CUDA_AWARE_CHOICES)
         _check_choice("thread_level", self.thread_level, THREAD_LEVELS)
         _check_choice("log_level", str(self.log_level).upper(), LOG_LEVELS)
-        if not isinstance(self.staging_pool_mb, int) or self.staging_pool_mb <= 0:
-            raise ConfigError(f"hpcrt config key 'staging_pool_mb': expected a positive integer, "
-                              f"got {self.staging_pool_mb!r}")
-        if isinstance(self.keep_freed_mb, bool) or not isinstance(self.keep_freed_mb, int) or self.keep_freed_mb < 0:
-            raise ConfigError(f"hpcrt config key 'keep_freed_mb': expected an integer >= 0, got {self.keep_freed_mb!r}")
+        _check_int("staging_pool_mb", self.staging_pool_mb, 1)
+        _check_int("keep_freed_mb", self.keep_freed_mb, 0)
         for key in ("log_files", "abort_on_error"):
             if not isinstance(getattr(self, key), bool):
                 raise ConfigError(f"hpcrt config key '{key}': expected true or false, "
                                   f"got {getattr(self, key)!r}")
         return self
+
+
+def is_finite_number(value: Any) -> bool:
+    """An int or float (not a bool) that is neither NaN nor infinite: a NaN timeout compares false
+    with everything, so it would silently turn a check off."""
+    return not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
+
+
+def _check_int(key: str, value: Any, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ConfigError(f"hpcrt config key '{key}': expected an integer >= {minimum}, got {value!r}")
 
 
 def _check_choice(key: str, value: Any, choices: tuple) -> None:
@@ -90,6 +100,26 @@ def parse_env(key: str, raw: str, kind: type) -> Any:
     return raw
 
 
+NON_CONFIG_ENV = ("HPCRT_FAULT", "HPCRT_SRUN_MPI")
+"""``HPCRT_*`` variables that are no runtime config key: the monitor's fault injection, the PMI
+plugin the Slurm templates pass to ``srun``."""
+OTHER_ENV_PREFIXES = ("HPCRT_MONITOR_", "HPCRT_TEST_")
+"""Names owned elsewhere: the monitor checks its own; the test suite's switches."""
+
+
+def check_env_names(environ: Mapping[str, str], prefix: str, schema: type,
+                    others: tuple = (), other_prefixes: tuple = ()) -> None:
+    """Raise :class:`ConfigError` naming a ``<prefix>*`` variable that is neither a field of the
+    dataclass ``schema`` nor one of ``others``: a mistyped name would otherwise be ignored."""
+    known = [prefix + f.name.upper() for f in dataclasses.fields(schema)]
+    for name in sorted(environ):
+        if name.startswith(prefix) and name not in known and name not in others \
+                and not name.startswith(other_prefixes):
+            close = difflib.get_close_matches(name, known + list(others), n=1)
+            hint = f"did you mean {close[0]}? " if close else ""
+            raise ConfigError(f"environment variable {name} is unknown: {hint}known: {', '.join(known + list(others))}")
+
+
 def _field_kind(f: dataclasses.Field) -> type:
     """The type an environment string converts to: that of the field's default."""
     return type(f.default) if isinstance(f.default, (bool, int)) else str
@@ -102,6 +132,7 @@ def resolve_config(config: RuntimeConfig | Mapping[str, Any] | None = None,
     The environment wins: launch scripts set what the job's own config cannot know.
     """
     environ = os.environ if environ is None else environ
+    check_env_names(environ, "HPCRT_", RuntimeConfig, NON_CONFIG_ENV, OTHER_ENV_PREFIXES)
     values = config_as_dict(config, RuntimeConfig, "hpcrt config")
     for name, f in {f.name: f for f in dataclasses.fields(RuntimeConfig)}.items():
         raw = environ.get(f"HPCRT_{name.upper()}")

@@ -69,6 +69,7 @@ class Monitor:
         if "shrink" in config.death_actions and not ulfm_available():
             raise ConfigError("hpcrt monitor config key 'death_actions': 'shrink' needs Open MPI with ULFM "
                               "(mpiexec --with-ft ulfm); this MPI library has none")
+        faults = config.fault_specs(runtime.size)
         self.config = config
         self.rank, self.size, self.node = runtime.rank, runtime.size, runtime.node
         self.nodes = [r.node for r in runtime.topology.ranks]
@@ -89,7 +90,7 @@ class Monitor:
         self._window_start = 0
         self._t_step = perf_counter()
         self._coll_at_step = 0.0
-        self._faults = FaultInjector(config.fault_specs(), self.rank, lambda: self.watchdog.heartbeat("running"))
+        self._faults = FaultInjector(faults, self.rank, lambda: self.watchdog.heartbeat("running"))
         self._lock = threading.Lock()
         self._dumped = False
         self.closed = False

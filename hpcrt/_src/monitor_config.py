@@ -8,7 +8,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, List, Mapping, Optional
 
-from .config import ConfigError, config_as_dict, parse_env
+from .config import ConfigError, check_env_names, config_as_dict, is_finite_number, parse_env
 
 ACTIONS = ("log", "callback", "dump", "abort", "shrink")
 FAULT_KINDS = ("delay", "stop", "kill", "raise")
@@ -44,8 +44,8 @@ class FaultSpec:
         if "rank" not in values or values["rank"] < 0 or values.get("step", 0) < 0:
             raise ConfigError(f"hpcrt monitor config key '{key}': fault {text!r} needs rank=R (R >= 0) "
                               "and a non-negative step")
-        if kind == "delay" and values.get("ms", 0) <= 0:
-            raise ConfigError(f"hpcrt monitor config key '{key}': delay fault {text!r} needs ms > 0")
+        if kind == "delay" and not (is_finite_number(values.get("ms")) and values["ms"] > 0):
+            raise ConfigError(f"hpcrt monitor config key '{key}': delay fault {text!r} needs a finite ms > 0")
         return cls(kind, values["rank"], values.get("step", 0), values.get("ms", 0.0))
 
 
@@ -98,16 +98,16 @@ class MonitorConfig:
             value = getattr(self, key)
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
                 _bad(key, "a positive integer", value)
-        if not isinstance(self.threshold, (int, float)) or not 0 < self.threshold <= 1:
+        if not is_finite_number(self.threshold) or not 0 < self.threshold <= 1:
             _bad("threshold", "a number in (0, 1]", self.threshold)
         for key in ("min_section_ms", "collective_timeout_s", "section_timeout_s", "dump_grace_s"):
             value = getattr(self, key)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-                _bad(key, "a non-negative number of " + ("ms" if key.endswith("ms") else "seconds"), value)
+            if not is_finite_number(value) or value < 0:
+                _bad(key, "a finite non-negative number of " + ("ms" if key.endswith("ms") else "seconds"), value)
         for key in ("heartbeat_interval_s", "heartbeat_timeout_s"):
             value = getattr(self, key)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
-                _bad(key, "a positive number of seconds", value)
+            if not is_finite_number(value) or value <= 0:
+                _bad(key, "a finite positive number of seconds", value)
         if self.heartbeat_timeout_s < 2 * self.heartbeat_interval_s:
             _bad("heartbeat_timeout_s", f"at least twice heartbeat_interval_s ({self.heartbeat_interval_s})",
                  self.heartbeat_timeout_s)
@@ -124,8 +124,15 @@ class MonitorConfig:
             FaultSpec.parse(text)
         return self
 
-    def fault_specs(self) -> List[FaultSpec]:
-        return [FaultSpec.parse(text) for text in self.faults]
+    def fault_specs(self, size: Optional[int] = None) -> List[FaultSpec]:
+        """The parsed faults; with the job's ``size``, a fault on a rank the job does not have is an
+        error (it would never fire, and the test or demo relying on it would pass for nothing)."""
+        specs = [FaultSpec.parse(text) for text in self.faults]
+        for spec, text in zip(specs, self.faults):
+            if size is not None and spec.rank >= size:
+                raise ConfigError(f"hpcrt monitor config key 'faults' (or HPCRT_FAULT): fault {text.strip()!r} "
+                                  f"names rank {spec.rank}, but the job has ranks 0..{size - 1}")
+        return specs
 
 
 def _bad(key: str, expected: str, got: Any) -> None:
@@ -136,6 +143,7 @@ def resolve_monitor_config(config: MonitorConfig | Mapping[str, Any] | None = No
                            environ: Mapping[str, str] | None = None) -> MonitorConfig:
     """Merge defaults, the given config (dataclass, dict or OmegaConf node) and the environment."""
     environ = os.environ if environ is None else environ
+    check_env_names(environ, "HPCRT_MONITOR_", MonitorConfig)
     values = config_as_dict(config, MonitorConfig, "hpcrt monitor config")
     for name in (f.name for f in dataclasses.fields(MonitorConfig)):
         raw = environ.get(f"HPCRT_MONITOR_{name.upper()}")

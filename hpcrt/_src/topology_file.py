@@ -96,12 +96,17 @@ def load_topology_file(path: str | Path, world_size: int, devices: Sequence, hos
     if not isinstance(nodes, list) or not nodes:
         check.fail("nodes", "a non-empty list of nodes", nodes)
     next_rank = 0
+    names: list[str] = []
     for i, node in enumerate(nodes):
         key = f"nodes[{i}]"
         node = check.mapping(key, node, _NODE_KEYS, {"name", "ranks"})
         name = node["name"]
         if not isinstance(name, str) or not name:
             check.fail(f"{key}.name", "a non-empty string", name)
+        if name in names:
+            check.fail(f"{key}.name", f"a name no other node has (nodes[{names.index(name)}] is also named "
+                       f"'{name}'; give a node's ranks as a list to place them apart)", name)
+        names.append(name)
         ranks = _parse_ranks(check, f"{key}.ranks", node["ranks"], next_rank)
         next_rank = max([next_rank] + [r + 1 for r in ranks])
         nic = _parse_nic(check, f"{key}.nic", node.get("nic", {"name": "eth0", "class": "eth"}), links,
