@@ -10,7 +10,6 @@ Hydra's ``multirun.yaml``, are identical.
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -20,7 +19,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import OmegaConf
 
 import hpcrt
-from hpcrt._src.rundir import DEFAULT_ROOT, default_run_dir
+from hpcrt._src.rundir import DEFAULT_ROOT, agree_run_dir
 
 RUN_DIR_KEYS = ("hydra.run.dir", "hydra.sweep.dir")
 CONFIG_DIR = Path(__file__).resolve().parent / "conf"
@@ -42,11 +41,9 @@ def _given_keys(argv: Sequence[str]) -> set[str]:
 
 
 def agree_base_dir(comm: Any, job: str) -> str:
-    """Rank 0's choice of ``hpcrt-runs/<job>/<Slurm job id or date-time>``, absolute, on every rank."""
-    chosen = None
-    if comm.rank == 0:
-        chosen = str((Path(DEFAULT_ROOT) / job / default_run_dir(os.environ).name).resolve())
-    return comm.bcast(chosen, root=0)
+    """``hpcrt-runs/<job>/<Slurm job id or date-time>``, created by rank 0 (a date-time another job
+    already has gets a suffix), absolute, on every rank."""
+    return str(agree_run_dir(comm, None, root=Path(DEFAULT_ROOT) / job))
 
 
 def with_run_dir(argv: Sequence[str], comm: Any, job: str) -> list[str]:
