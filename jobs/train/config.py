@@ -1,0 +1,168 @@
+"""The training job's settings: the ``model``, ``data``, ``parallel``, ``train`` and ``checkpoint``
+nodes of ``conf/train.yaml`` checked into dataclasses, every bad value a :class:`hpcrt.ConfigError`
+naming its key, before any rank starts work."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import asdict, dataclass
+from numbers import Integral, Real
+from typing import Any, Mapping
+
+from hpcrt import ConfigError
+
+from .model import ModelShape
+
+DTYPES = ("float32", "float64")
+SCANS = ("auto", "pipeline", "allgather", "ring", "mpi")
+ZEROS = ("none", "flat", "hpz", "3level")
+ALLREDUCES = ("auto", "ring", "bidir_ring", "mpi")
+DATA_KINDS = ("markov", "tokens")
+NODES = ("model", "data", "parallel", "train", "checkpoint")
+
+
+@dataclass(frozen=True)
+class Parallel:
+    """The dp × sp layout and the algorithms that join it."""
+
+    dp: int
+    sp: int
+    scan: str
+    zero: str
+    allreduce: str
+
+
+@dataclass(frozen=True)
+class Train:
+    """The optimisation run: steps, batch, Adam, logging and resume."""
+
+    steps: int
+    batch: int
+    seq_len: int
+    lr: float
+    beta1: float
+    beta2: float
+    eps: float
+    seed: int
+    log_every: int
+    resume: str
+    monitor: bool
+
+
+@dataclass(frozen=True)
+class Checkpointing:
+    """How often the job checkpoints, how much it keeps, and whether saves block the loop."""
+
+    every: int
+    keep: int
+    blocking: bool
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the job runs with."""
+
+    shape: ModelShape
+    dtype: str
+    data: dict
+    parallel: Parallel
+    train: Train
+    checkpoint: Checkpointing
+
+    def model_hash(self) -> str:
+        """What a checkpoint must match to be resumed: the model, its dtype and the seed (the
+        layout may differ: restore reshards)."""
+        text = json.dumps({"shape": asdict(self.shape), "dtype": self.dtype, "seed": self.train.seed}, sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+class _Node:
+    """One config node's values, each read once and checked, errors naming ``node.key``."""
+
+    def __init__(self, config: Mapping[str, Any], node: str, keys: tuple[str, ...]):
+        self.name, self.raw = node, config.get(node)
+        if not isinstance(self.raw, Mapping):
+            raise ConfigError(f"train config key '{node}': expected a mapping, got {self.raw!r}")
+        unknown = sorted(set(self.raw) - set(keys))
+        if unknown:
+            raise ConfigError(f"train config key '{node}.{unknown[0]}': unknown; expected one of {', '.join(keys)}")
+
+    def fail(self, key: str, expected: str) -> ConfigError:
+        return ConfigError(f"train config key '{self.name}.{key}': expected {expected}, got {self.raw.get(key)!r}")
+
+    def integer(self, key: str, minimum: int) -> int:
+        value = self.raw.get(key)
+        if isinstance(value, bool) or not isinstance(value, Integral) or value < minimum:
+            raise self.fail(key, f"an integer >= {minimum}")
+        return int(value)
+
+    def number(self, key: str, low: float, high: float = math.inf) -> float:
+        value = self.raw.get(key)
+        if isinstance(value, bool) or not isinstance(value, Real) or not low <= value < high:
+            raise self.fail(key, f"a finite number in [{low}, {high})")
+        return float(value)
+
+    def choice(self, key: str, choices: tuple[str, ...]) -> str:
+        value = self.raw.get(key)
+        if value not in choices:
+            raise self.fail(key, f"one of {', '.join(choices)}")
+        return value
+
+    def flag(self, key: str) -> bool:
+        value = self.raw.get(key)
+        if not isinstance(value, bool):
+            raise self.fail(key, "true or false")
+        return value
+
+    def text(self, key: str) -> str:
+        value = self.raw.get(key)
+        if not isinstance(value, str) or not value or value == "???":  # ???: OmegaConf's missing value
+            raise self.fail(key, "a non-empty string")
+        return value
+
+
+def parse_settings(config: Mapping[str, Any], world: int) -> Settings:
+    """The job's settings for a ``world``-rank job, or a ConfigError naming the first bad key."""
+    unknown = sorted(set(config) - set(NODES) - {"runtime", "monitor", "hydra"})
+    if unknown:
+        raise ConfigError(f"train config key '{unknown[0]}': unknown; expected one of {', '.join(NODES)}")
+    model = _Node(config, "model", ("vocab", "d_model", "heads", "d_k", "d_v", "layers", "d_ff", "dtype"))
+    shape = ModelShape(vocab=model.integer("vocab", 2), d_model=model.integer("d_model", 1),
+                       heads=model.integer("heads", 1), d_k=model.integer("d_k", 1), d_v=model.integer("d_v", 1),
+                       layers=model.integer("layers", 1), d_ff=model.integer("d_ff", 1))
+    dtype = model.choice("dtype", DTYPES)
+    data = _data(config)
+    par = _Node(config, "parallel", ("sp", "scan", "zero", "allreduce"))
+    sp = par.integer("sp", 1)
+    if world % sp:
+        raise par.fail("sp", f"a divisor of the job's {world} ranks (dp = ranks / sp)")
+    parallel = Parallel(dp=world // sp, sp=sp, scan=par.choice("scan", SCANS), zero=par.choice("zero", ZEROS),
+                        allreduce=par.choice("allreduce", ALLREDUCES))
+    tr = _Node(config, "train", ("steps", "batch", "seq_len", "lr", "beta1", "beta2", "eps", "seed", "log_every",
+                                 "resume", "monitor"))
+    train = Train(steps=tr.integer("steps", 1), batch=tr.integer("batch", 1), seq_len=tr.integer("seq_len", 1),
+                  lr=tr.number("lr", 0.0), beta1=tr.number("beta1", 0.0, 1.0), beta2=tr.number("beta2", 0.0, 1.0),
+                  eps=tr.number("eps", 0.0), seed=tr.integer("seed", 0), log_every=tr.integer("log_every", 1),
+                  resume=tr.text("resume"), monitor=tr.flag("monitor"))
+    if train.seq_len < sp:
+        raise tr.fail("seq_len", f"at least parallel.sp = {sp} tokens, one per sequence-parallel rank")
+    if train.batch < parallel.dp:
+        raise tr.fail("batch", f"at least dp = {parallel.dp} sequences, one per data-parallel group")
+    ck = _Node(config, "checkpoint", ("every", "keep", "blocking"))
+    checkpoint = Checkpointing(every=ck.integer("every", 0), keep=ck.integer("keep", 1), blocking=ck.flag("blocking"))
+    return Settings(shape, dtype, data, parallel, train, checkpoint)
+
+
+def _data(config: Mapping[str, Any]) -> dict:
+    """The ``data`` node: ``markov`` (branching, chain_seed) or ``tokens`` (path)."""
+    kind = config.get("data", {}).get("kind") if isinstance(config.get("data"), Mapping) else None
+    if kind not in DATA_KINDS:
+        raise ConfigError(f"train config key 'data.kind': expected one of {', '.join(DATA_KINDS)} "
+                          f"(choose with data=markov or data=tokens), got {kind!r}")
+    if kind == "markov":
+        node = _Node(config, "data", ("kind", "branching", "chain_seed"))
+        return {"kind": kind, "branching": node.integer("branching", 1), "chain_seed": node.integer("chain_seed", 0)}
+    node = _Node(config, "data", ("kind", "path"))
+    return {"kind": kind, "path": node.text("path")}

@@ -1,0 +1,157 @@
+"""The training loop: build the layout, the model and the optimizer, resume, then per step —
+batch, forward and backward over the sp group, gradient exchange, Adam, asynchronous checkpoint,
+monitor step — and at the end the summary and the plot."""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+from mpi4py import MPI
+from omegaconf import DictConfig, OmegaConf
+
+import hpcrt
+import hpcrt.monitor
+from hpcrt import ConfigError
+from hpcrt.checkpoint import Checkpointer
+from hpcrt.collectives import allreduce
+
+from .config import Settings, parse_settings
+from .data import Source, make_source
+from .layout import Layout, format_table, make_layout
+from .metrics import MetricsLog, StepTimer, read_metrics
+from .model import init_params, loss_and_grad
+from .optim import Adam, make_sync
+from .report import params_digest, plot, write_summary
+from .state import checkpoint_directory, restore_into, training_state
+
+log = logging.getLogger("hpcrt.jobs.train")
+
+
+def run(cfg: DictConfig) -> None:
+    """One job of the app (one point of a sweep): check the config, train, report."""
+    world = MPI.COMM_WORLD
+    try:
+        settings = parse_settings(OmegaConf.to_container(cfg, resolve=True), world.size)
+        monitor_config = hpcrt.monitor.resolve_monitor_config(cfg.monitor) if settings.train.monitor else None
+        source = make_source(settings.data, settings.shape.vocab, settings.train.seq_len)
+    except ConfigError as error:
+        _config_exit(world, error)
+    runtime = hpcrt.init(cfg.runtime)
+    try:
+        _train(runtime, settings, source, monitor_config)
+    except ConfigError as error:  # found collectively (e.g. a checkpoint of another model): the same on every rank
+        _config_exit(world, error)
+    except Exception:
+        sys.exit(1)  # the abort hook reports this rank's traceback and ends the job (Hydra would go on)
+    hpcrt.finalize()
+
+
+def _config_exit(world: Any, error: ConfigError) -> None:
+    """Every rank found the same config error: rank 0 says it once, every rank exits with 2."""
+    if world.rank == 0:
+        print(f"train: {error}", file=sys.stderr, flush=True)
+    if hpcrt.is_initialized():
+        hpcrt.finalize()
+    raise SystemExit(2)  # not sys.exit: the abort hook would take a shared, expected exit for a crash
+
+
+def _train(runtime: hpcrt.Runtime, settings: Settings, source: Source, monitor_config: Any) -> None:
+    leader, train, par = runtime.rank == 0, settings.train, settings.parallel
+    layout = make_layout(runtime, par, train.batch, train.seq_len)
+    if leader:
+        log.info("run directory %s\nlayout dp=%d x sp=%d, zero=%s, scan=%s\n%s", runtime.run_dir, par.dp, par.sp,
+                 par.zero, par.scan, format_table(layout.table))
+        if source.entropy_floor is not None:
+            log.info("data: Markov chain, entropy rate %.4f nats/token (the loss floor)", source.entropy_floor)
+    params = init_params(settings.shape, train.seed, settings.dtype, runtime.xp)
+    sync = make_sync(par.zero, params.size, runtime.comm, par.allreduce, params)
+    adam = Adam(sync.owned.stop - sync.owned.start, params, train.lr, train.beta1, train.beta2, train.eps)
+    own_dir, resume_dir = checkpoint_directory(runtime.run_dir, train.resume)
+    resumed = 0
+    if resume_dir is not None and resume_dir != own_dir:
+        with Checkpointer(resume_dir) as other:
+            resumed = restore_into(other, params, adam, sync.owned, settings.model_hash())
+    checkpointer = Checkpointer(own_dir, keep=settings.checkpoint.keep)
+    if resume_dir == own_dir:
+        resumed = restore_into(checkpointer, params, adam, sync.owned, settings.model_hash())
+    monitor = hpcrt.monitor.start(monitor_config) if monitor_config is not None else None
+    metrics = MetricsLog(runtime.run_dir / "metrics.jsonl", leader, resumed, train.steps, train.log_every)
+    timer = StepTimer(monitor.section if monitor is not None else None)
+    for step in range(resumed + 1, train.steps + 1):
+        metrics.record(_step(step, runtime, settings, source, layout, params, sync, adam, checkpointer, timer))
+        if monitor is not None:
+            monitor.step()
+    metrics.close()
+    checkpointer.wait()
+    checkpointer.close()
+    if monitor is not None:
+        hpcrt.monitor.stop()
+    if leader:
+        _finish(runtime.run_dir, settings, source, params, resumed, own_dir, runtime.size, sync.owned)
+    layout.free()
+    sync.free()
+
+
+def _step(step: int, runtime: hpcrt.Runtime, settings: Settings, source: Source, layout: Layout, params: Any,
+          sync: Any, adam: Adam, checkpointer: Checkpointer, timer: StepTimer) -> dict:
+    """One optimizer step; its metrics row."""
+    train, xp = settings.train, runtime.xp
+    started = time.perf_counter()
+    with timer.section("forward"):
+        sequences = source.batch(train.seed, step, train.batch, train.seq_len + 1)[slice(*layout.rows)]
+        first, last = layout.tokens
+        inputs, targets = xp.asarray(sequences[:, first:last]), xp.asarray(sequences[:, first + 1:last + 1])
+    loss, grad = loss_and_grad(settings.shape, params, inputs, targets, sp_comm=layout.sp_comm,
+                               scan=settings.parallel.scan, normalizer=train.batch * train.seq_len,
+                               section=timer.section)
+    with timer.section("grad_sync"):
+        grad = sync.reduce(grad)
+        loss = float(allreduce(np.array([loss]), "sum", comm=runtime.comm, algorithm="mpi")[0])
+    with timer.section("checkpoint"):
+        checkpointer.wait_snapshot()  # the previous save's copy, before Adam overwrites what it reads
+    with timer.section("optimizer"):
+        adam.update(params[sync.owned], grad, step)
+    with timer.section("grad_sync"):
+        sync.gather(params)
+    saving = step == train.steps or (settings.checkpoint.every and step % settings.checkpoint.every == 0)
+    if saving:
+        with timer.section("checkpoint"):
+            checkpointer.save(step, training_state(step, params, adam, sync.owned, sync.saved,
+                                                   settings.model_hash(), asdict(settings.parallel)))
+            if settings.checkpoint.blocking:
+                checkpointer.wait()
+    seconds = time.perf_counter() - started
+    tokens = train.batch * train.seq_len
+    return {"step": step, "loss": loss, "tokens": step * tokens, "tokens_per_s": tokens / seconds,
+            "step_s": seconds, "checkpoint": bool(saving), **timer.take()}
+
+
+def _finish(run_dir: Path, settings: Settings, source: Source, params: Any, resumed: int, checkpoints: Path,
+            world: int, owned: slice) -> None:
+    """Rank 0: ``summary.json`` and ``train.png``."""
+    rows = read_metrics(run_dir / "metrics.jsonl")
+    par = settings.parallel
+    summary = write_summary(
+        run_dir / "summary.json", rows, entropy_floor=source.entropy_floor, resumed_from=resumed or None,
+        layout={"ranks": world, "dp": par.dp, "sp": par.sp, "zero": par.zero, "scan": par.scan,
+                "allreduce": par.allreduce},
+        adam_elements=owned.stop - owned.start, numel=params.size,
+        checkpoint=_step_directory(checkpoints, settings.train.steps), params_digest=params_digest(params))
+    plot(run_dir / "train.png", run_dir / "metrics.jsonl", run_dir / "monitor" / "stragglers.jsonl",
+         source.entropy_floor, f"hpcrt train: {world} ranks, dp={par.dp} x sp={par.sp}, zero={par.zero}")
+    floor = "" if source.entropy_floor is None else f" (entropy floor {source.entropy_floor:.4f})"
+    log.info("final loss %.4f%s after %d steps; wrote summary.json, metrics.jsonl and train.png to %s",
+             summary["final_loss"], floor, summary["steps"], run_dir)
+
+
+def _step_directory(checkpoints: Path, step: int) -> Optional[str]:
+    """The global level's folder of ``step``, as the checkpointer named it."""
+    found = [p for p in checkpoints.iterdir() if p.is_dir() and p.name.startswith("step")
+             and int("".join(c for c in p.name if c.isdigit()) or -1) == step]
+    return str(found[0]) if found else None
