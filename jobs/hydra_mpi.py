@@ -10,13 +10,17 @@ Hydra's ``multirun.yaml``, are identical.
 
 from __future__ import annotations
 
+import functools
 import sys
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import hydra
+from hydra import compose
 from hydra.core.config_store import ConfigStore
-from omegaconf import OmegaConf
+from hydra.core.hydra_config import HydraConfig
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from omegaconf import DictConfig, OmegaConf
 
 import hpcrt
 from hpcrt._src.rundir import DEFAULT_ROOT, agree_run_dir
@@ -55,15 +59,57 @@ def with_run_dir(argv: Sequence[str], comm: Any, job: str) -> list[str]:
     return [*argv, *(f"{key}={base}" for key in missing)]
 
 
+def _key_paths(node: Any, prefix: str = "") -> set[str]:
+    """Every key of a config tree, dotted (``bench.iters``), without resolving interpolations."""
+    if not isinstance(node, dict):
+        return set()
+    return {p for key, value in node.items()
+            for p in (f"{prefix}{key}", *_key_paths(value, f"{prefix}{key}."))}
+
+
+def refuse_added_keys(cfg: DictConfig, config_name: str) -> None:
+    """Raise :class:`hpcrt.ConfigError` for a key that a ``+key=`` or ``++key=`` override added to the
+    app's config: like a mistyped plain override, which Hydra refuses, it would be ignored. Config
+    groups (``+group=option``) and Hydra's own keys may still be added."""
+    hydra_cfg = HydraConfig.get()
+    overrides = OverridesParser.create().parse_overrides(list(hydra_cfg.overrides.task))
+    added = [o for o in overrides if (o.is_add() or o.is_force_add()) and not o.key_or_group.startswith("hydra")
+             and o.key_or_group not in hydra_cfg.runtime.choices]
+    if not added:
+        return
+    base = compose(config_name, overrides=[o.input_line for o in overrides if o not in added])
+    known = _key_paths(OmegaConf.to_container(base, resolve=False))
+    new = sorted(_key_paths(OmegaConf.to_container(cfg, resolve=False)) - known)
+    if new:
+        key, parent = new[0], new[0].rpartition(".")[0]
+        source = next(o.input_line for o in added if f"{o.key_or_group}.".startswith(f"{key}.")
+                      or key.startswith(f"{o.key_or_group}."))
+        siblings = sorted(k.rpartition(".")[2] for k in known if k.rpartition(".")[0] == parent)
+        raise hpcrt.ConfigError(f"config key '{key}' (from {source}) is unknown; known keys"
+                                f"{' of ' + repr(parent) if parent else ''}: {', '.join(siblings)}")
+
+
 def mpi_hydra_main(job: str, config_name: str, task: Callable[[Any], Any]) -> None:
     """Run ``task`` as the Hydra app ``config_name`` (in ``jobs/conf``) on every rank of the job.
 
     The config directory is given as an absolute path, so the app finds it whichever module
-    defines ``task`` and however hpcrt is installed.
+    defines ``task`` and however hpcrt is installed. A key the config does not have, added with
+    ``+key=``, is said once by rank 0 and every rank exits with status 2.
     """
     from mpi4py import MPI
     world = MPI.COMM_WORLD
     register_runtime_config()
     register_rank_resolver(world.rank)
     sys.argv[1:] = with_run_dir(sys.argv[1:], world, job)
-    hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name=config_name)(task)()
+
+    @functools.wraps(task)
+    def checked(cfg: DictConfig) -> Any:
+        try:
+            refuse_added_keys(cfg, config_name)
+        except hpcrt.ConfigError as error:  # the same overrides, so the same error, on every rank
+            if world.rank == 0:
+                print(f"{job}: {error}", file=sys.stderr, flush=True)
+            sys.exit(2)
+        return task(cfg)
+
+    hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name=config_name)(checked)()
