@@ -2,6 +2,7 @@
 missing or truncated files are named and the rest is still reported."""
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -14,7 +15,7 @@ from hpcrt._src import recorder as recorder_module
 from hpcrt._src.dumps import write_dump
 from hpcrt._src.monitor_config import MonitorConfig
 from hpcrt._src.recorder import FlightRecorder
-from hpcrt._src.sidechannel import MonitorDir, write_json
+from hpcrt._src.sidechannel import MonitorDir, read_json, write_json
 from hpcrt._src.watchdog import Watchdog
 from hpcrt.monitor import diagnose, format_diagnosis
 
@@ -65,7 +66,7 @@ def test_missing_and_truncated_files_are_named_and_the_rest_reported(run_dir):
     d = diagnose(run_dir)
     text = "\n".join(d["problems"])
     assert "job.json is missing or unreadable" in text
-    assert "rank 1: dump rank-00001.json is truncated or unreadable" in text
+    assert "rank 1: dump rank-00001.json is not valid JSON" in text
     assert "no heartbeat file for ranks {1}" in text
     assert "stragglers.jsonl line 2 is truncated" in text
     [coll] = d["collectives"]
@@ -76,7 +77,8 @@ def test_missing_and_truncated_files_are_named_and_the_rest_reported(run_dir):
 def test_directory_without_monitor_files(tmp_path):
     result = subprocess.run([sys.executable, "-m", "hpcrt", "diagnose", str(tmp_path / "nowhere")],
                             capture_output=True, text=True, timeout=60)
-    assert result.returncode == 2 and "does not exist" in result.stdout
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr.count("\n") == 1 and "does not exist" in result.stderr, result.stderr
 
 
 def _killed_ranks(mdir: MonitorDir, progress: dict, kill_order: list, pause_s: float = 0.0) -> None:
@@ -136,3 +138,61 @@ def test_exit_records_without_progress_are_ordered_by_clock(tmp_path):
     d = diagnose(mdir.root)
     assert [x["rank"] for x in d["deaths"]] == [1, 0] and {x["ordered_by"] for x in d["deaths"]} == {"clock"}
     assert "waited on" not in format_diagnosis(d)
+
+
+def _hostile(monitor: Path) -> dict:
+    """Damage a whole run directory in every way the adversarial probe tried; what each is named as."""
+    (monitor / "heartbeat" / "rank-00001.json").unlink()
+    (monitor / "heartbeat" / "rank-00001.json").symlink_to("/dev/zero")
+    (monitor / "dumps" / "rank-00000.json").unlink()
+    os.mkfifo(monitor / "dumps" / "rank-00000.json")
+    (monitor / "heartbeat" / "rank-00002.exit.json").mkdir()
+    with open(monitor / "stragglers.jsonl", "wb") as f:
+        f.truncate(100 << 20)  # sparse: no disk used
+    beat = json.loads((monitor / "heartbeat" / "rank-00000.json").read_text())
+    beat["last_completed"]["cseq"] = "five"
+    (monitor / "heartbeat" / "rank-00000.json").write_text(json.dumps(beat))
+    (monitor / "alarm.json").write_text("[" * 100_000)
+    (monitor / "job.json").write_text(json.dumps({"size": 10 ** 9}))
+    (monitor / "events.jsonl").write_bytes(b'{"kind": "death", "rank": 1}\n\xff\xfe\n[1, 2]\n')
+    return {
+        "rank 1: heartbeat rank-00001.json is not a regular file (it is a character device)",
+        "rank 0: dump rank-00000.json is not a regular file (it is a FIFO)",
+        "rank 2: exit record rank-00002.exit.json is not a regular file (it is a directory)",
+        "stragglers.jsonl is 104857600 bytes, more than the",
+        "rank 0: heartbeat rank-00000.json is damaged (last_completed: unexpected",
+        "alarm alarm.json nests deeper than 32 levels",
+        "job.json gives 1000000000 ranks, not a world size",
+        "events.jsonl line 2 is truncated or unreadable; skipped",
+        "events.jsonl line 3 is top level: expected an object, got [1, 2]; skipped",
+    }
+
+
+def test_hostile_files_are_named_and_skipped_and_the_rest_reported(run_dir):
+    expected = _hostile(run_dir / "monitor")
+    result = subprocess.run([sys.executable, "-m", "hpcrt", "diagnose", str(run_dir)], capture_output=True,
+                            text=True, timeout=30)
+    assert result.returncode == 0 and result.stderr == "", result.stderr
+    warnings = [line for line in result.stdout.splitlines() if line.startswith("warning: ")]
+    for problem in expected:
+        assert sum(problem in w for w in warnings) == 1, (problem, warnings)
+    assert "(3 ranks)" in result.stdout.splitlines()[0]
+    # what is whole is still reported: rank 1's dump shows it blocked in the allreduce rank 2 never entered
+    assert "ranks {1} blocked in it; never entered by ranks {2}; no data from ranks {0}" in result.stdout
+    assert "death reported by rank None: rank 1" in result.stdout
+
+
+def test_nothing_to_report_is_one_line_and_exit_code_2(tmp_path):
+    monitor = MonitorDir(tmp_path / "monitor").create()
+    monitor.meta.write_text(json.dumps({"size": 10 ** 9}))
+    started = time.monotonic()
+    result = subprocess.run([sys.executable, "-m", "hpcrt", "diagnose", str(tmp_path)], capture_output=True,
+                            text=True, timeout=30)
+    assert result.returncode == 2 and result.stdout == "" and result.stderr.count("\n") == 1, result.stderr
+    assert "job.json gives 1000000000 ranks" in result.stderr and time.monotonic() - started < 10
+
+
+def test_the_job_never_reads_a_fifo_or_a_device_as_a_heartbeat(tmp_path):
+    os.mkfifo(tmp_path / "fifo.json")
+    (tmp_path / "zero.json").symlink_to("/dev/zero")
+    assert read_json(tmp_path / "fifo.json") is None and read_json(tmp_path / "zero.json") is None

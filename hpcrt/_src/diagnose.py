@@ -5,11 +5,13 @@ was stuck, and who died first. Missing or damaged files are named; the rest is s
 from __future__ import annotations
 
 import json
+import sys
 import time
 from pathlib import Path
 from typing import Dict, List, Optional
 
-from .sidechannel import MonitorDir, read_json
+from .diagnose_files import job_size, read_checked, read_lines, read_rank_files
+from .sidechannel import MonitorDir
 
 TEARDOWN_S = 5.0
 """Ranks that ended within this long after the first death were taken down with the job."""
@@ -25,52 +27,21 @@ def find_monitor_dir(path: Path) -> MonitorDir:
     return MonitorDir(path / "monitor" if (path / "monitor").is_dir() else path)
 
 
-def _read_rank_files(paths: Dict[int, Path], what: str, problems: List[str]) -> Dict[int, dict]:
-    out = {}
-    for rank, path in paths.items():
-        if not path.exists():
-            continue
-        data = read_json(path)
-        if isinstance(data, dict):
-            out[rank] = data
-        else:
-            problems.append(f"rank {rank}: {what} {path.name} is truncated or unreadable "
-                            f"({path.stat().st_size} bytes); ignored")
-    return out
-
-
-def _read_jsonl(path: Path, problems: List[str]) -> List[dict]:
-    if not path.exists():
-        return []
-    lines = []
-    for number, line in enumerate(path.read_text().splitlines(), 1):
-        try:
-            lines.append(json.loads(line))
-        except ValueError:
-            problems.append(f"{path.name} line {number} is truncated or unreadable; skipped")
-    return lines
-
-
 def diagnose(run_dir: str | Path) -> dict:
-    """Everything ``hpcrt diagnose`` prints, as a dict (``problems`` lists what is missing)."""
+    """Everything ``hpcrt diagnose`` prints, as a dict (``problems`` lists what is missing or damaged)."""
     mdir = find_monitor_dir(Path(run_dir))
     problems: List[str] = []
     if not mdir.root.is_dir():
         return {"directory": str(mdir.root), "problems": [f"{mdir.root} does not exist"], "size": 0}
-    meta = read_json(mdir.meta)
-    seen = [int(p.name[5:10]) for d in (mdir.heartbeats, mdir.dumps) if d.is_dir() for p in d.glob("rank-*.json")]
-    if meta is None:
-        problems.append(f"{mdir.meta.name} is missing or unreadable: the world size is guessed from the files")
-        meta = {"size": max(seen, default=-1) + 1, "nodes": []}
+    meta = job_size(mdir, problems)
     size = meta["size"]
     ranks = range(size)
-    heartbeats = _read_rank_files({r: mdir.heartbeat(r) for r in ranks}, "heartbeat", problems)
-    dumps = _read_rank_files({r: mdir.dump(r) for r in ranks}, "dump", problems)
-    exits = _read_rank_files({r: mdir.exit_record(r) for r in ranks}, "exit record", problems)
+    files = read_rank_files(mdir, ranks, problems)
+    heartbeats, dumps, exits = files["heartbeat"], files["dump"], files["exit record"]
     missing_beats = [r for r in ranks if r not in heartbeats and not mdir.heartbeat(r).exists()]
     if missing_beats:
         problems.append(f"no heartbeat file for ranks {_ranks(missing_beats)}")
-    alarm = read_json(mdir.alarm) if mdir.alarm.exists() else None
+    alarm = read_checked(mdir.alarm, "alarm", problems)
     if alarm is not None:
         no_dump = [r for r in ranks if not mdir.dump(r).exists()]
         if no_dump:
@@ -83,8 +54,9 @@ def diagnose(run_dir: str | Path) -> dict:
         "collectives": _unfinished_collectives(size, dumps, heartbeats),
         "ranks": [_rank_state(r, node_of[r], dumps.get(r), heartbeats.get(r), exits.get(r)) for r in ranks],
         "deaths": _deaths(exits, heartbeats, node_of, alarm),
-        "events": _read_jsonl(mdir.root / "events.jsonl", problems),
-        "stragglers": [s for report in _read_jsonl(mdir.stragglers, problems) for s in report.get("stragglers", [])],
+        "events": read_lines(mdir.root / "events.jsonl", "event", problems),
+        "stragglers": [s for report in read_lines(mdir.stragglers, "straggler report", problems)
+                       for s in report.get("stragglers", [])],
     }
 
 
@@ -186,6 +158,14 @@ def _op(rec: Optional[dict]) -> str:
     return f"{rec['kind']} '{rec['op']}' (seq {rec['seq']}{where}{size}, step {rec['step']})"
 
 
+def _clock(seconds: float) -> str:
+    """A wall-clock time of day, or the number itself when no calendar holds it (a damaged file)."""
+    try:
+        return time.strftime("%H:%M:%S", time.localtime(seconds))
+    except (OverflowError, OSError, ValueError):
+        return f"{seconds:g} s since the epoch"
+
+
 def format_diagnosis(d: dict) -> str:
     """The report as text."""
     lines = [f"hpcrt diagnose: {d['directory']} ({d['size']} ranks)"]
@@ -211,7 +191,7 @@ def format_diagnosis(d: dict) -> str:
     for e in d.get("events", []):
         if e.get("kind") == "death":
             shrank = " - the survivors shrank and went on" if e.get("via") == "ulfm" else ""
-            lines.append(f"death reported by rank {e.get('detected_by')}: rank {e['rank']} on node {e.get('node')} "
+            lines.append(f"death reported by rank {e.get('detected_by')}: rank {e.get('rank')} on node {e.get('node')} "
                          f"(last step {e.get('last_step')}){shrank}")
     for s in d.get("stragglers", [])[-5:]:
         lines.append(f"straggler: rank {s['rank']} on node {s.get('node')}, section '{s['section']}', "
@@ -224,7 +204,7 @@ def format_diagnosis(d: dict) -> str:
         lines.append(f"        last completed: {_op(r['last_completed'])}")
         lines.append(f"        stuck in:       {_op(r['stuck_in'])}")
         if not r["dump"] and r.get("silent_since"):
-            last = time.strftime("%H:%M:%S", time.localtime(r["silent_since"]))
+            last = _clock(r["silent_since"])
             lines.append(f"        no dump: its last heartbeat was at {last} (a stopped or killed rank cannot dump)")
         for frame in r["stack"] or []:
             lines.append("        | " + frame.rstrip().replace("\n", "\n        | "))
@@ -232,8 +212,18 @@ def format_diagnosis(d: dict) -> str:
 
 
 def run_diagnose(run_dir: str, as_json: bool = False) -> int:
-    """The ``hpcrt diagnose`` command: print the report; exit code 0 when there was anything to read,
-    2 when the directory holds no monitor files at all."""
-    d = diagnose(run_dir)
-    print(json.dumps(d, indent=2, default=str) if as_json else format_diagnosis(d), flush=True)
-    return 0 if d["size"] > 0 else 2
+    """The ``hpcrt diagnose`` command: print the report (damaged files named in it) and exit 0; when
+    there is nothing to report on, one line on stderr and exit code 2."""
+    try:
+        d = diagnose(run_dir)
+        text = json.dumps(d, indent=2, default=str) if as_json else format_diagnosis(d)
+    except (OSError, ValueError, TypeError, KeyError, IndexError, OverflowError) as exc:
+        # a defence behind the files' checks: a damaged file they missed still gives one line
+        print(f"hpcrt diagnose: error: cannot report on {run_dir}: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 2
+    if d["size"] == 0:
+        why = "; ".join(d["problems"]) or "no rank wrote a file"
+        print(f"hpcrt diagnose: error: nothing to report in {d['directory']}: {why}", file=sys.stderr)
+        return 2
+    print(text, flush=True)
+    return 0

@@ -19,6 +19,8 @@ import sys
 from pathlib import Path
 from typing import Any, Optional
 
+from .safe_read import read_json_capped
+
 SENTINEL = Path(__file__).with_name("sentinel.py")
 
 
@@ -29,12 +31,14 @@ def write_json(path: Path, data: Any) -> None:
     os.replace(tmp, path)
 
 
-def read_json(path: Path) -> Optional[Any]:
-    """The file's JSON, or None when it is missing or unreadable."""
+def read_json(path: Path) -> Optional[dict]:
+    """The file's JSON object, or None when it is missing, unreadable or anything else (read with a
+    size cap and never from a device or a FIFO: another rank's file must not hang this one)."""
     try:
-        return json.loads(path.read_text())
+        data = read_json_capped(path)
     except (OSError, ValueError):
         return None
+    return data if isinstance(data, dict) else None
 
 
 class MonitorDir:
