@@ -196,3 +196,11 @@ def test_the_job_never_reads_a_fifo_or_a_device_as_a_heartbeat(tmp_path):
     os.mkfifo(tmp_path / "fifo.json")
     (tmp_path / "zero.json").symlink_to("/dev/zero")
     assert read_json(tmp_path / "fifo.json") is None and read_json(tmp_path / "zero.json") is None
+
+
+def test_a_fifo_for_a_heartbeat_does_not_keep_the_sentinel_from_recording_the_end(tmp_path):
+    mdir = MonitorDir(tmp_path / "monitor").create()
+    os.mkfifo(mdir.heartbeat(0))
+    _killed_ranks(mdir, {0: (3, 0)}, kill_order=[0])
+    record = json.loads(mdir.exit_record(0).read_text())
+    assert (record["finished"], record["step"]) == (False, 3)

@@ -5,6 +5,7 @@ the rank's step and whether it was blocked in a collective, from its progress wo
 import json
 import os
 import socket
+import stat
 import struct
 import sys
 import time
@@ -29,17 +30,25 @@ def _progress(path: str) -> dict:
     return {"step": step, "in_collective": depth > 0}
 
 
+def _finished(heartbeat: str) -> bool:
+    """Whether the rank's last heartbeat says it finished. Only a regular file of at most 1 MiB is
+    read, opened non-blocking: a FIFO or a device put in its place cannot keep this helper alive."""
+    try:
+        with os.fdopen(os.open(heartbeat, os.O_RDONLY | os.O_NONBLOCK), "rb") as f:
+            if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+                return False
+            beat = json.loads(f.read(1 << 20))
+    except (OSError, ValueError, RecursionError):
+        return False
+    return isinstance(beat, dict) and beat.get("state") == "finished"
+
+
 def main(rank: str, pid: str, exit_record: str, heartbeat: str, progress: str) -> None:
     while sys.stdin.buffer.read(4096):
         pass
     wall, mono = time.time(), time.monotonic()
-    try:
-        with open(heartbeat) as f:
-            finished = json.load(f).get("state") == "finished"
-    except (OSError, ValueError):
-        finished = False
     record = {"rank": int(rank), "pid": int(pid), "host": socket.gethostname(), "ended_at": wall,
-              "ended_monotonic": mono, "finished": finished, **_progress(progress)}
+              "ended_monotonic": mono, "finished": _finished(heartbeat), **_progress(progress)}
     tmp = f"{exit_record}.tmp"
     with open(tmp, "w") as f:
         json.dump(record, f)
