@@ -172,3 +172,102 @@ def test_gla_bad_arguments_raise_clear_errors_before_communicating(comm):
     lo, hi = comm.rank * 4, comm.rank * 4 + 4
     whole = [np.concatenate([_problem(4, 3, 2, 3, seed=rank)[i] for rank in range(comm.size)]) for i in range(4)]
     assert np.allclose(gla_forward(q, k, v, log_gates), reference_forward(*whole)[0][lo:hi], rtol=1e-10, atol=1e-10)
+
+
+def _batched_problem(batch, length, gate_width, seed, dtype):
+    """Independent 2-D problems stacked over ``batch``: (q, k, v, log_gates, grad_out), each [*batch, L, ·]."""
+    problems = [_problem(length, 3, 2, gate_width, seed * 100 + i, dtype) for i in range(int(np.prod(batch)))]
+    return tuple(np.stack([p[j] for p in problems]).reshape(*batch, *problems[0][j].shape) for j in range(5))
+
+
+@pytest.mark.mpi(ranks=[1, 2, 3, 4], timeout=300)
+def test_batched_gla_equals_each_problem_alone(comm):
+    """A batch of problems in one call gives each problem's 2-D result and the recurrence's, for
+    every algorithm, batch shapes (3,) and (2, 2), per-token and per-channel gates, float32/64."""
+    import hpcrt
+    from hpcrt.collectives import gla_backward, gla_forward
+    hpcrt.init({"log_files": False})
+    failures = []
+    for seed, (algorithm, batch, gate_width) in enumerate(itertools.product(
+            ("pipeline", "allgather", "ring", "mpi"), ((3,), (2, 2)), (1, 3))):
+        dtype = (np.float64, np.float32)[seed % 2]
+        tight, loose = (1e-12, 1e-10) if dtype == np.float64 else (1e-5, 1e-4)
+        whole = _batched_problem(batch, 21, gate_width, seed, dtype)
+        lo, hi = _split(21, comm.size, seed)[comm.rank]
+        backend = rotating_backend(seed)
+        mine = [to_backend(np.ascontiguousarray(x[..., lo:hi, :]), backend) for x in whole]
+        out, state = gla_forward(*mine[:4], algorithm=algorithm, subchunk=4, return_state=True)
+        grads = gla_backward(*mine, algorithm=algorithm, subchunk=4, incoming_state=state)
+        rescanned = gla_backward(*mine, algorithm=algorithm, subchunk=4)
+        label = f"{algorithm} batch {batch} gates [L, {gate_width}] {np.dtype(dtype)} {backend} rows {lo}:{hi}"
+        for index in np.ndindex(batch):
+            alone = [x[index] for x in mine]
+            want_out, want_state = gla_forward(*alone[:4], algorithm=algorithm, subchunk=4, return_state=True)
+            want_grads = gla_backward(*alone, algorithm=algorithm, subchunk=4, incoming_state=want_state)
+            reference = reference_forward(*(x[index].astype(np.float64) for x in whole[:4]))[0][lo:hi]
+            references = reference_backward(*(x[index].astype(np.float64) for x in whole))
+            named = zip(("out", "state", "dq", "dk", "dv", "dlog_gates"), (out, state, *grads),
+                        (None, None, *rescanned), (want_out, want_state, *want_grads),
+                        (reference, None, *(r[lo:hi] for r in references)))
+            for name, got, again, want, ref in named:
+                got = to_host(got[index])
+                if got.dtype != dtype or not np.allclose(got, to_host(want), rtol=tight, atol=tight):
+                    failures.append(f"{label} {index}: {name} differs from the problem alone")
+                if ref is not None and not np.allclose(got, ref, rtol=loose, atol=loose):
+                    failures.append(f"{label} {index}: {name} differs from the recurrence")
+                if again is not None and not np.allclose(to_host(again[index]), got, rtol=tight, atol=tight):
+                    failures.append(f"{label} {index}: {name} differs when the backward scans for the state again")
+    assert_no_failures(comm, failures)
+
+
+@pytest.mark.mpi(ranks=[2, 3], timeout=120)
+def test_all_scan_combines_stacked_affine_pairs(comm):
+    """The GLA's stacked state pairs, decay [..., d_k, 1] and state [..., d_k, d_v], scan as one
+    operand under the affine op and its flip, by every algorithm, as a fold over the ranks' pairs."""
+    import hpcrt
+    from hpcrt.collectives import all_scan
+    from hpcrt.collectives._src.scanops import AFFINE, flipped
+    hpcrt.init({"log_files": False})
+    rng = np.random.default_rng(7)
+    pairs = [(rng.uniform(0.5, 1.0, (2, 2, 3, 1)), rng.standard_normal((2, 2, 3, 4))) for _ in range(comm.size)]
+
+    def fold(chosen):
+        a, b = np.ones((2, 2, 3, 1)), np.zeros((2, 2, 3, 4))
+        for a_next, b_next in chosen:
+            a, b = a * a_next, a_next * b + b_next
+        return a, b
+
+    failures = []
+    for algorithm, blocks in (("pipeline", 2), ("pipeline", None), ("allgather", None), ("ring", None), ("mpi", None)):
+        forward = all_scan(pairs[comm.rank], AFFINE, comm=comm, algorithm=algorithm, blocks=blocks)
+        backward = all_scan(pairs[comm.rank], flipped(AFFINE), comm=comm, reverse=True, algorithm=algorithm,
+                            blocks=blocks)
+        wants = (fold(pairs[:comm.rank]), fold(pairs[:comm.rank:-1]))
+        for direction, got, want in zip(("forward", "reverse"), (forward, backward), wants):
+            if not all(np.allclose(g, w, rtol=1e-12, atol=1e-12) for g, w in zip(got, want)):
+                failures.append(f"{algorithm} blocks={blocks}: {direction} scan")
+    assert_no_failures(comm, failures)
+
+
+@pytest.mark.mpi(ranks=[2, 3], timeout=60)
+def test_batched_gla_bad_batches_raise_everywhere(comm):
+    """Ranks with different batch shapes raise CollectiveMismatchError on every rank (no scan
+    hangs, the next call works); batch dims that differ between arguments are a clear error."""
+    import hpcrt
+    from hpcrt.collectives import CollectiveMismatchError, gla_backward, gla_forward
+    hpcrt.init({"log_files": False})
+    q, k, v, log_gates, grad_out = _batched_problem((3,), 4, 3, seed=comm.rank, dtype=np.float64)
+    with pytest.raises(CollectiveMismatchError, match=r"disagree on batch: rank 0 has \(3,\), rank 1 has \(2,\)"):
+        gla_forward(*(x[:2] if comm.rank == 1 else x for x in (q, k, v, log_gates)))
+    with pytest.raises(CollectiveMismatchError, match=r"disagree on batch: rank 0 has \(3,\), rank 1 has \(\)"):
+        gla_backward(*(x[0] if comm.rank == 1 else x for x in (q, k, v, log_gates, grad_out)))
+    with pytest.raises(TypeError, match=r"after the same leading batch dimensions; got q \(3, 4, 3\).*v \(2, 4, 2\)"):
+        gla_forward(q, k, v[:2], log_gates)
+    wrong_state = r"incoming_state must have shape \[\.\.\., d_k, d_v\] = \(3, 3, 2\), got \(3, 2\)"
+    with pytest.raises(ValueError, match=wrong_state):
+        gla_backward(q, k, v, log_gates, grad_out, incoming_state=np.zeros((3, 2)))
+    whole = [np.concatenate([_batched_problem((3,), 4, 3, rank, np.float64)[i] for rank in range(comm.size)], axis=-2)
+             for i in range(4)]
+    want = np.stack([reference_forward(*(x[b] for x in whole))[0] for b in range(3)])
+    assert np.allclose(gla_forward(q, k, v, log_gates), want[:, 4 * comm.rank:4 * comm.rank + 4], rtol=1e-10,
+                       atol=1e-10)

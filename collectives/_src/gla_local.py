@@ -1,7 +1,8 @@
-"""Gated linear attention inside one rank's chunk of tokens, from a zero incoming state: the
-chunk is cut into sub-chunks of c tokens; within a sub-chunk the decays form a masked
-[c, c, d_k] tensor, across sub-chunks a serial scan carries the state. Every exponent is a sum
-of log-decays over a forward span (≤ 0 for decays ≤ 1), so nothing overflows."""
+"""Gated linear attention inside one rank's chunk of tokens, from a zero incoming state, for any
+leading batch dimensions: the chunk is cut into sub-chunks of c tokens; within a sub-chunk the
+decays form a masked [..., c, c, d_k] tensor, across sub-chunks a serial scan carries the state
+(every batch member at once). Every exponent is a sum of log-decays over a forward span (≤ 0 for
+decays ≤ 1), so nothing overflows."""
 
 from __future__ import annotations
 
@@ -12,28 +13,30 @@ from hpcrt._src.backends import get_xp
 
 
 def cut(x: Any, size: int) -> Any:
-    """[L, d] as [⌈L/size⌉, size, d], zero-padded at the end."""
+    """[..., L, d] as [..., ⌈L/size⌉, size, d], zero-padded at the end."""
     xp = get_xp(x)
-    count = -(-len(x) // size)
-    padded = xp.concatenate([x, xp.zeros((count * size - len(x), x.shape[1]), dtype=x.dtype)])
-    return padded.reshape(count, size, x.shape[1])
+    *batch, length, width = x.shape
+    count = -(-length // size)
+    padding = xp.zeros((*batch, count * size - length, width), dtype=x.dtype)
+    return xp.concatenate([x, padding], axis=-2).reshape(*batch, count, size, width)
 
 
 @dataclass(frozen=True)
 class SubChunks:
-    """q, k, v and the log-decays of a chunk as [n, c, ·] sub-chunks, zero-padded at the end
+    """q, k, v and the log-decays of a chunk as [..., n, c, ·] sub-chunks, zero-padded at the end
     (padding has no key, no value and decay 1, so it changes nothing before it)."""
 
     q: Any
     k: Any
     v: Any
     within: Any
-    """Cumulative log-decay inside each sub-chunk, through each token: [n, c, d_k]."""
+    """Cumulative log-decay inside each sub-chunk, through each token: [..., n, c, d_k]."""
     length: int
 
     @classmethod
     def of(cls, q: Any, k: Any, v: Any, log_gates: Any, size: int) -> "SubChunks":
-        return cls(cut(q, size), cut(k, size), cut(v, size), get_xp(q).cumsum(cut(log_gates, size), axis=1), len(q))
+        within = get_xp(q).cumsum(cut(log_gates, size), axis=-2)
+        return cls(cut(q, size), cut(k, size), cut(v, size), within, q.shape[-2])
 
     @property
     def xp(self) -> Any:
@@ -41,74 +44,79 @@ class SubChunks:
 
     @property
     def total(self) -> Any:
-        """Each sub-chunk's whole log-decay: [n, d_k]."""
-        return self.within[:, -1]
+        """Each sub-chunk's whole log-decay: [..., n, d_k]."""
+        return self.within[..., -1, :]
 
     def to_end(self) -> Any:
-        """exp(log-decay from after each token to its sub-chunk's end): [n, c, d_k]."""
-        return self.xp.exp(self.total[:, None, :] - self.within)
+        """exp(log-decay from after each token to its sub-chunk's end): [..., n, c, d_k]."""
+        return self.xp.exp(self.total[..., None, :] - self.within)
 
     def decays(self) -> Any:
-        """exp(within_t − within_s) for s ≤ t, 0 above the diagonal: [n, c(t), c(s), d_k]."""
+        """exp(within_t − within_s) for s ≤ t, 0 above the diagonal: [..., n, c(t), c(s), d_k]."""
         xp = self.xp
-        size = self.within.shape[1]
-        causal = xp.tril(xp.ones((size, size), dtype=bool))[None, :, :, None]
-        span = self.within[:, :, None, :] - self.within[:, None, :, :]
+        size = self.within.shape[-2]
+        causal = xp.tril(xp.ones((size, size), dtype=bool))[:, :, None]
+        span = self.within[..., :, None, :] - self.within[..., None, :, :]
         return xp.exp(xp.where(causal, span, -xp.inf))
 
     def unpad(self, x: Any) -> Any:
-        return x.reshape(-1, x.shape[-1])[:self.length]
+        """[..., n, c, d] back to the chunk's [..., L, d]."""
+        *batch, count, size, width = x.shape
+        return x.reshape(*batch, count * size, width)[..., :self.length, :]
 
 
 def serial_scan(log_decay: Any, states: Any) -> Any:
-    """Exclusive prefix of carry ← exp(log_decay[m]) ⊙ carry + states[m] over m, from zero:
-    [n, d_k, d_v] incoming carries (pass reversed inputs for a suffix)."""
+    """Exclusive prefix of carry ← exp(log_decay[..., m, :]) ⊙ carry + states[..., m, :, :] over
+    m, from zero: [..., n, d_k, d_v] incoming carries (pass reversed inputs for a suffix)."""
     xp = get_xp(states)
     carries = xp.empty(states.shape, dtype=states.dtype)
-    carry = xp.zeros(states.shape[1:], dtype=states.dtype)
-    decay = xp.exp(log_decay)
-    for m in range(len(states)):
-        carries[m] = carry
-        carry = decay[m][:, None] * carry + states[m]
+    carry = xp.zeros(states.shape[:-3] + states.shape[-2:], dtype=states.dtype)
+    decay = xp.exp(log_decay)[..., None]
+    for m in range(states.shape[-3]):
+        carries[..., m, :, :] = carry
+        carry = decay[..., m, :, :] * carry + states[..., m, :, :]
     return carries
 
 
 def _incoming_states(chunks: SubChunks) -> Any:
-    """The state entering each sub-chunk from the earlier ones: [n, d_k, d_v]."""
-    local = chunks.xp.einsum("nsi,nsj->nij", chunks.k * chunks.to_end(), chunks.v)
+    """The state entering each sub-chunk from the earlier ones: [..., n, d_k, d_v]."""
+    local = chunks.xp.einsum("...si,...sj->...ij", chunks.k * chunks.to_end(), chunks.v)
     return serial_scan(chunks.total, local)
 
 
 def _outgoing_grads(chunks: SubChunks, grad_out: Any) -> Any:
-    """The gradient reaching each sub-chunk's end state from the later ones: [n, d_k, d_v]."""
+    """The gradient reaching each sub-chunk's end state from the later ones: [..., n, d_k, d_v]."""
     xp = chunks.xp
-    local = xp.einsum("nti,ntj->nij", chunks.q * xp.exp(chunks.within), grad_out)
-    return xp.flip(serial_scan(xp.flip(chunks.total, 0), xp.flip(local, 0)), 0)
+    local = xp.einsum("...ti,...tj->...ij", chunks.q * xp.exp(chunks.within), grad_out)
+    return xp.flip(serial_scan(xp.flip(chunks.total, -2), xp.flip(local, -3)), -3)
+
+
+def _scores(chunks: SubChunks, decays: Any) -> Any:
+    """q_t·(decay ⊙ k_s) within each sub-chunk: [..., n, c(t), c(s)]."""
+    return chunks.xp.einsum("...ti,...si,...tsi->...ts", chunks.q, chunks.k, decays)
 
 
 def forward(chunks: SubChunks) -> Any:
-    """The chunk's outputs from a zero incoming state: [L, d_v]."""
+    """The chunk's outputs from a zero incoming state: [..., L, d_v]."""
     xp = chunks.xp
-    scores = xp.einsum("nti,nsi,ntsi->nts", chunks.q, chunks.k, chunks.decays())
-    out = xp.einsum("nts,nsj->ntj", scores, chunks.v)
-    out += xp.einsum("nti,nij->ntj", chunks.q * xp.exp(chunks.within), _incoming_states(chunks))
+    out = _scores(chunks, chunks.decays()) @ chunks.v
+    out += (chunks.q * xp.exp(chunks.within)) @ _incoming_states(chunks)
     return chunks.unpad(out)
 
 
 def backward(chunks: SubChunks, grad_out: Any) -> tuple:
     """Gradients (dq, dk, dv) of the chunk's outputs from a zero incoming state, given
-    ``grad_out`` [L, d_v] and no gradient from beyond the chunk."""
+    ``grad_out`` [..., L, d_v] and no gradient from beyond the chunk."""
     xp = chunks.xp
-    grad = cut(grad_out, chunks.q.shape[1])
+    grad = cut(grad_out, chunks.q.shape[-2])
     decays = chunks.decays()
-    scores = xp.einsum("nti,nsi,ntsi->nts", chunks.q, chunks.k, decays)
-    grad_scores = xp.einsum("ntj,nsj->nts", grad, chunks.v)
-    dq = xp.einsum("nts,nsi,ntsi->nti", grad_scores, chunks.k, decays)
-    dk = xp.einsum("nts,nti,ntsi->nsi", grad_scores, chunks.q, decays)
-    dv = xp.einsum("nts,ntj->nsj", scores, grad)
-    dq += xp.exp(chunks.within) * xp.einsum("ntj,nij->nti", grad, _incoming_states(chunks))
+    grad_scores = grad @ xp.swapaxes(chunks.v, -1, -2)
+    dq = xp.einsum("...ts,...si,...tsi->...ti", grad_scores, chunks.k, decays)
+    dk = xp.einsum("...ts,...ti,...tsi->...si", grad_scores, chunks.q, decays)
+    dv = xp.swapaxes(_scores(chunks, decays), -1, -2) @ grad
+    dq += xp.exp(chunks.within) * (grad @ xp.swapaxes(_incoming_states(chunks), -1, -2))
     to_end = chunks.to_end()
     outgoing = _outgoing_grads(chunks, grad)
-    dk += to_end * xp.einsum("nsj,nij->nsi", chunks.v, outgoing)
-    dv += xp.einsum("nsi,nij->nsj", chunks.k * to_end, outgoing)
+    dk += to_end * (chunks.v @ xp.swapaxes(outgoing, -1, -2))
+    dv += (chunks.k * to_end) @ outgoing
     return chunks.unpad(dq), chunks.unpad(dk), chunks.unpad(dv)

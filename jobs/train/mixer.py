@@ -1,6 +1,6 @@
 """The gated-linear-attention token mixer: projections to q, k, v and a per-key-channel log-decay,
-sequence mixing per (sequence, head) by ``gla_forward``/``gla_backward`` over All-Scan (each rank
-holds a contiguous chunk of every sequence), and the output projection.
+sequence mixing of every (sequence, head) in one ``gla_forward``/``gla_backward`` call over All-Scan
+(each rank holds a contiguous chunk of every sequence), and the output projection.
 
 The stages are separate functions so the model can time the scans apart from the local work."""
 
@@ -21,7 +21,7 @@ GATE_SCALE = 1.0 / 16
 @dataclass
 class Projected:
     """The mixer's input x [B, L, D], gate pre-activations z [B, L, H·d_k], and per-head q, k, v,
-    log-decays g, each [B, H, L, d] and contiguous, so every (b, h) slice is one gla argument."""
+    log-decays g, each [B, H, L, d] and contiguous: the (B, H) batch of gla problems."""
 
     x: Any
     z: Any
@@ -55,28 +55,14 @@ def project(p: dict, x: Any, heads: int) -> Projected:
 
 
 def mix(pr: Projected, *, comm: Any, scan: str) -> tuple:
-    """(outputs [B, H, L, d_v], the state entering this rank's chunk per (b, h)) by gla_forward."""
-    xp = get_xp(pr.q)
-    outs, states = [], []
-    for b in range(pr.q.shape[0]):
-        for h in range(pr.q.shape[1]):
-            out, state = gla_forward(pr.q[b, h], pr.k[b, h], pr.v[b, h], pr.g[b, h], comm=comm,
-                                     algorithm=scan, return_state=True)
-            outs.append(out)
-            states.append(state)
-    return xp.stack(outs).reshape(pr.v.shape), states
+    """(outputs [B, H, L, d_v], the states entering this rank's chunk [B, H, d_k, d_v]) by one
+    gla_forward over the batch of (sequence, head) problems."""
+    return gla_forward(pr.q, pr.k, pr.v, pr.g, comm=comm, algorithm=scan, return_state=True)
 
 
-def mix_backward(pr: Projected, states: list, dout: Any, *, comm: Any, scan: str) -> tuple:
-    """(dq, dk, dv, dg), each shaped like its input, by gla_backward from the forward's states."""
-    xp = get_xp(pr.q)
-    grads: list = []
-    for b in range(pr.q.shape[0]):
-        for h in range(pr.q.shape[1]):
-            grads.append(gla_backward(pr.q[b, h], pr.k[b, h], pr.v[b, h], pr.g[b, h], dout[b, h], comm=comm,
-                                      algorithm=scan, incoming_state=states[b * pr.q.shape[1] + h]))
-    return tuple(xp.stack([g[i] for g in grads]).reshape(like.shape)
-                 for i, like in enumerate((pr.q, pr.k, pr.v, pr.g)))
+def mix_backward(pr: Projected, states: Any, dout: Any, *, comm: Any, scan: str) -> tuple:
+    """(dq, dk, dv, dg), each shaped like its input, by one gla_backward from the forward's states."""
+    return gla_backward(pr.q, pr.k, pr.v, pr.g, dout, comm=comm, algorithm=scan, incoming_state=states)
 
 
 def project_backward(p: dict, grads: dict, pr: Projected, dq: Any, dk: Any, dv: Any, dg: Any) -> Any:
