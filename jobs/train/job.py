@@ -7,7 +7,7 @@ from __future__ import annotations
 import logging
 import sys
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
@@ -44,7 +44,7 @@ def run(cfg: DictConfig) -> None:
         _config_exit(world, error)
     runtime = hpcrt.init(cfg.runtime)
     try:
-        _train(runtime, settings, source, monitor_config)
+        train(settings, source, runtime.run_dir, monitor_config)
     except ConfigError as error:  # found collectively (e.g. a checkpoint of another model): the same on every rank
         _config_exit(world, error)
     except Exception:
@@ -61,30 +61,46 @@ def _config_exit(world: Any, error: ConfigError) -> None:
     raise SystemExit(2)  # not sys.exit: the abort hook would take a shared, expected exit for a crash
 
 
-def _train(runtime: hpcrt.Runtime, settings: Settings, source: Source, monitor_config: Any) -> None:
+@dataclass
+class Result:
+    """What a run leaves every rank: its steps' metrics and the final parameters on the host."""
+
+    rows: list = field(default_factory=list)
+    params: Any = None
+    resumed_from: int = 0
+
+
+def train(settings: Settings, source: Source, run_dir: Path, monitor_config: Any = None, *,
+          report: bool = True) -> Result:
+    """Train on the runtime's ranks with ``settings``, checkpointing into ``run_dir`` (the same path
+    on every rank) and resuming from it as ``train.resume`` says; ``report``: rank 0 writes
+    ``summary.json`` and ``train.png`` at the end (collective)."""
+    runtime = hpcrt.get_runtime()
     leader, train, par = runtime.rank == 0, settings.train, settings.parallel
     layout = make_layout(runtime, par, train.batch, train.seq_len)
     if leader:
-        log.info("run directory %s\nlayout dp=%d x sp=%d, zero=%s, scan=%s\n%s", runtime.run_dir, par.dp, par.sp,
+        log.info("run directory %s\nlayout dp=%d x sp=%d, zero=%s, scan=%s\n%s", run_dir, par.dp, par.sp,
                  par.zero, par.scan, format_table(layout.table))
         if source.entropy_floor is not None:
             log.info("data: Markov chain, entropy rate %.4f nats/token (the loss floor)", source.entropy_floor)
     params = init_params(settings.shape, train.seed, settings.dtype, runtime.xp)
     sync = make_sync(par.zero, params.size, runtime.comm, par.allreduce, params)
     adam = Adam(sync.owned.stop - sync.owned.start, params, train.lr, train.beta1, train.beta2, train.eps)
-    own_dir, resume_dir = checkpoint_directory(runtime.run_dir, train.resume)
-    resumed = 0
+    own_dir, resume_dir = checkpoint_directory(run_dir, train.resume)
+    result = Result()
     if resume_dir is not None and resume_dir != own_dir:
         with Checkpointer(resume_dir) as other:
-            resumed = restore_into(other, params, adam, sync.owned, settings.model_hash())
+            result.resumed_from = restore_into(other, params, adam, sync.owned, settings.model_hash())
     checkpointer = Checkpointer(own_dir, keep=settings.checkpoint.keep)
     if resume_dir == own_dir:
-        resumed = restore_into(checkpointer, params, adam, sync.owned, settings.model_hash())
+        result.resumed_from = restore_into(checkpointer, params, adam, sync.owned, settings.model_hash())
     monitor = hpcrt.monitor.start(monitor_config) if monitor_config is not None else None
-    metrics = MetricsLog(runtime.run_dir / "metrics.jsonl", leader, resumed, train.steps, train.log_every)
+    metrics = MetricsLog(run_dir / "metrics.jsonl", leader, result.resumed_from, train.steps, train.log_every)
     timer = StepTimer(monitor.section if monitor is not None else None)
-    for step in range(resumed + 1, train.steps + 1):
-        metrics.record(_step(step, runtime, settings, source, layout, params, sync, adam, checkpointer, timer))
+    for step in range(result.resumed_from + 1, train.steps + 1):
+        row = _step(step, runtime, settings, source, layout, params, sync, adam, checkpointer, timer)
+        metrics.record(row)
+        result.rows.append(row)
         if monitor is not None:
             monitor.step()
     metrics.close()
@@ -92,10 +108,12 @@ def _train(runtime: hpcrt.Runtime, settings: Settings, source: Source, monitor_c
     checkpointer.close()
     if monitor is not None:
         hpcrt.monitor.stop()
-    if leader:
-        _finish(runtime.run_dir, settings, source, params, resumed, own_dir, runtime.size, sync.owned)
+    result.params = params.get() if hasattr(params, "get") else params
+    if leader and report:
+        _finish(run_dir, settings, source, result, own_dir, runtime.size, sync.owned)
     layout.free()
     sync.free()
+    return result
 
 
 def _step(step: int, runtime: hpcrt.Runtime, settings: Settings, source: Source, layout: Layout, params: Any,
@@ -132,17 +150,17 @@ def _step(step: int, runtime: hpcrt.Runtime, settings: Settings, source: Source,
             "step_s": seconds, "checkpoint": bool(saving), **timer.take()}
 
 
-def _finish(run_dir: Path, settings: Settings, source: Source, params: Any, resumed: int, checkpoints: Path,
-            world: int, owned: slice) -> None:
+def _finish(run_dir: Path, settings: Settings, source: Source, result: Result, checkpoints: Path, world: int,
+            owned: slice) -> None:
     """Rank 0: ``summary.json`` and ``train.png``."""
     rows = read_metrics(run_dir / "metrics.jsonl")
     par = settings.parallel
     summary = write_summary(
-        run_dir / "summary.json", rows, entropy_floor=source.entropy_floor, resumed_from=resumed or None,
+        run_dir / "summary.json", rows, entropy_floor=source.entropy_floor, resumed_from=result.resumed_from or None,
         layout={"ranks": world, "dp": par.dp, "sp": par.sp, "zero": par.zero, "scan": par.scan,
                 "allreduce": par.allreduce},
-        adam_elements=owned.stop - owned.start, numel=params.size,
-        checkpoint=_step_directory(checkpoints, settings.train.steps), params_digest=params_digest(params))
+        adam_elements=owned.stop - owned.start, numel=result.params.size,
+        checkpoint=_step_directory(checkpoints, settings.train.steps), params_digest=params_digest(result.params))
     plot(run_dir / "train.png", run_dir / "metrics.jsonl", run_dir / "monitor" / "stragglers.jsonl",
          source.entropy_floor, f"hpcrt train: {world} ranks, dp={par.dp} x sp={par.sp}, zero={par.zero}")
     floor = "" if source.entropy_floor is None else f" (entropy floor {source.entropy_floor:.4f})"

@@ -14,10 +14,9 @@ import xxhash
 from .metrics import read_metrics
 
 
-def params_digest(params: Any) -> str:
-    """xxh3-128 of the full flat parameters, in the model's canonical order, as host bytes."""
-    host = params.get() if hasattr(params, "get") else np.asarray(params)
-    return xxhash.xxh3_128_hexdigest(np.ascontiguousarray(host).tobytes())
+def params_digest(params: np.ndarray) -> str:
+    """xxh3-128 of the full flat parameters (on the host), in the model's canonical order."""
+    return xxhash.xxh3_128_hexdigest(np.ascontiguousarray(params).tobytes())
 
 
 def write_summary(path: Path, rows: list[dict], **fields: Any) -> dict:
@@ -46,8 +45,8 @@ def plot(path: Path, metrics: Path, stragglers: Path, floor: Optional[float], ti
         top.axhline(floor, color="k", linestyle="--", label=f"entropy floor {floor:.3f}")
     bottom.plot(steps, [r["tokens_per_s"] for r in rows], color="tab:green", label="tokens/s")
     for i, row in enumerate(r for r in rows if r.get("checkpoint")):
-        for axis in (top, bottom):
-            axis.axvline(row["step"], color="tab:blue", alpha=0.3, label="checkpoint" if i == 0 and axis is top else None)
+        top.axvline(row["step"], color="tab:blue", alpha=0.3, label="checkpoint" if i == 0 else None)
+        bottom.axvline(row["step"], color="tab:blue", alpha=0.3)
     for i, report in enumerate(_straggler_reports(stragglers)):
         top.axvline(report, color="tab:red", alpha=0.6, label="straggler reported" if i == 0 else None)
     top.set_ylabel("loss (nats/token)")

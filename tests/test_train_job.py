@@ -1,0 +1,143 @@
+"""The training job end to end, against the single-rank run: every layout gives its losses and
+parameters; a killed and restarted run ends bit-identical to an uninterrupted one; a checkpoint
+saved on 4 ranks resumes on 2; the monitor names a slowed rank; bad configs stop every rank."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import REPO
+
+LAYOUTS = REPO / "tests" / "train_cases" / "layouts.py"
+TINY = ["model.vocab=11", "model.d_model=8", "model.d_k=3", "model.d_v=2", "model.d_ff=12", "model.dtype=float64",
+        "train.batch=4", "train.seq_len=12", "train.log_every=1000"]
+RTOL = 1e-9
+
+
+def _train(launch, tmp_path: Path, run: str, ranks: int, *overrides: str, env: dict | None = None,
+           timeout: float = 120):
+    """``python -m hpcrt.jobs.train`` on ``ranks`` ranks in the run directory ``tmp_path/run``."""
+    return launch(["-m", "hpcrt.jobs.train", f"hydra.run.dir={tmp_path / run}", *overrides], ranks=ranks,
+                  timeout=timeout, env=env)
+
+
+def _summary(tmp_path: Path, run: str) -> dict:
+    return json.loads((tmp_path / run / "summary.json").read_text())
+
+
+def _losses(tmp_path: Path, run: str) -> dict:
+    return {row["step"]: row["loss"] for row in
+            map(json.loads, (tmp_path / run / "metrics.jsonl").read_text().splitlines())}
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory) -> Path:
+    """The single-rank run of tests/train_cases/layouts.py: every other layout's reference."""
+    import subprocess
+    import sys
+    out = tmp_path_factory.mktemp("reference")
+    subprocess.run([sys.executable, str(LAYOUTS), str(out)], check=True, timeout=120, capture_output=True)
+    return out
+
+
+@pytest.mark.parametrize("ranks, topology", [(2, None), (3, None), (4, "two_nodes_gcd_pairs")])
+def test_every_layout_zero_level_and_scan_matches_the_single_rank_run(launch, tmp_path, reference, ranks, topology):
+    done = launch([str(LAYOUTS), str(tmp_path), *([topology] if topology else [])], ranks=ranks, timeout=240)
+    assert done.returncode == 0, done.stderr[-3000:]
+    expected = json.loads((reference / "losses.json").read_text())["sp1-none-pipeline"]
+    params = np.load(reference / "sp1-none-pipeline.npy")
+    runs = json.loads((tmp_path / "losses.json").read_text())
+    sps = {int(name.split("-")[0][2:]) for name in runs}
+    assert sps == {sp for sp in range(1, ranks + 1) if ranks % sp == 0}
+    levels = {"none", "flat", "hpz", "3level"} if ranks == 4 else {"none", "flat", "hpz"}
+    assert {name.split("-")[1] for name in runs} == levels
+    assert {name.split("-")[2] for name in runs if not name.startswith("sp1-")} == {"pipeline", "allgather", "ring"}
+    for name, losses in runs.items():
+        np.testing.assert_allclose(losses, expected, rtol=RTOL, err_msg=name)
+        np.testing.assert_allclose(np.load(tmp_path / f"{name}.npy"), params, rtol=RTOL, atol=1e-12, err_msg=name)
+
+
+def test_default_config_trains_towards_the_entropy_floor(launch, tmp_path):
+    done = _train(launch, tmp_path, "run", 4, "train.steps=150", "train.log_every=50", timeout=240)
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = _summary(tmp_path, "run")
+    floor, losses = summary["entropy_floor"], _losses(tmp_path, "run")
+    assert losses[1] > floor + 2.5  # it starts near ln(vocab) = 4.16
+    assert summary["final_loss"] < floor + 0.35, summary
+    assert sorted(losses) == list(range(1, 151))
+    assert summary["layout"] == {"ranks": 4, "dp": 4, "sp": 1, "zero": "none", "scan": "auto", "allreduce": "auto"}
+    assert Path(summary["checkpoint"]).is_dir() and summary["checkpoint"].endswith("150")
+    assert (tmp_path / "run" / "train.png").stat().st_size > 10_000
+    row = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[-1])
+    for key in ("step", "loss", "tokens", "tokens_per_s", "step_s", "forward", "scan", "backward", "grad_sync",
+                "optimizer", "checkpoint"):
+        assert key in row, key
+    assert "entropy rate" in done.stderr and "dp=4 x sp=1" in done.stderr
+
+
+def test_a_run_killed_at_a_random_step_resumes_bit_identical(launch, tmp_path):
+    common = [*TINY, "train.steps=24", "checkpoint.every=4", "parallel.sp=2", "parallel.zero=flat"]
+    whole = _train(launch, tmp_path, "whole", 2, *common)
+    assert whole.returncode == 0, whole.stderr[-3000:]
+    kill_at = random.Random().randrange(9, 23)
+    killed = _train(launch, tmp_path, "killed", 2, *common, env={"HPCRT_FAULT": f"kill:rank=1,step={kill_at}"})
+    assert killed.returncode != 0, f"the job outlived a kill at step {kill_at}"
+    assert not (tmp_path / "killed" / "summary.json").exists()
+    again = _train(launch, tmp_path, "killed", 2, *common)
+    assert again.returncode == 0, again.stderr[-3000:]
+    resumed = _summary(tmp_path, "killed")
+    # The newest committed checkpoint: the one at or before the kill, or the one before that if the
+    # kill came while it was still being written.
+    assert resumed["resumed_from"] in {kill_at // 4 * 4, kill_at // 4 * 4 - 4}, (kill_at, resumed)
+    assert resumed["params_digest"] == _summary(tmp_path, "whole")["params_digest"], f"killed at step {kill_at}"
+    assert sorted(_losses(tmp_path, "killed")) == list(range(1, 25))
+
+
+def test_four_ranks_save_and_two_resume_as_one_rank_trains(launch, tmp_path):
+    common = [*TINY, "checkpoint.every=0"]
+    first = _train(launch, tmp_path, "four", 4, *common, "train.steps=3", "parallel.sp=2", "parallel.zero=hpz")
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert _summary(tmp_path, "four")["adam_elements"] <= -(-_summary(tmp_path, "four")["numel"] // 4) + 1
+    second = _train(launch, tmp_path, "two", 2, *common, "train.steps=6", f"train.resume={tmp_path / 'four'}")
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert _summary(tmp_path, "two")["resumed_from"] == 3
+    single = _train(launch, tmp_path, "one", 1, *common, "train.steps=6")
+    assert single.returncode == 0, single.stderr[-3000:]
+    expected, got = _losses(tmp_path, "one"), _losses(tmp_path, "two")
+    np.testing.assert_allclose([got[s] for s in range(4, 7)], [expected[s] for s in range(4, 7)], rtol=RTOL)
+    np.testing.assert_allclose(_saved_params(tmp_path, "two"), _saved_params(tmp_path, "one"), rtol=RTOL, atol=1e-12)
+
+
+def _saved_params(tmp_path: Path, run: str) -> np.ndarray:
+    """The final step's parameters as plain h5py reads them from the checkpoint's global file."""
+    import h5py
+    with h5py.File(Path(_summary(tmp_path, run)["checkpoint"]) / "global.h5", "r") as f:
+        return f["params"][...]
+
+
+def test_a_slowed_rank_is_named_in_the_straggler_report(launch, tmp_path):
+    done = _train(launch, tmp_path, "slow", 2, *TINY, "train.steps=40", "monitor.report_every=10",
+                  "checkpoint.every=0", env={"HPCRT_FAULT": "delay:rank=1,step=0,ms=40"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    log = tmp_path / "slow" / "monitor" / "stragglers.jsonl"
+    reports = [json.loads(line) for line in log.read_text().splitlines()]
+    named = {s["rank"] for report in reports for s in report["stragglers"]}
+    assert named == {1}, reports
+
+
+@pytest.mark.parametrize("override, message", [
+    ("+train.stpes=5", "train.stpes"),
+    ("parallel.sp=3", "train config key 'parallel.sp': expected a divisor of the job's 2 ranks"),
+    ("train.seq_len=1", "train config key 'train.seq_len': expected at least parallel.sp = 2 tokens"),
+])
+def test_a_bad_config_is_said_once_and_every_rank_exits_2(launch, tmp_path, override, message):
+    extra = ["parallel.sp=2"] if "seq_len" in override else []
+    done = _train(launch, tmp_path, "bad", 2, *extra, override, timeout=60)
+    assert done.returncode == 2, done.stderr[-3000:]
+    assert done.stderr.count(message) == 1, done.stderr
+    assert "Traceback" not in done.stderr
