@@ -131,7 +131,7 @@ def test_a_slowed_rank_is_named_in_the_straggler_report(launch, tmp_path):
 
 
 @pytest.mark.parametrize("override, message", [
-    ("+train.stpes=5", "train.stpes"),
+    ("+train.stpes=5", "config key 'train.stpes'"),
     ("parallel.sp=3", "train config key 'parallel.sp': expected a divisor of the job's 2 ranks"),
     ("train.seq_len=1", "train config key 'train.seq_len': expected at least parallel.sp = 2 tokens"),
 ])
