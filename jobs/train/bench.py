@@ -1,0 +1,112 @@
+"""``mpiexec -n 4 python -m hpcrt.jobs.train.bench SUITE``: the training job's costs, measured side
+by side in one MPI job — variants of one config take turns for several rounds, and each row is the
+median step time over rounds (the first steps of a run, warm-up, left out).
+
+Suites: ``scan`` (pipeline vs allgather vs ring at sp = ranks), ``zero`` (none vs flat vs hpz; use
+``--topology two_nodes_emulated``), ``checkpoint`` (none vs async every 10 steps vs async and
+blocking every step), ``monitor`` (off vs on).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import shutil
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+from typing import Optional, Sequence
+
+import hpcrt
+from hpcrt.monitor import MonitorConfig
+
+from .config import parse_settings
+from .data import make_source
+from .job import train
+from .metrics import SECTIONS
+
+BASE = {"model": {"vocab": 64, "d_model": 64, "heads": 2, "d_k": 16, "d_v": 16, "layers": 2, "d_ff": 128,
+                  "dtype": "float32"},
+        "data": {"kind": "markov", "branching": 3, "chain_seed": 1234},
+        "parallel": {"sp": 1, "scan": "auto", "zero": "none", "allreduce": "auto"},
+        "train": {"steps": 40, "batch": 8, "seq_len": 64, "lr": 0.01, "beta1": 0.9, "beta2": 0.99, "eps": 1e-8,
+                  "seed": 0, "log_every": 1000, "resume": "never", "monitor": False},
+        "checkpoint": {"every": 0, "keep": 2, "blocking": False}}
+WARMUP = 5
+"""Steps of each run left out of its median (first calls, allocation, plan caches)."""
+
+
+def variants(suite: str, world: int) -> dict:
+    """Name -> config changes of each variant of ``suite``."""
+    if suite == "scan":
+        return {scan: {"parallel": {"sp": world, "scan": scan}} for scan in ("pipeline", "allgather", "ring")}
+    if suite == "zero":
+        return {zero: {"parallel": {"zero": zero}} for zero in ("none", "flat", "hpz")}
+    if suite == "checkpoint":
+        return {"none": {"checkpoint": {"every": 0}}, "async every 10": {"checkpoint": {"every": 10}},
+                "async every step": {"checkpoint": {"every": 1}},
+                "blocking every step": {"checkpoint": {"every": 1, "blocking": True}}}
+    if suite == "monitor":
+        return {"off": {"train": {"monitor": False}}, "on": {"train": {"monitor": True}}}
+    raise SystemExit(f"train bench: unknown suite {suite!r}; choose scan, zero, checkpoint or monitor")
+
+
+def _config(changes: dict, steps: int) -> dict:
+    config = copy.deepcopy(BASE)
+    config["train"]["steps"] = steps
+    for node, values in changes.items():
+        config[node].update(values)
+    return config
+
+
+def measure(suite: str, rounds: int, steps: int, base: Path) -> dict:
+    """Per variant, per round, the median seconds of a step and of each section (collective)."""
+    runtime = hpcrt.get_runtime()
+    found: dict = {name: [] for name in variants(suite, runtime.size)}
+    for round_ in range(rounds):
+        for name, changes in variants(suite, runtime.size).items():
+            settings = parse_settings(_config(changes, steps), runtime.size)
+            source = make_source(settings.data, settings.shape.vocab, settings.train.seq_len)
+            folder = base / f"{name.replace(' ', '-')}-{round_}"
+            monitor = MonitorConfig(directory=str(folder / "monitor")) if settings.train.monitor else None
+            rows = train(settings, source, folder, monitor, report=False).rows[WARMUP:]
+            found[name].append({key: statistics.median(r[key] for r in rows) for key in ("step_s", *SECTIONS)})
+    return found
+
+
+def table(suite: str, found: dict, world: int) -> str:
+    """Markdown: per variant the median over rounds of each figure, and the step time's ratio to the first."""
+    first = statistics.median(r["step_s"] for r in next(iter(found.values())))
+    lines = [f"| {suite} | step ms | ratio | " + " | ".join(f"{s} ms" for s in SECTIONS) + " |",
+             "|" + " --- |" * (3 + len(SECTIONS))]
+    for name, rounds in found.items():
+        med = {key: statistics.median(r[key] for r in rounds) for key in rounds[0]}
+        lines.append(f"| {name} | {med['step_s'] * 1e3:.1f} | {med['step_s'] / first:.3f} | "
+                     + " | ".join(f"{med[s] * 1e3:.2f}" for s in SECTIONS) + " |")
+    return "\n".join(lines) + f"\n\n{world} ranks, {len(next(iter(found.values())))} rounds"
+
+
+def main(argv: Optional[Sequence[str]] = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m hpcrt.jobs.train.bench", description=__doc__.splitlines()[0])
+    parser.add_argument("suite", choices=("scan", "zero", "checkpoint", "monitor"))
+    parser.add_argument("--rounds", type=int, default=5, help="turns each variant takes (default 5)")
+    parser.add_argument("--steps", type=int, default=40, help="steps per run (default 40)")
+    parser.add_argument("--topology", default=None, help="a topology file or shipped name, e.g. two_nodes_emulated")
+    parser.add_argument("--json", type=Path, default=None, help="also write the raw per-round medians here")
+    args = parser.parse_args(argv)
+    runtime = hpcrt.init({"topology_file": args.topology, "log_level": "WARNING"})
+    base = Path(runtime.comm.bcast(tempfile.mkdtemp(prefix="hpcrt-train-bench-") if runtime.rank == 0 else None))
+    found = measure(args.suite, args.rounds, args.steps, base)
+    runtime.comm.Barrier()
+    if runtime.rank == 0:
+        shutil.rmtree(base)
+        print(table(args.suite, found, runtime.size), flush=True)
+        if args.json is not None:
+            args.json.write_text(json.dumps(found, indent=1))
+    hpcrt.finalize()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
