@@ -1,4 +1,15 @@
-"""hpcrt.collectives: custom collectives (All-Scan, rings, hierarchical partitioning, NIC-aware groups)."""
+"""hpcrt.collectives: custom collectives (All-Scan, rings, hierarchical partitioning, NIC-aware groups).
+
+NaN semantics: ``max`` and ``min`` propagate NaN as numpy's maximum/minimum do, on every algorithm
+(``ring``, ``bidir_ring``, ``mpi``, ``auto``; All-Scan's ``pipeline``, ``allgather``, ``ring``,
+``mpi``): an element is NaN wherever any rank it reduces over holds NaN there, the same on every
+rank. MPI's own max/min do not promise that, so the ``mpi`` paths add a one-element NaN flag (the
+rings) or send floats as order-preserving integers (All-Scan).
+
+Every collective takes an intracommunicator only (an intercommunicator is refused with a
+TypeError), and a user All-Scan op that raises on one rank raises on every rank: that rank gets its
+own error, the others a RuntimeError naming it.
+"""
 
 from ._src.agreement import CollectiveMismatchError
 from ._src.allscan import AllScanHandle, all_scan, all_scan_choice, all_scan_start

@@ -7,6 +7,7 @@ import threading
 from numbers import Integral
 from typing import Any, Optional
 
+import numpy as np
 from mpi4py import MPI
 
 from hpcrt._src.trace import trace_done
@@ -151,7 +152,7 @@ def all_scan_start(x: Any, op: Any, *, comm: Any = None, inclusive: bool = False
     wait order is safe), and ``x`` must not change until ``wait()`` returns (MPI and the pipeline
     read it meanwhile).
     """
-    transport = Transport(comm)
+    transport = Transport(comm, "all_scan")
     token = enter("all_scan", transport.comm, payload_bytes(x))
     try:
         return _start(transport, token, x, op, inclusive, reverse, algorithm, blocks, validate)
@@ -160,10 +161,15 @@ def all_scan_start(x: Any, op: Any, *, comm: Any = None, inclusive: bool = False
         raise
 
 
+def _builtin(scan_op: ScanOp) -> bool:
+    """Whether ``scan_op`` is one of hpcrt's own ops (which cannot raise on checked operands)."""
+    return BUILTIN_OPS.get(scan_op.name) is scan_op
+
+
 def _op_label(scan_op: ScanOp) -> str:
     """How ranks compare ops: by name, and a user op never passes for the builtin of the same name
     (MPI runs one but not the other, so ``auto`` may price them apart)."""
-    return scan_op.name if BUILTIN_OPS.get(scan_op.name) is scan_op else f"{scan_op.name} (user op)"
+    return scan_op.name if _builtin(scan_op) else f"{scan_op.name} (user op)"
 
 
 def _start(transport: Transport, token: int, x: Any, op: Any, inclusive: bool, reverse: bool, algorithm: str,
@@ -196,7 +202,7 @@ def all_scan_choice(x: Any, op: Any, *, comm: Any = None, blocks: Optional[int] 
     ``comm``: the cost model's choice at the costs the job knows, the same on every rank and for either
     direction, inclusive or not. Local: sends nothing."""
     scan_op, _, layout = _prepare(x, op, "auto", blocks)
-    return _auto(Transport(comm), scan_op, layout, blocks)
+    return _auto(Transport(comm, "all_scan_choice"), scan_op, layout, blocks)
 
 
 def _steps(call: ScanCall, algorithm: str, blocks: Optional[int]) -> Steps:
@@ -208,10 +214,33 @@ def _steps(call: ScanCall, algorithm: str, blocks: Optional[int]) -> Steps:
     if algorithm == "pipeline":
         if blocks is None:
             blocks = best_blocks(call.layout.nbytes, size, transport_links(call.transport), max_blocks)
-        return allscan_algos.pipeline(call, min(int(blocks), max_blocks))
-    if algorithm == "ring":
-        return allscan_algos.pipeline(call, 1)
-    return {"allgather": allscan_algos.allgather, "mpi": allscan_algos.mpi}[algorithm](call)
+        steps = allscan_algos.pipeline(call, min(int(blocks), max_blocks))
+    elif algorithm == "ring":
+        steps = allscan_algos.pipeline(call, 1)
+    else:
+        steps = {"allgather": allscan_algos.allgather, "mpi": allscan_algos.mpi}[algorithm](call)
+    return steps if _builtin(call.op) else _raised_everywhere(call.transport.comm, steps)
+
+
+def _raised_everywhere(comm: Any, steps: Steps) -> Steps:
+    """``steps`` (of a user op, which may raise) closed by one small agreement: where the op raised
+    on any rank, every rank raises (that rank its own error, the others a RuntimeError naming it).
+    The algorithms deliver every message even when the op raises, so all ranks get here."""
+    try:
+        result = yield from steps
+        failed: Optional[Exception] = None
+    except Exception as error:
+        failed = error
+    flag = np.array([failed is not None], dtype=np.int32)
+    comm.Allreduce(MPI.IN_PLACE, flag, MPI.MAX)
+    if flag[0]:
+        reports = comm.allgather(None if failed is None else f"{type(failed).__name__}: {failed}")
+        if failed is not None:
+            raise failed
+        detail = "; ".join(f"rank {rank}: {report}" for rank, report in enumerate(reports) if report is not None)
+        raise RuntimeError(f"all_scan: the op raised on another rank of the communicator ({detail}); "
+                           f"seen on rank {comm.rank}")
+    return result
 
 
 def all_scan(x: Any, op: Any, *, comm: Any = None, inclusive: bool = False, reverse: bool = False,
@@ -223,7 +252,9 @@ def all_scan(x: Any, op: Any, *, comm: Any = None, inclusive: bool = False, reve
     "max", "affine" (x a pair (a, b), a broadcastable against b, (a₁,b₁)⊕(a₂,b₂) =
     (a₁a₂, a₂b₁+b₂)), or a :class:`ScanOp`. ``algorithm``: pipeline (``blocks`` row blocks, by
     default K* from the cost model), allgather, ring, mpi, or auto (least predicted time).
-    With ``validate`` ranks that disagree on the call raise CollectiveMismatchError together.
+    With ``validate`` ranks that disagree on the call raise CollectiveMismatchError together;
+    "max" propagates NaN (numpy's maximum) on every algorithm; a user op that raises on one rank
+    raises there and makes every other rank raise a RuntimeError naming it (no rank waits forever).
     The result has x's structure and lives on x's backend.
     """
     return all_scan_start(x, op, comm=comm, inclusive=inclusive, reverse=reverse, algorithm=algorithm,

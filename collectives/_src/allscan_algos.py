@@ -12,6 +12,7 @@ from mpi4py import MPI
 
 from hpcrt._src.backends import backend_of, get_xp
 
+from .float_keys import from_keys, key_dtype, to_keys
 from .msgpool import Borrowed
 from .scanlayout import ScanLayout, assign, complete
 from .scanops import MAX, SUM, ScanOp, from_parts
@@ -97,7 +98,9 @@ class ScanCall:
 def pipeline(call: ScanCall, blocks: int) -> Steps:
     """ZeCO All-Scan: per row block, receive the scan so far from the previous rank, extend it
     and forward it at once. All receives are posted up front, sends are non-blocking, so block
-    k+1 arrives while block k is combined and forwarded. Each rank but the last sends n bytes."""
+    k+1 arrives while block k is combined and forwarded. Each rank but the last sends n bytes.
+    Where the op raises, the rank still forwards every block (the scan as received, the op not
+    called again) so its successors finish, and raises the op's error at the end."""
     layout, transport = call.layout, call.transport
     before, after = call.neighbours()
     bounds = layout.bounds(blocks)
@@ -110,7 +113,17 @@ def pipeline(call: ScanCall, blocks: int) -> Steps:
         for start, stop in slots:
             buffer = inbox[start:stop]
             receives.append((buffer, transport.irecv(buffer, before, call.tag)))
-    sends = []
+    sends: list = []
+    failures: list = []
+
+    def extend_into(incoming: tuple, mine: tuple, out: tuple) -> None:
+        """:meth:`ScanCall.extend_into`, or once the op has raised, ``incoming`` passed on as it is."""
+        if not failures:
+            try:
+                return call.extend_into(incoming, mine, out)
+            except Exception as error:
+                failures.append(error)
+        assign(out, incoming)
 
     def forward(k: int, fill: Callable[[tuple], None]) -> tuple:
         """Send block k in its outgoing message, which ``fill`` writes; returns the message's views."""
@@ -138,14 +151,16 @@ def pipeline(call: ScanCall, blocks: int) -> Steps:
             mine, target = layout.block(call.parts, lo, hi), layout.block(result, lo, hi, k == 0)
             if after is None:  # the chain's end: only its own result
                 if call.inclusive:
-                    call.extend_into(incoming, mine, target)
+                    extend_into(incoming, mine, target)
                 else:
                     assign(target, incoming)
                 continue
-            outgoing = forward(k, lambda views: call.extend_into(incoming, mine, views))
+            outgoing = forward(k, lambda views: extend_into(incoming, mine, views))
             assign(target, outgoing if call.inclusive else incoming)
     wait_all(sends)
     buffers.give_back()
+    if failures:
+        raise failures[0]
     return result
 
 
@@ -198,32 +213,46 @@ def mpi_builtin_op(op: ScanOp, layout: ScanLayout) -> Any:
 
 def mpi(call: ScanCall) -> Steps:
     """MPI_Iexscan / MPI_Iscan: the builtin op for sum and max of plain dtypes (on the operand
-    itself when it is one host array), else a non-commutative user op over packed host copies. A
-    reverse scan runs on the reversed communicator, where the op applies its operands in flipped
-    order."""
+    itself when it is one host array; a float max as :mod:`.float_keys` integers, so NaN
+    propagates), else a non-commutative user op over packed host copies. A reverse scan runs on
+    the reversed communicator, where the op applies its operands in flipped order. A user op that
+    raises inside MPI is not called again in this scan, and its error is raised after the wait."""
     layout = call.layout
     comm = _reversed_comm(call.transport.comm) if call.reverse else call.transport.comm
     start = comm.Iscan if call.inclusive else comm.Iexscan
     builtin = mpi_builtin_op(call.op, layout)
+    keys = key_dtype(layout.dtypes[0]) if builtin is MPI.MAX else None
     if builtin is not None and len(call.parts) == 1 and type(call.parts[0]) is np.ndarray and layout.nbytes:
         result = call.empty()
-        return (yield from _mpi_direct(call, comm.rank, start(call.parts[0], result[0], builtin), result))
+        send, recv = call.parts[0], result[0]
+        if keys is not None:
+            send, recv = np.empty(send.shape, dtype=keys), recv.view(keys)
+            to_keys(call.parts[0], send)
+        return (yield from _mpi_direct(call, comm.rank, start(send, recv, builtin), result, keys is not None))
     sendbuf = np.empty(layout.nbytes, dtype=np.uint8)
     recvbuf = np.empty(layout.nbytes, dtype=np.uint8)
     assign(layout.views(sendbuf, 0, layout.rows, True),
            tuple(backend_of(part).to_host(part) for part in call.parts))
     freed: list = []
+    failures: list = []
     if layout.nbytes == 0:
         request = MPI.REQUEST_NULL
     elif builtin is not None:
-        request = start(sendbuf.view(layout.dtypes[0]), recvbuf.view(layout.dtypes[0]), builtin)
+        if keys is not None:
+            to_keys(sendbuf.view(layout.dtypes[0]), sendbuf.view(keys))
+        request = start(sendbuf.view(keys or layout.dtypes[0]), recvbuf.view(keys or layout.dtypes[0]), builtin)
     else:
         whole = MPI.BYTE.Create_contiguous(layout.nbytes).Commit()  # one element: never segmented
 
         def combine(inbuf: Any, inoutbuf: Any, datatype: Any) -> None:
+            if failures:
+                return
             lower = layout.views(np.frombuffer(inbuf, dtype=np.uint8), 0, layout.rows, True)
             upper = layout.views(np.frombuffer(inoutbuf, dtype=np.uint8), 0, layout.rows, True)
-            assign(upper, call.join(upper, lower) if call.reverse else call.join(lower, upper))
+            try:
+                assign(upper, call.join(upper, lower) if call.reverse else call.join(lower, upper))
+            except Exception as error:  # raised inside MPI, mpi4py would abort the job
+                failures.append(error)
 
         op = MPI.Op.Create(combine, commute=False)
         freed += [whole, op]
@@ -232,19 +261,26 @@ def mpi(call: ScanCall) -> Steps:
     request.Wait()
     for handle in freed:
         handle.Free()
+    if failures:
+        raise failures[0]
     if comm.rank == 0 and not call.inclusive:
         return call.identity()
+    if keys is not None and layout.nbytes:
+        from_keys(recvbuf.view(keys))
     result = call.empty()
     for target, host in zip(result, layout.views(recvbuf, 0, layout.rows, True)):
         backend_of(target).copy_from_host(target, host)
     return result
 
 
-def _mpi_direct(call: ScanCall, rank: int, request: Any, result: tuple) -> Steps:
+def _mpi_direct(call: ScanCall, rank: int, request: Any, result: tuple, keyed: bool) -> Steps:
     """The scan of one host array under a builtin op, which the caller started straight from the
-    operand into ``result``: no packed host copies to make and unpack (the common case)."""
+    operand (or its keys, where ``keyed``) into ``result``: no packed host copies to make and
+    unpack (the common case)."""
     yield
     request.Wait()
     if rank == 0 and not call.inclusive:
         return call.identity()
+    if keyed:
+        from_keys(result[0].view(key_dtype(result[0].dtype)))
     return result

@@ -18,13 +18,13 @@ from typing import Any, Optional
 import numpy as np
 
 from hpcrt._src.backends import backend_of, get_xp
-from hpcrt._src.runtime import get_runtime
 
 from . import gla_local
 from .agreement import check_agreement
 from .allscan import AllScanHandle, all_scan, all_scan_start
 from .allscan_cost import ALGORITHMS
 from .scanops import AFFINE, ScanOp, flipped
+from .transport import intracomm
 
 _BACKWARD_OP = flipped(AFFINE)
 
@@ -33,7 +33,7 @@ def _checked(name: str, comm: Any, arrays: tuple, algorithm: str, subchunk: Any,
              incoming_state: Optional[Any] = None) -> tuple:
     """(comm, log-gates broadcast to [..., L, d_k]) after one agreement check on every rank: a bad
     input or a call that differs across ranks raises on all of them instead of hanging a scan."""
-    comm = comm if comm is not None else get_runtime().comm
+    comm = intracomm(comm, name)
     q, _, v, log_gates = arrays[:4]
     problem = _local_problem(name, arrays, algorithm, subchunk, incoming_state)
     shaped = not isinstance(problem, _NotArrays) and q.ndim >= 2 and v.ndim >= 2

@@ -21,6 +21,7 @@ from hpcrt._src.runtime import get_runtime
 from hpcrt._src.topology import Topology
 
 from .group_cost import CommSizes, GroupCost, score_placement
+from .transport import intracomm
 
 STRATEGIES = ("nic_aware", "default")
 AXES = ("pp", "dp", "tp")
@@ -154,7 +155,7 @@ def make_groups(topology: Optional[Topology] = None, *, dp: int, pp: int, tp: in
     ranks are the topology's) into this rank's tp, dp and pp groups. Collective over ``comm``."""
     runtime = get_runtime()
     topology = topology or runtime.topology
-    comm = comm if comm is not None else runtime.comm
+    comm = intracomm(comm, "make_groups")
     if comm.size != topology.size:
         raise ValueError(f"make_groups: the communicator has {comm.size} ranks but the topology {topology.size}")
     plan = plan_groups(topology, dp=dp, pp=pp, tp=tp, strategy=strategy, sizes=sizes,

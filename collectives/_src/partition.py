@@ -22,7 +22,7 @@ from .partition_levels import LevelSpec
 from .partition_plan import PartitionPlan, Weights, make_plan
 from .reduce_ops import check_op, combine_into
 from .ring_engine import ring_lanes, ring_pass
-from .transport import Transport, _world_ranks
+from .transport import Transport, _world_ranks, intracomm
 
 
 class HierarchicalPartition:
@@ -37,7 +37,7 @@ class HierarchicalPartition:
     def __init__(self, numel: int, *, levels: LevelSpec = "hpz", weights: Weights = None,
                  comm: Optional[Any] = None, dtype: Any = "float32", validate: bool = True):
         runtime = get_runtime()
-        self.comm = comm if comm is not None else runtime.comm
+        self.comm = intracomm(comm, "HierarchicalPartition")
         self.dtype = np.dtype(dtype)
         self.validate = validate
         weight_key = repr(weights if weights is None or isinstance(weights, str) else list(weights))

@@ -6,7 +6,8 @@ each link direction carries half the bytes and a phase takes ⌊p/2⌋ steps (at
 schedule: both ways lead to the one neighbour); ``mpi``: the plain MPI call;
 ``auto``: the smallest α-β prediction (:mod:`.ring_cost`): the ring's slowest link, and the
 ring algorithms' steps as the job measured them where it did.
-Every algorithm returns a new array on the input's backend and leaves the input untouched.
+Every algorithm returns a new array on the input's backend and leaves the input untouched; max
+and min propagate NaN (numpy's maximum/minimum) on all of them, the same on every rank.
 ``validate=True`` first checks that all ranks agree on shape, dtype, op and algorithm; with
 ``validate=False`` ranks that disagree may deadlock.
 """
@@ -18,7 +19,6 @@ from typing import Any, Optional
 import numpy as np
 
 from hpcrt._src.backends import backend_of, get_xp
-from hpcrt._src.runtime import get_runtime
 
 from .agreement import check_agreement
 from .blocks import block_bounds
@@ -52,8 +52,8 @@ def allgather(x: Any, *, comm: Optional[Any] = None, algorithm: str = "auto", va
 
     A 0-d ``x`` counts as shape (1,): the result then has shape (p,).
     """
-    p = _size(comm)
     transport, algorithm = _begin("allgather", x, comm, algorithm, validate, None)
+    p = transport.size
     shape = (p * x.shape[0], *x.shape[1:]) if x.ndim else (p,)
     if algorithm == "mpi":
         return mpi_allgather(transport.comm, transport.staging, x, shape)
@@ -88,7 +88,7 @@ def ring_choice(collective: str, x: Any, *, comm: Optional[Any] = None) -> str:
     reduce_scatter): the cost model's choice, the same on every rank. Local: sends nothing."""
     if collective not in RING_COLLECTIVES:
         raise ValueError(f"unknown collective {collective!r}; expected one of {RING_COLLECTIVES}")
-    return _auto(collective, x, Transport(comm))
+    return _auto(collective, x, Transport(comm, collective))
 
 
 def _model_bytes(collective: str, x: Any, p: int) -> int:
@@ -96,15 +96,11 @@ def _model_bytes(collective: str, x: Any, p: int) -> int:
     return p * x.nbytes if collective == "allgather" else x.nbytes
 
 
-def _size(comm: Optional[Any]) -> int:
-    return (comm if comm is not None else get_runtime().comm).size
-
-
 def _begin(collective: str, x: Any, comm: Optional[Any], algorithm: str, validate: bool,
            op: Optional[str]) -> tuple[Transport, str]:
     """Check the arguments (with ``validate``, collectively: a rank's bad operand is then every
     rank's error) and resolve ``auto``."""
-    transport = Transport(comm)
+    transport = Transport(comm, collective)
     problem = _operand_problem(collective, x, op)
     if validate:
         fields = {"input_error": None if problem is None else str(problem), "algorithm": algorithm}

@@ -42,7 +42,7 @@ class AttentionCall:
 def prepare_attention(name: str, q: Any, k: Any, v: Any, comm: Optional[Any], causal: bool,
                       scale: Optional[float], validate: bool) -> AttentionCall:
     """Check the local arrays and scale, gather every rank's token count and (``validate``) agreement."""
-    transport = Transport(comm)
+    transport = Transport(comm, name)
     problem = _local_problem(q, k, v, scale)
     problems = transport.comm.allgather((problem, q.shape[-2] if problem is None else 0))
     _raise_on_every_rank(name, [problem for problem, _ in problems])

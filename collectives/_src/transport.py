@@ -88,12 +88,26 @@ def _host_ready(array: Any) -> bool:
     return type(array) is np.ndarray and array.flags.c_contiguous
 
 
-class Transport:
-    """Sends and receives numpy/CuPy arrays on one communicator of the runtime."""
+def intracomm(comm: Optional[Any], collective: str) -> Any:
+    """``comm``, or the runtime's where None; TypeError unless it is an intracommunicator (an
+    intercommunicator's ranks name the other group, so a schedule on it would go wrong silently)."""
+    runtime = get_runtime()
+    if comm is None or isinstance(comm, MPI.Intracomm):
+        return runtime.comm if comm is None else comm
+    if isinstance(comm, MPI.Comm) and comm != MPI.COMM_NULL and not comm.Is_inter():
+        return comm
+    what = ("an intercommunicator" if isinstance(comm, MPI.Comm) and comm != MPI.COMM_NULL
+            else repr(comm) if isinstance(comm, MPI.Comm) else f"an object of type {type(comm).__name__}")
+    raise TypeError(f"{collective}: comm must be an intracommunicator (one group of ranks, such as the "
+                    f"runtime's or one from its Split or Dup), got {what} on rank {runtime.rank}")
 
-    def __init__(self, comm: Optional[Any] = None):
+
+class Transport:
+    """Sends and receives numpy/CuPy arrays on one intracommunicator of the runtime."""
+
+    def __init__(self, comm: Optional[Any] = None, collective: str = "hpcrt collective"):
         runtime = get_runtime()
-        self.comm = comm if comm is not None else runtime.comm
+        self.comm = intracomm(comm, collective)
         self.staging = runtime.staging
         self.rank = self.comm.rank
         self.size = self.comm.size
