@@ -91,15 +91,20 @@ def _outgoing_grads(chunks: SubChunks, grad_out: Any) -> Any:
     return xp.flip(serial_scan(xp.flip(chunks.total, -2), xp.flip(local, -3)), -3)
 
 
-def _scores(chunks: SubChunks, decays: Any) -> Any:
-    """q_t·(decay ⊙ k_s) within each sub-chunk: [..., n, c(t), c(s)]."""
-    return chunks.xp.einsum("...ti,...si,...tsi->...ts", chunks.q, chunks.k, decays)
+def _keys(chunks: SubChunks, decays: Any) -> Any:
+    """decay(t, s) ⊙ k_s within each sub-chunk: [..., n, c(t), c(s), d_k]."""
+    return decays * chunks.k[..., None, :, :]
+
+
+def _scores(keys: Any, q: Any) -> Any:
+    """q_t·(decay ⊙ k_s) within each sub-chunk from the decayed keys: [..., n, c(t), c(s)]."""
+    return (keys @ q[..., None])[..., 0]
 
 
 def forward(chunks: SubChunks) -> Any:
     """The chunk's outputs from a zero incoming state: [..., L, d_v]."""
     xp = chunks.xp
-    out = _scores(chunks, chunks.decays()) @ chunks.v
+    out = _scores(_keys(chunks, chunks.decays()), chunks.q) @ chunks.v
     out += (chunks.q * xp.exp(chunks.within)) @ _incoming_states(chunks)
     return chunks.unpad(out)
 
@@ -110,10 +115,11 @@ def backward(chunks: SubChunks, grad_out: Any) -> tuple:
     xp = chunks.xp
     grad = cut(grad_out, chunks.q.shape[-2])
     decays = chunks.decays()
+    keys, queries = _keys(chunks, decays), decays * chunks.q[..., :, None, :]
     grad_scores = grad @ xp.swapaxes(chunks.v, -1, -2)
-    dq = xp.einsum("...ts,...si,...tsi->...ti", grad_scores, chunks.k, decays)
-    dk = xp.einsum("...ts,...ti,...tsi->...si", grad_scores, chunks.q, decays)
-    dv = xp.swapaxes(_scores(chunks, decays), -1, -2) @ grad
+    dq = (grad_scores[..., None, :] @ keys)[..., 0, :]
+    dk = (xp.swapaxes(grad_scores, -1, -2)[..., None, :] @ xp.swapaxes(queries, -3, -2))[..., 0, :]
+    dv = xp.swapaxes(_scores(keys, chunks.q), -1, -2) @ grad
     dq += xp.exp(chunks.within) * (grad @ xp.swapaxes(_incoming_states(chunks), -1, -2))
     to_end = chunks.to_end()
     outgoing = _outgoing_grads(chunks, grad)
