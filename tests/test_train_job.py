@@ -141,3 +141,11 @@ def test_a_bad_config_is_said_once_and_every_rank_exits_2(launch, tmp_path, over
     assert done.returncode == 2, done.stderr[-3000:]
     assert done.stderr.count(message) == 1, done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_a_stopped_rank_ends_the_job_with_the_monitor_code_and_diagnose_names_it(launch, tmp_path):
+    done = _train(launch, tmp_path, "hang", 2, *TINY, "train.steps=40", "monitor.collective_timeout_s=3",
+                  "monitor.heartbeat_timeout_s=60", env={"HPCRT_FAULT": "stop:rank=1,step=4"})
+    assert done.returncode == 75, done.stderr[-3000:]
+    report = launch(["-m", "hpcrt", "diagnose", str(tmp_path / "hang")], timeout=60)
+    assert "never entered by ranks {1}" in report.stdout, report.stdout + report.stderr
