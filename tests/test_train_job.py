@@ -149,3 +149,20 @@ def test_a_stopped_rank_ends_the_job_with_the_monitor_code_and_diagnose_names_it
     assert done.returncode == 75, done.stderr[-3000:]
     report = launch(["-m", "hpcrt", "diagnose", str(tmp_path / "hang")], timeout=60)
     assert "never entered by ranks {1}" in report.stdout, report.stdout + report.stderr
+
+
+def test_a_text_made_into_tokens_trains_with_data_tokens(launch, tmp_path):
+    text = tmp_path / "corpus.txt"
+    text.write_text("hpcrt trains on bytes: ünïcödé too. " * 200, encoding="utf-8")
+    made = launch(["-m", "hpcrt.jobs.make_tokens", str(text), str(tmp_path / "tokens.bin")], timeout=60)
+    assert made.returncode == 0, made.stderr
+    tokens = np.fromfile(tmp_path / "tokens.bin", dtype=np.uint16)
+    np.testing.assert_array_equal(tokens, np.frombuffer(text.read_bytes(), dtype=np.uint8))
+    done = _train(launch, tmp_path, "bytes", 2, "data=tokens", f"data.path={tmp_path / 'tokens.bin'}",
+                  "model.vocab=256", "train.steps=30", "train.seq_len=16", "checkpoint.every=0")
+    assert done.returncode == 0, done.stderr[-3000:]
+    losses = _losses(tmp_path, "bytes")
+    assert losses[30] < losses[1] - 1.0, losses  # a short repeated text is quickly learnt
+    assert _summary(tmp_path, "bytes")["entropy_floor"] is None
+    small = _train(launch, tmp_path, "small", 2, "data=tokens", f"data.path={tmp_path / 'tokens.bin'}", timeout=60)
+    assert small.returncode == 2 and small.stderr.count("model.vocab must be at least") == 1, small.stderr
