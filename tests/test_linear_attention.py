@@ -225,8 +225,8 @@ def test_all_scan_combines_stacked_affine_pairs(comm):
     """The GLA's stacked state pairs, decay [..., d_k, 1] and state [..., d_k, d_v], scan as one
     operand under the affine op and its flip, by every algorithm, as a fold over the ranks' pairs."""
     import hpcrt
-    from hpcrt.collectives import all_scan
-    from hpcrt.collectives._src.scanops import AFFINE, flipped
+    from hpcrt.collectives import all_scan, flipped
+    from hpcrt.collectives._src.scanops import AFFINE
     hpcrt.init({"log_files": False})
     rng = np.random.default_rng(7)
     pairs = [(rng.uniform(0.5, 1.0, (2, 2, 3, 1)), rng.standard_normal((2, 2, 3, 4))) for _ in range(comm.size)]
