@@ -4,11 +4,14 @@ the order it meets the values in."""
 
 from __future__ import annotations
 
+import math
 from typing import Optional
 
 import numpy as np
 
 _KEY_DTYPES = {np.dtype(np.float32): np.dtype(np.int32), np.dtype(np.float64): np.dtype(np.int64)}
+_SIGN_SHIFT = {key: 8 * key.itemsize - 1 for key in _KEY_DTYPES.values()}
+_LARGEST = {key: np.iinfo(key).max for key in _KEY_DTYPES.values()}
 
 
 def key_dtype(dtype: np.dtype) -> Optional[np.dtype]:
@@ -16,24 +19,24 @@ def key_dtype(dtype: np.dtype) -> Optional[np.dtype]:
     return _KEY_DTYPES.get(np.dtype(dtype))
 
 
-def _flip_negatives(keys: np.ndarray) -> None:
-    """Reverse the order of the negative integers' low bits in place (the map is its own inverse):
-    a float's bits, read as an integer, then order as the float does (-0 just below +0)."""
-    high = keys >> (8 * keys.itemsize - 1)  # -1 where the sign bit is set, else 0
-    high &= np.iinfo(keys.dtype).max
-    keys ^= high
+def _flip_negatives(bits: np.ndarray, out: np.ndarray) -> None:
+    """``bits`` with the low bits of the negative integers inverted, into ``out`` (it may be
+    ``bits``; the map is its own inverse): a float's bits, read as an integer, then order as the
+    float does (-0 just below +0)."""
+    high = bits >> _SIGN_SHIFT[bits.dtype]  # -1 where the sign bit is set, else 0
+    high &= _LARGEST[bits.dtype]
+    np.bitwise_xor(bits, high, out=out)
 
 
 def to_keys(values: np.ndarray, keys: np.ndarray) -> None:
     """Write the keys of float array ``values`` into ``keys`` (of :func:`key_dtype`; it may be
     ``values`` itself, viewed as integers): every NaN becomes the largest key."""
-    nans = np.isnan(values) if np.isnan(np.dot(values.reshape(-1), values.reshape(-1))) else None
-    keys[...] = values.view(keys.dtype)
-    _flip_negatives(keys)
+    nans = np.isnan(values) if math.isnan(values.min()) else None  # min is NaN only where one is
+    _flip_negatives(values.view(keys.dtype), keys)
     if nans is not None:
-        keys[nans] = np.iinfo(keys.dtype).max
+        keys[nans] = _LARGEST[keys.dtype]
 
 
 def from_keys(keys: np.ndarray) -> None:
     """Turn keys back into their floats in place (the largest key into a NaN)."""
-    _flip_negatives(keys)
+    _flip_negatives(keys, keys)

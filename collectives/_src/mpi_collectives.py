@@ -11,6 +11,7 @@ nothing of them).
 
 from __future__ import annotations
 
+import math
 from typing import Any, Callable
 
 import numpy as np
@@ -20,7 +21,6 @@ from hpcrt._src.backends import get_xp
 from hpcrt._src.staging import Staging
 
 from .blocks import block_bounds
-from .msgpool import Borrowed
 from .reduce_ops import mpi_op
 
 _NAN_FLAGS = {"max": 1, "min": -1}
@@ -71,16 +71,14 @@ def _flagged_reduce(staging: Staging, flat: Any, op: str, bounds: list, rank: in
     returned, each block sent with this rank's NaN flag after it (``extra`` = 1 element more per
     block); where any rank flagged a NaN, a second ``reduce`` of the NaN masks restores them."""
     xp = get_xp(flat)
-    has_nan = bool(xp.isnan(xp.dot(flat, flat)))  # a sum of squares is NaN only from a NaN
-    buffers = Borrowed(xp)
-    send = buffers.take((flat.size + len(bounds)) * flat.itemsize).view(flat.dtype)
+    has_nan = math.isnan(xp.min(flat))  # numpy's min is NaN where any element is
+    send = xp.empty(flat.size + len(bounds), dtype=flat.dtype)
     for block, (start, stop) in enumerate(bounds):
         send[start + block:stop + block] = flat[start:stop]
         send[stop + block] = _NAN_FLAGS[op] if has_nan else 0
     start, stop = bounds[rank]
     out = xp.empty(stop - start + 1, dtype=flat.dtype)
     _staged(staging, send, out, lambda send_buf, recv_buf: reduce(send_buf, recv_buf, mpi_op(op), 1))
-    buffers.give_back()
     if bool(out[-1] != 0):
         seen = xp.empty(stop - start, dtype=np.uint8)
         _staged(staging, xp.isnan(flat).view(np.uint8), seen,
