@@ -8,7 +8,9 @@ from ._src.config import ConfigError, RuntimeConfig
 from ._src.cuda_aware import CudaAwareDecision
 from ._src.fakegpu import FakeGpuArray, to_fake_gpu
 from ._src.launcher import LaunchMismatchError
+from ._src.requeue import request_requeue, restart_count, slurm_job_id, write_stop_record
 from ._src.runtime import Runtime, finalize, get_runtime, init, is_initialized
+from ._src.stopping import GracefulStop, environment_deadline
 from ._src.topology import NIC, Device, LinkCost, RankInfo, Topology
 from ._src.topology_file import TopologyFileError
 
@@ -37,4 +39,10 @@ __all__ = [
     "is_device_array",
     "FakeGpuArray",
     "to_fake_gpu",
+    "GracefulStop",
+    "environment_deadline",
+    "request_requeue",
+    "write_stop_record",
+    "restart_count",
+    "slurm_job_id",
 ]

@@ -5,13 +5,18 @@ saved on 4 ranks resumes on 2; the monitor names a slowed rank; bad configs stop
 from __future__ import annotations
 
 import json
+import os
 import random
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from conftest import REPO
+from conftest import REPO, _mpiexec
 
 LAYOUTS = REPO / "tests" / "train_cases" / "layouts.py"
 TINY = ["model.vocab=11", "model.d_model=8", "model.d_k=3", "model.d_v=2", "model.d_ff=12", "model.dtype=float64",
@@ -75,7 +80,7 @@ def test_default_config_trains_towards_the_entropy_floor(launch, tmp_path):
     assert (tmp_path / "run" / "train.png").stat().st_size > 10_000
     row = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[-1])
     for key in ("step", "loss", "tokens", "tokens_per_s", "step_s", "forward", "scan", "backward", "grad_sync",
-                "optimizer", "checkpoint"):
+                "optimizer", "checkpoint", "checkpointed"):
         assert key in row, key
     assert "entropy rate" in done.stderr and "dp=4 x sp=1" in done.stderr
 
@@ -166,3 +171,44 @@ def test_a_text_made_into_tokens_trains_with_data_tokens(launch, tmp_path):
     assert _summary(tmp_path, "bytes")["entropy_floor"] is None
     small = _train(launch, tmp_path, "small", 2, "data=tokens", f"data.path={tmp_path / 'tokens.bin'}", timeout=60)
     assert small.returncode == 2 and small.stderr.count("model.vocab must be at least") == 1, small.stderr
+
+
+def _interrupted(tmp_path: Path, run: str, overrides: list, at_step: int, send) -> subprocess.CompletedProcess:
+    """Start the job on 2 ranks, wait for ``at_step`` in metrics.jsonl, call ``send(mpiexec, rank_pids)``."""
+    metrics = tmp_path / run / "metrics.jsonl"
+    cmd = [_mpiexec(), "-n", "2", sys.executable, "-m", "hpcrt.jobs.train", f"hydra.run.dir={tmp_path / run}",
+           *overrides]
+    job = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 90
+    while not (metrics.exists() and len(metrics.read_text().splitlines()) >= at_step):
+        assert job.poll() is None and time.monotonic() < deadline, "the job ended or stalled before the signal"
+        time.sleep(0.1)
+    ranks = subprocess.run(["pgrep", "-f", f"^{sys.executable} -m hpcrt.jobs.train hydra.run.dir={tmp_path / run}"],
+                           capture_output=True, text=True).stdout.split()
+    assert len(ranks) == 2, ranks
+    send(job, [int(pid) for pid in ranks])
+    out, err = job.communicate(timeout=90)
+    return subprocess.CompletedProcess(cmd, job.returncode, out, err)
+
+
+def test_a_signal_on_one_rank_or_ctrl_c_stops_at_one_step_with_the_checkpoint_committed(launch, tmp_path):
+    common = [*TINY, "train.steps=40", "checkpoint.every=50", "parallel.sp=2", "train.log_every=1"]
+    whole = _train(launch, tmp_path, "whole", 2, *common)
+    assert whole.returncode == 0, whole.stderr[-3000:]
+    first = _interrupted(tmp_path, "run", common, 5, lambda job, ranks: os.kill(ranks[1], signal.SIGUSR2))
+    assert first.returncode == 124, first.stderr[-3000:]
+    record = json.loads((tmp_path / "run" / "stop.json").read_text())
+    assert record["reason"] == "SIGUSR2" and record["requeued"] is False and record["why"] == "not a Slurm job"
+    stopped = record["step"]
+    assert _summary(tmp_path, "run")["stopped"] == {"reason": "SIGUSR2", "step": stopped}
+    assert (tmp_path / "run" / "checkpoints" / f"step-{stopped:09d}").is_dir()  # committed though every=50
+    second = _interrupted(tmp_path, "run", common, stopped + 3, lambda job, ranks: job.send_signal(signal.SIGINT))
+    assert second.returncode == 130, second.stderr[-3000:]
+    assert second.stderr.count("(SIGINT) with the checkpoint committed") == 1, second.stderr
+    third = _train(launch, tmp_path, "run", 2, *common)
+    assert third.returncode == 0, third.stderr[-3000:]
+    summary = _summary(tmp_path, "run")
+    assert summary["resumed_from"] > stopped and summary["stopped"] is None
+    assert summary["params_digest"] == _summary(tmp_path, "whole")["params_digest"]
+    assert json.loads((tmp_path / "run" / "stop.json").read_text())["reason"] == "done"
+    assert sorted(_losses(tmp_path, "run")) == list(range(1, 41))

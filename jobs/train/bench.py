@@ -33,7 +33,8 @@ BASE = {"model": {"vocab": 64, "d_model": 64, "heads": 2, "d_k": 16, "d_v": 16, 
         "parallel": {"sp": 1, "scan": "auto", "zero": "none", "allreduce": "auto"},
         "train": {"steps": 40, "batch": 8, "seq_len": 64, "lr": 0.01, "beta1": 0.9, "beta2": 0.99, "eps": 1e-8,
                   "seed": 0, "log_every": 1000, "resume": "never", "monitor": False},
-        "checkpoint": {"every": 0, "keep": 2, "blocking": False}}
+        "checkpoint": {"every": 0, "keep": 2, "blocking": False},
+        "stop": {"signals": [], "max_minutes": 0, "grace_s": 0}, "slurm": {"max_requeues": 0}}
 WARMUP = 5
 """Steps of each run left out of its median (first calls, allocation, plan caches)."""
 

@@ -20,7 +20,8 @@ SCANS = ("auto", "pipeline", "allgather", "ring", "mpi")
 ZEROS = ("none", "flat", "hpz", "3level")
 ALLREDUCES = ("auto", "ring", "bidir_ring", "mpi")
 DATA_KINDS = ("markov", "tokens")
-NODES = ("model", "data", "parallel", "train", "checkpoint")
+SIGNALS = ("SIGUSR1", "SIGUSR2", "SIGTERM", "SIGINT", "SIGHUP", "SIGQUIT", "SIGXCPU")
+NODES = ("model", "data", "parallel", "train", "checkpoint", "stop", "slurm")
 
 
 @dataclass(frozen=True)
@@ -61,6 +62,16 @@ class Checkpointing:
 
 
 @dataclass(frozen=True)
+class Stopping:
+    """When the job stops early — on a signal or a spent time budget — and how often it may requeue."""
+
+    signals: tuple[str, ...]
+    max_minutes: float
+    grace_s: float
+    max_requeues: int
+
+
+@dataclass(frozen=True)
 class Settings:
     """Everything the job runs with."""
 
@@ -70,6 +81,7 @@ class Settings:
     parallel: Parallel
     train: Train
     checkpoint: Checkpointing
+    stop: Stopping
 
     def model_hash(self) -> str:
         """What a checkpoint must match to be resumed: the model, its dtype and the seed (the
@@ -152,7 +164,19 @@ def parse_settings(config: Mapping[str, Any], world: int) -> Settings:
         raise tr.fail("batch", f"at least dp = {parallel.dp} sequences, one per data-parallel group")
     ck = _Node(config, "checkpoint", ("every", "keep", "blocking"))
     checkpoint = Checkpointing(every=ck.integer("every", 0), keep=ck.integer("keep", 1), blocking=ck.flag("blocking"))
-    return Settings(shape, dtype, data, parallel, train, checkpoint)
+    return Settings(shape, dtype, data, parallel, train, checkpoint, _stopping(config))
+
+
+def _stopping(config: Mapping[str, Any]) -> Stopping:
+    """The ``stop`` and ``slurm`` nodes."""
+    stop = _Node(config, "stop", ("signals", "max_minutes", "grace_s"))
+    raw = stop.raw.get("signals")
+    signals = tuple("SIG" + str(s).upper().removeprefix("SIG") for s in raw) if isinstance(raw, (list, tuple)) else ()
+    if not isinstance(raw, (list, tuple)) or not set(signals) <= set(SIGNALS):
+        raise stop.fail("signals", f"a list of signal names among {', '.join(SIGNALS)}")
+    slurm = _Node(config, "slurm", ("max_requeues",))
+    return Stopping(signals, stop.number("max_minutes", 0.0), stop.number("grace_s", 0.0),
+                    slurm.integer("max_requeues", 0))
 
 
 def _data(config: Mapping[str, Any]) -> dict:

@@ -5,6 +5,7 @@ monitor step — and at the end the summary and the plot."""
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -23,6 +24,7 @@ from hpcrt.collectives import allreduce
 
 from .config import Settings, parse_settings
 from .data import Source, make_source
+from .ending import end_run
 from .layout import Layout, format_table, make_layout
 from .metrics import MetricsLog, StepTimer, read_metrics
 from .model import init_params, loss_and_grad
@@ -44,12 +46,14 @@ def run(cfg: DictConfig) -> None:
         _config_exit(world, error)
     runtime = hpcrt.init(cfg.runtime)
     try:
-        train(settings, source, runtime.run_dir, monitor_config)
+        result = train(settings, source, runtime.run_dir, monitor_config)
     except ConfigError as error:  # found collectively (e.g. a checkpoint of another model): the same on every rank
         _config_exit(world, error)
     except Exception:
         sys.exit(1)  # the abort hook reports this rank's traceback and ends the job (Hydra would go on)
     hpcrt.finalize()
+    if result.exit_code:
+        raise SystemExit(result.exit_code)  # a stop every rank agreed on, not a crash: no abort
 
 
 def _config_exit(world: Any, error: ConfigError) -> None:
@@ -68,6 +72,9 @@ class Result:
     rows: list = field(default_factory=list)
     params: Any = None
     resumed_from: int = 0
+    stopped: Optional[tuple[str, int]] = None
+    """(why, step) when the run stopped early (a signal or the time budget)."""
+    exit_code: int = 0
 
 
 def train(settings: Settings, source: Source, run_dir: Path, monitor_config: Any = None, *,
@@ -94,26 +101,57 @@ def train(settings: Settings, source: Source, run_dir: Path, monitor_config: Any
     checkpointer = Checkpointer(own_dir, keep=settings.checkpoint.keep)
     if resume_dir == own_dir:
         result.resumed_from = restore_into(checkpointer, params, adam, sync.owned, settings.model_hash())
-    monitor = hpcrt.monitor.start(monitor_config) if monitor_config is not None else None
+    monitor = _start_monitor(monitor_config, run_dir)
     metrics = MetricsLog(run_dir / "metrics.jsonl", leader, result.resumed_from, train.steps, train.log_every)
     timer = StepTimer(monitor.section if monitor is not None else None)
-    for step in range(result.resumed_from + 1, train.steps + 1):
-        row = _step(step, runtime, settings, source, layout, params, sync, adam, checkpointer, timer)
-        metrics.record(row)
-        result.rows.append(row)
+    stopper = hpcrt.GracefulStop(settings.stop.signals,
+                                 hpcrt.environment_deadline(settings.stop.grace_s, settings.stop.max_minutes))
+    try:
+        for step in range(result.resumed_from + 1, train.steps + 1):
+            row = _step(step, runtime, settings, source, layout, params, sync, adam, checkpointer, timer)
+            metrics.record(row)
+            result.rows.append(row)
+            if monitor is not None:
+                monitor.step()
+            reason = stopper.requested(runtime.comm) if step < train.steps else None
+            if reason is not None:
+                result.stopped = (reason, step)
+                if not row["checkpointed"]:
+                    _save(checkpointer, step, settings, params, adam, sync)
+                break
+        metrics.close()
+        checkpointer.wait()
+        checkpointer.close()
         if monitor is not None:
-            monitor.step()
-    metrics.close()
-    checkpointer.wait()
-    checkpointer.close()
-    if monitor is not None:
-        hpcrt.monitor.stop()
-    result.params = params.get() if hasattr(params, "get") else params
-    if leader and report:
-        _finish(run_dir, settings, source, result, own_dir, runtime.size, sync.owned)
-    layout.free()
-    sync.free()
+            hpcrt.monitor.stop()
+        result.params = params.get() if hasattr(params, "get") else params
+        if leader and report:
+            _finish(run_dir, settings, source, result, own_dir, runtime.size, sync.owned)
+        layout.free()
+        sync.free()
+        last = result.rows[-1]["step"] if result.rows else result.resumed_from
+        result.exit_code = end_run(run_dir, runtime.comm, result.stopped, last, settings.stop.max_requeues)
+    finally:
+        stopper.close()  # after the requeue: the TERM that Slurm sends then only sets the flag
     return result
+
+
+def _start_monitor(config: Any, run_dir: Path) -> Any:
+    """The monitor, when on; a hang or a death it detects is recorded as the run's end before it aborts."""
+    if config is None:
+        return None
+    monitor = hpcrt.monitor.start(config)
+    code = monitor.config.abort_exit_code
+    for event in ("hang", "death"):
+        monitor.on(event, lambda found, kind=event: hpcrt.write_stop_record(
+            run_dir, kind, int(found.get("step", -1)), code, why=str(found.get("message", ""))))
+    return monitor
+
+
+def _save(checkpointer: Checkpointer, step: int, settings: Settings, params: Any, adam: Adam, sync: Any) -> None:
+    """Start the asynchronous checkpoint of the state after ``step``."""
+    checkpointer.save(step, training_state(step, params, adam, sync.owned, sync.saved, settings.model_hash(),
+                                           asdict(settings.parallel)))
 
 
 def _step(step: int, runtime: hpcrt.Runtime, settings: Settings, source: Source, layout: Layout, params: Any,
@@ -140,14 +178,13 @@ def _step(step: int, runtime: hpcrt.Runtime, settings: Settings, source: Source,
     saving = step == train.steps or (settings.checkpoint.every and step % settings.checkpoint.every == 0)
     if saving:
         with timer.section("checkpoint"):
-            checkpointer.save(step, training_state(step, params, adam, sync.owned, sync.saved,
-                                                   settings.model_hash(), asdict(settings.parallel)))
+            _save(checkpointer, step, settings, params, adam, sync)
             if settings.checkpoint.blocking:
                 checkpointer.wait()
     seconds = time.perf_counter() - started
     tokens = train.batch * train.seq_len
     return {"step": step, "loss": loss, "tokens": step * tokens, "tokens_per_s": tokens / seconds,
-            "step_s": seconds, "checkpoint": bool(saving), **timer.take()}
+            "step_s": seconds, "checkpointed": bool(saving), **timer.take()}
 
 
 def _finish(run_dir: Path, settings: Settings, source: Source, result: Result, checkpoints: Path, world: int,
@@ -159,6 +196,8 @@ def _finish(run_dir: Path, settings: Settings, source: Source, result: Result, c
         run_dir / "summary.json", rows, entropy_floor=source.entropy_floor, resumed_from=result.resumed_from or None,
         layout={"ranks": world, "dp": par.dp, "sp": par.sp, "zero": par.zero, "scan": par.scan,
                 "allreduce": par.allreduce},
+        stopped=None if result.stopped is None else {"reason": result.stopped[0], "step": result.stopped[1]},
+        restart_count=hpcrt.restart_count(os.environ), slurm_job=hpcrt.slurm_job_id(os.environ),
         adam_elements=owned.stop - owned.start, numel=result.params.size,
         checkpoint=_step_directory(checkpoints, settings.train.steps), params_digest=params_digest(result.params))
     plot(run_dir / "train.png", run_dir / "metrics.jsonl", run_dir / "monitor" / "stragglers.jsonl",

@@ -44,7 +44,7 @@ def plot(path: Path, metrics: Path, stragglers: Path, floor: Optional[float], ti
     if floor is not None:
         top.axhline(floor, color="k", linestyle="--", label=f"entropy floor {floor:.3f}")
     bottom.plot(steps, [r["tokens_per_s"] for r in rows], color="tab:green", label="tokens/s")
-    for i, row in enumerate(r for r in rows if r.get("checkpoint")):
+    for i, row in enumerate(r for r in rows if r.get("checkpointed")):
         top.axvline(row["step"], color="tab:blue", alpha=0.3, label="checkpoint" if i == 0 else None)
         bottom.axvline(row["step"], color="tab:blue", alpha=0.3)
     for i, report in enumerate(_straggler_reports(stragglers)):

@@ -39,7 +39,8 @@ def main() -> None:
         name = f"sp{sp}-{zero}-{scan}"
         config = {"model": MODEL, "train": TRAIN, "data": {"kind": "markov", "branching": 3, "chain_seed": 5},
                   "parallel": {"sp": sp, "scan": scan, "zero": zero, "allreduce": "auto"},
-                  "checkpoint": {"every": 0, "keep": 1, "blocking": False}}
+                  "checkpoint": {"every": 0, "keep": 1, "blocking": False},
+                  "stop": {"signals": [], "max_minutes": 0, "grace_s": 0}, "slurm": {"max_requeues": 0}}
         settings = parse_settings(config, runtime.size)
         source = make_source(settings.data, MODEL["vocab"], TRAIN["seq_len"])
         result = train(settings, source, out / name, report=False)
