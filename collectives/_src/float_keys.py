@@ -10,8 +10,9 @@ from typing import Optional
 import numpy as np
 
 _KEY_DTYPES = {np.dtype(np.float32): np.dtype(np.int32), np.dtype(np.float64): np.dtype(np.int64)}
-_SIGN_SHIFT = {key: 8 * key.itemsize - 1 for key in _KEY_DTYPES.values()}
-_LARGEST = {key: np.iinfo(key).max for key in _KEY_DTYPES.values()}
+_SIGN_SHIFT = {key: np.array(8 * key.itemsize - 1, dtype=key) for key in _KEY_DTYPES.values()}
+_LARGEST = {key: np.array(np.iinfo(key).max, dtype=key) for key in _KEY_DTYPES.values()}
+"""Per key dtype, as 0-d arrays of it: numpy then skips converting a Python int on every call."""
 
 
 def key_dtype(dtype: np.dtype) -> Optional[np.dtype]:
@@ -23,9 +24,8 @@ def _flip_negatives(bits: np.ndarray, out: np.ndarray) -> None:
     """``bits`` with the low bits of the negative integers inverted, into ``out`` (it may be
     ``bits``; the map is its own inverse): a float's bits, read as an integer, then order as the
     float does (-0 just below +0)."""
-    high = bits >> _SIGN_SHIFT[bits.dtype]  # -1 where the sign bit is set, else 0
-    high &= _LARGEST[bits.dtype]
-    np.bitwise_xor(bits, high, out=out)
+    high = np.right_shift(bits, _SIGN_SHIFT[bits.dtype])  # -1 where the sign bit is set, else 0
+    np.bitwise_xor(bits, np.bitwise_and(high, _LARGEST[bits.dtype]), out=out)
 
 
 def to_keys(values: np.ndarray, keys: np.ndarray) -> None:

@@ -82,7 +82,7 @@ def wait_all(pending: list) -> None:
             p._stack.close()
 
 
-def _host_ready(array: Any) -> bool:
+def host_ready(array: Any) -> bool:
     """A contiguous numpy array: MPI takes it as it is, with no staging to set up or undo (the
     common case of a pipeline's many small messages, where that setup is a cost of its own)."""
     return type(array) is np.ndarray and array.flags.c_contiguous
@@ -146,14 +146,14 @@ class Transport:
 
     def isend(self, array: Any, dest: int, tag: int = 0) -> Pending:
         self._account(dest, array.nbytes)
-        if _host_ready(array):
+        if host_ready(array):
             return Pending(self.comm.Isend(array, dest, tag))
         stack = contextlib.ExitStack()
         buf = stack.enter_context(self.staging.readable(array))
         return Pending(self.comm.Isend(buf, dest, tag), stack)
 
     def irecv(self, array: Any, source: int, tag: int = 0) -> Pending:
-        if _host_ready(array):
+        if host_ready(array):
             return Pending(self.comm.Irecv(array, source, tag))
         stack = contextlib.ExitStack()
         buf = stack.enter_context(self.staging.writable(array))
