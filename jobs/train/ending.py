@@ -1,9 +1,11 @@
 """How a training run ends: done, or stopped early at an agreed step with its checkpoint committed
-— then, under Slurm, requeued within the cap — and the record of why, which the batch script reads."""
+— then, under Slurm, requeued within the cap once MPI has shut down cleanly — and the record of
+why, which the batch script reads."""
 
 from __future__ import annotations
 
 import logging
+import signal
 from pathlib import Path
 from typing import Any, Optional
 
@@ -24,20 +26,34 @@ def exit_code(stopped: Optional[tuple[str, int]]) -> int:
     return INTERRUPTED_EXIT if stopped[0] == "SIGINT" else STOPPED_EXIT
 
 
-def end_run(run_dir: Path, comm: Any, stopped: Optional[tuple[str, int]], last_step: int, max_requeues: int) -> int:
-    """After every rank's checkpoint has committed: rank 0 records the end and, for a stop, asks
-    Slurm to requeue the job; every rank gets the exit code (collective)."""
-    comm.Barrier()  # nobody is still writing when the requeue kills the job
+def record_end(run_dir: Path, comm: Any, stopped: Optional[tuple[str, int]], last_step: int) -> int:
+    """After every rank's checkpoint has committed: rank 0 records how the run ended; every rank
+    gets the exit code (collective)."""
+    comm.Barrier()
     code = exit_code(stopped)
-    if comm.rank != 0:
-        return code
-    if stopped is None:
-        write_stop_record(run_dir, "done", last_step, code)
-        return code
+    if comm.rank == 0:
+        reason, step = stopped if stopped is not None else ("done", last_step)
+        write_stop_record(run_dir, reason, step, code)
+    return code
+
+
+def requeue_after_shutdown(run_dir: Path, rank: int, stopped: tuple[str, int], max_requeues: int) -> None:
+    """Finalize MPI, then have rank 0 ask Slurm to requeue the job and record the answer.
+
+    The requeue kills whatever of the job still runs: a rank killed inside MPI leaves its shared
+    memory segments behind under a name the requeued job — same job and step ids — opens again,
+    and MPICH's start-up then fails; ranks that finalized first have removed theirs."""
+    from mpi4py import MPI
+    if not MPI.Is_finalized():
+        MPI.Finalize()
+    if rank != 0:
+        return
     reason, step = stopped
-    write_stop_record(run_dir, reason, step, code, why="requesting a requeue")
+    # The requeue signals this process too: what it records must already be on disk, and the
+    # TERM that comes with a granted requeue must not cut the answer short.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    write_stop_record(run_dir, reason, step, exit_code(stopped), True, "requesting a requeue")
     requeued, why = request_requeue(run_dir, max_requeues)
-    write_stop_record(run_dir, reason, step, code, requeued, why)
+    write_stop_record(run_dir, reason, step, exit_code(stopped), requeued, why)
     log.warning("stopped at step %d (%s) with the checkpoint committed; %s", step, reason,
                 why if requeued else f"no requeue: {why}")
-    return code

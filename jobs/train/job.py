@@ -24,7 +24,7 @@ from hpcrt.collectives import allreduce
 
 from .config import Settings, parse_settings
 from .data import Source, make_source
-from .ending import end_run
+from .ending import record_end, requeue_after_shutdown
 from .layout import Layout, format_table, make_layout
 from .metrics import MetricsLog, StepTimer, read_metrics
 from .model import init_params, loss_and_grad
@@ -52,6 +52,8 @@ def run(cfg: DictConfig) -> None:
     except Exception:
         sys.exit(1)  # the abort hook reports this rank's traceback and ends the job (Hydra would go on)
     hpcrt.finalize()
+    if result.stopped is not None:
+        requeue_after_shutdown(runtime.run_dir, world.rank, result.stopped, settings.stop.max_requeues)
     if result.exit_code:
         raise SystemExit(result.exit_code)  # a stop every rank agreed on, not a crash: no abort
 
@@ -130,9 +132,9 @@ def train(settings: Settings, source: Source, run_dir: Path, monitor_config: Any
         layout.free()
         sync.free()
         last = result.rows[-1]["step"] if result.rows else result.resumed_from
-        result.exit_code = end_run(run_dir, runtime.comm, result.stopped, last, settings.stop.max_requeues)
+        result.exit_code = record_end(run_dir, runtime.comm, result.stopped, last)
     finally:
-        stopper.close()  # after the requeue: the TERM that Slurm sends then only sets the flag
+        stopper.close()
     return result
 
 
