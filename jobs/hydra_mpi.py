@@ -40,8 +40,9 @@ def register_rank_resolver(rank: int) -> None:
                                     replace=True)
 
 
-def _given_keys(argv: Sequence[str]) -> set[str]:
-    return {arg.split("=", 1)[0].lstrip("+~") for arg in argv if "=" in arg}
+def _given(argv: Sequence[str]) -> dict[str, str]:
+    """Each ``key=value`` override's key (without ``+``/``~``) and value."""
+    return {arg.split("=", 1)[0].lstrip("+~"): arg.split("=", 1)[1] for arg in argv if "=" in arg}
 
 
 def agree_base_dir(comm: Any, job: str) -> str:
@@ -52,10 +53,14 @@ def agree_base_dir(comm: Any, job: str) -> str:
 
 def with_run_dir(argv: Sequence[str], comm: Any, job: str) -> list[str]:
     """``argv`` plus the agreed run and sweep directories, unless the user gave them."""
-    missing = [key for key in RUN_DIR_KEYS if key not in _given_keys(argv)]
+    given = _given(argv)
+    missing = [key for key in RUN_DIR_KEYS if key not in given]
     if not missing:
         return list(argv)
-    base = agree_base_dir(comm, job)
+    # One of the two given: the other is the same folder (a run directory chosen by hand makes
+    # no second, empty one for sweeps).
+    chosen = next((given[key] for key in RUN_DIR_KEYS if key in given), None)
+    base = chosen if chosen is not None else agree_base_dir(comm, job)
     return [*argv, *(f"{key}={base}" for key in missing)]
 
 

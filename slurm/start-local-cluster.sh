@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Start a real single-node Slurm cluster on this machine (as root), for testing the batch
-# templates: munge with a fresh key, slurmctld and slurmd, one partition "debug" that may
-# oversubscribe the cores. Needs Debian's slurm-wlm and munge (installed here if apt-get exists).
+# templates: munge with a fresh key, slurmctld and slurmd, one partition "debug" whose node
+# offers at least 8 CPU slots whatever the core count. Needs Debian's slurm-wlm and munge
+# (installed here if apt-get exists).
 # Idempotent: a running cluster is left as it is.
 set -euo pipefail
 
@@ -14,6 +15,9 @@ fi
 
 host=$(hostname)
 cpus=$(nproc)
+# The node claims at least 8 CPUs (config_overrides: slurmd takes the configured count), so the
+# shipped templates' task counts run as shipped on a small machine, without --overcommit.
+slots=$(( cpus < 8 ? 8 : cpus ))
 mkdir -p /etc/munge /etc/slurm /var/spool/slurmctld /var/spool/slurmd /var/log/slurm /run/munge
 if [ ! -s /etc/munge/munge.key ]; then
     dd if=/dev/urandom of=/etc/munge/munge.key bs=1024 count=1 status=none
@@ -40,7 +44,8 @@ StateSaveLocation=/var/spool/slurmctld
 SlurmdSpoolDir=/var/spool/slurmd
 SlurmctldLogFile=/var/log/slurm/slurmctld.log
 SlurmdLogFile=/var/log/slurm/slurmd.log
-NodeName=${host} CPUs=${cpus} State=UNKNOWN
+SlurmdParameters=config_overrides
+NodeName=${host} CPUs=${slots} State=UNKNOWN
 PartitionName=debug Nodes=${host} Default=YES MaxTime=INFINITE State=UP OverSubscribe=FORCE:4
 CONF
 
@@ -48,7 +53,7 @@ slurmctld
 slurmd
 for _ in $(seq 30); do
     if sinfo -h -o %T 2>/dev/null | grep -q -E "idle|mix|alloc"; then
-        echo "slurm: cluster up on ${host} (${cpus} CPUs, partition debug)"; exit 0
+        echo "slurm: cluster up on ${host} (${slots} CPU slots on ${cpus} cores, partition debug)"; exit 0
     fi
     sleep 1
 done

@@ -190,10 +190,11 @@ def test_run_dir_is_injected_unless_given(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("SLURM_JOB_ID", "4242")
     monkeypatch.delenv("SLURM_STEP_ID", raising=False)
+    assert with_run_dir(["hydra.run.dir=/x"], _RankZero(), "bench") == ["hydra.run.dir=/x", "hydra.sweep.dir=/x"]
+    assert not (tmp_path / "hpcrt-runs").exists()  # no second, empty folder for a sweep nobody runs
     agreed = str(tmp_path / "hpcrt-runs" / "bench" / "slurm-4242")
     assert with_run_dir(["bench.iters=2"], _RankZero(), "bench") == [
         "bench.iters=2", f"hydra.run.dir={agreed}", f"hydra.sweep.dir={agreed}"]
-    assert with_run_dir(["hydra.run.dir=/x"], _RankZero(), "bench") == ["hydra.run.dir=/x", f"hydra.sweep.dir={agreed}"]
     given = ["hydra.run.dir=/x", "++hydra.sweep.dir=/y"]
     assert with_run_dir(given, _RankZero(), "bench") == given
 
