@@ -23,6 +23,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf
 
 import hpcrt
+from hpcrt._src.launcher import read_launch_env
 from hpcrt._src.rundir import DEFAULT_ROOT, agree_run_dir
 
 RUN_DIR_KEYS = ("hydra.run.dir", "hydra.sweep.dir")
@@ -38,6 +39,11 @@ def register_rank_resolver(rank: int) -> None:
     """``${hpcrt_rank0:a,b}`` is ``a`` on rank 0 and ``b`` (default null) on every other rank."""
     OmegaConf.register_new_resolver("hpcrt_rank0", lambda first, other=None: first if rank == 0 else other,
                                     replace=True)
+
+
+# A process that runs a pickled task (a hydra-submitit-launcher worker under srun) imports this
+# module but never calls mpi_hydra_main: its rank comes from the launcher's environment.
+register_rank_resolver(read_launch_env().rank or 0)
 
 
 def _given(argv: Sequence[str]) -> dict[str, str]:
@@ -94,6 +100,24 @@ def refuse_added_keys(cfg: DictConfig, config_name: str) -> None:
                                 f"{' of ' + repr(parent) if parent else ''}: {', '.join(siblings)}")
 
 
+class CheckedTask:
+    """The app's task behind the check of added keys. A module-level object, so that a launcher
+    that pickles the task (hydra-submitit-launcher) carries no MPI handle to another process."""
+
+    def __init__(self, task: Callable[[Any], Any], job: str, config_name: str):
+        self.task, self.job, self.config_name = task, job, config_name
+
+    def __call__(self, cfg: DictConfig) -> Any:
+        try:
+            refuse_added_keys(cfg, self.config_name)
+        except hpcrt.ConfigError as error:  # the same overrides, so the same error, on every rank
+            from mpi4py import MPI
+            if MPI.COMM_WORLD.rank == 0:
+                print(f"{self.job}: {error}", file=sys.stderr, flush=True)
+            sys.exit(2)
+        return self.task(cfg)
+
+
 def mpi_hydra_main(job: str, config_name: str, task: Callable[[Any], Any]) -> None:
     """Run ``task`` as the Hydra app ``config_name`` (in ``jobs/conf``) on every rank of the job.
 
@@ -106,15 +130,5 @@ def mpi_hydra_main(job: str, config_name: str, task: Callable[[Any], Any]) -> No
     register_runtime_config()
     register_rank_resolver(world.rank)
     sys.argv[1:] = with_run_dir(sys.argv[1:], world, job)
-
-    @functools.wraps(task)
-    def checked(cfg: DictConfig) -> Any:
-        try:
-            refuse_added_keys(cfg, config_name)
-        except hpcrt.ConfigError as error:  # the same overrides, so the same error, on every rank
-            if world.rank == 0:
-                print(f"{job}: {error}", file=sys.stderr, flush=True)
-            sys.exit(2)
-        return task(cfg)
-
+    checked = functools.update_wrapper(CheckedTask(task, job, config_name), task)
     hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name=config_name)(checked)()

@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Callable
@@ -129,3 +130,20 @@ def test_bench_template_runs_as_shipped(tmp_path):
                   "bench.max_bytes=64", "bench.link_costs=nominal")
     assert "# Out of bounds values : 0 OK" in text
     assert list((tmp_path / "hpcrt-runs" / "bench").glob("slurm-*/results.csv"))
+
+
+def test_a_multirun_through_the_submitit_launcher_runs_each_point_as_one_mpi_world(tmp_path):
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher", reason='pip install "hpcrt[slurm]"')
+    sweep = tmp_path / "sweep"
+    done = subprocess.run([sys.executable, "-m", "hpcrt.jobs.train", "-m", "hydra/launcher=hpcrt_slurm",
+                           f"hydra.sweep.dir={sweep}", *TINY, "train.steps=20", "parallel.sp=2",
+                           "parallel.scan=pipeline,allgather"], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=240)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
+    points = sorted(p for p in sweep.iterdir() if p.is_dir() and not p.name.startswith("."))
+    assert [p.name for p in points] == ["0", "1"]
+    summaries = [json.loads((p / "summary.json").read_text()) for p in points]
+    assert [s["layout"]["scan"] for s in summaries] == ["pipeline", "allgather"]
+    assert all(s["layout"]["ranks"] == 2 and s["layout"]["sp"] == 2 and s["steps"] == 20 for s in summaries)
+    assert summaries[0]["slurm_job"] != summaries[1]["slurm_job"]  # one array task each
+    assert all((p / ".hydra" / "config.yaml").is_file() for p in points)

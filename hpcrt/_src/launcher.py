@@ -16,6 +16,7 @@ _SIZE_VARIABLES = (
 _LOCAL_RANK_VARIABLES = (
     "OMPI_COMM_WORLD_LOCAL_RANK", "MPI_LOCALRANKID", "PMI_LOCAL_RANK", "PMIX_LOCAL_RANK", "SLURM_LOCALID",
 )
+_RANK_VARIABLES = ("OMPI_COMM_WORLD_RANK", "PMI_RANK", "PMIX_RANK", "SLURM_PROCID")
 
 
 class LaunchMismatchError(RuntimeError):
@@ -29,17 +30,20 @@ class LaunchInfo:
     launcher: Optional[str]
     world_size: Optional[int]
     local_rank: Optional[int]
+    rank: Optional[int] = None
+    """The process's rank in the world the launcher made, known before MPI is initialized."""
 
 
 def read_launch_env(environ: Mapping[str, str] | None = None) -> LaunchInfo:
     """Read the world size and local rank the launcher put in the environment, if any."""
     environ = os.environ if environ is None else environ
     local_rank = next((_int_or_none(environ[v]) for v in _LOCAL_RANK_VARIABLES if v in environ), None)
+    rank = next((_int_or_none(environ[v]) for v in _RANK_VARIABLES if v in environ), None)
     for size_var, launcher in _SIZE_VARIABLES:
         size = _int_or_none(environ.get(size_var))
         if size is not None:
-            return LaunchInfo(launcher, size, local_rank)
-    return LaunchInfo(None, None, local_rank)
+            return LaunchInfo(launcher, size, local_rank, rank)
+    return LaunchInfo(None, None, local_rank, rank)
 
 
 def _int_or_none(raw: Optional[str]) -> Optional[int]:
