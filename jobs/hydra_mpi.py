@@ -66,7 +66,7 @@ def with_run_dir(argv: Sequence[str], comm: Any, job: str) -> list[str]:
     # One of the two given: the other is the same folder (a run directory chosen by hand makes
     # no second, empty one for sweeps).
     chosen = next((given[key] for key in RUN_DIR_KEYS if key in given), None)
-    base = chosen if chosen is not None else agree_base_dir(comm, job)
+    base = str(agree_run_dir(comm, chosen)) if chosen is not None else agree_base_dir(comm, job)
     return [*argv, *(f"{key}={base}" for key in missing)]
 
 
@@ -129,6 +129,11 @@ def mpi_hydra_main(job: str, config_name: str, task: Callable[[Any], Any]) -> No
     world = MPI.COMM_WORLD
     register_runtime_config()
     register_rank_resolver(world.rank)
-    sys.argv[1:] = with_run_dir(sys.argv[1:], world, job)
+    try:
+        sys.argv[1:] = with_run_dir(sys.argv[1:], world, job)
+    except OSError as error:  # raised on every rank alike
+        if world.rank == 0:
+            print(f"{job}: {error}", file=sys.stderr, flush=True)
+        raise SystemExit(2)
     checked = functools.update_wrapper(CheckedTask(task, job, config_name), task)
     hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name=config_name)(checked)()

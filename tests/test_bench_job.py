@@ -190,8 +190,10 @@ def test_run_dir_is_injected_unless_given(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("SLURM_JOB_ID", "4242")
     monkeypatch.delenv("SLURM_STEP_ID", raising=False)
-    assert with_run_dir(["hydra.run.dir=/x"], _RankZero(), "bench") == ["hydra.run.dir=/x", "hydra.sweep.dir=/x"]
-    assert not (tmp_path / "hpcrt-runs").exists()  # no second, empty folder for a sweep nobody runs
+    mine = tmp_path / "mine"
+    assert with_run_dir([f"hydra.run.dir={mine}"], _RankZero(), "bench") == [f"hydra.run.dir={mine}",
+                                                                             f"hydra.sweep.dir={mine}"]
+    assert mine.is_dir() and not (tmp_path / "hpcrt-runs").exists()  # no second, empty folder for sweeps
     agreed = str(tmp_path / "hpcrt-runs" / "bench" / "slurm-4242")
     assert with_run_dir(["bench.iters=2"], _RankZero(), "bench") == [
         "bench.iters=2", f"hydra.run.dir={agreed}", f"hydra.sweep.dir={agreed}"]

@@ -212,3 +212,10 @@ def test_a_signal_on_one_rank_or_ctrl_c_stops_at_one_step_with_the_checkpoint_co
     assert summary["params_digest"] == _summary(tmp_path, "whole")["params_digest"]
     assert json.loads((tmp_path / "run" / "stop.json").read_text())["reason"] == "done"
     assert sorted(_losses(tmp_path, "run")) == list(range(1, 41))
+
+
+def test_a_run_directory_that_cannot_be_made_is_said_once(launch, tmp_path):
+    done = _train(launch, tmp_path, "unused", 2, "hydra.run.dir=/proc/hpcrt-run", timeout=60)
+    assert done.returncode == 2, done.stderr[-3000:]
+    assert done.stderr.count("cannot create the run directory /proc/hpcrt-run") == 1, done.stderr
+    assert "Traceback" not in done.stderr

@@ -59,6 +59,8 @@ def agree_run_dir(comm: Any, configured: Optional[str], environ: Mapping[str, st
                 path.mkdir(parents=True, exist_ok=True)
             else:
                 path = create_run_dir(path, environ)
+            if not os.access(path, os.W_OK | os.X_OK):
+                raise PermissionError(13, "not writable")
             answer = str(path.resolve())
         except OSError as exc:
             answer = OSError(exc.errno, f"hpcrt: cannot create the run directory {path}: "
