@@ -4,6 +4,7 @@ The public API is what ``__all__`` lists; everything under ``hpcrt._src`` is pri
 """
 
 from ._src.backends import ArrayBackend, backend_of, get_xp, is_device_array
+from ._src.cores import share_cores
 from ._src.config import ConfigError, RuntimeConfig
 from ._src.cuda_aware import CudaAwareDecision
 from ._src.fakegpu import FakeGpuArray, to_fake_gpu
@@ -45,4 +46,5 @@ __all__ = [
     "write_stop_record",
     "restart_count",
     "slurm_job_id",
+    "share_cores",
 ]

@@ -78,14 +78,6 @@ def select_algorithms(settings: BenchSettings) -> tuple[dict[str, list[Algorithm
     return chosen, skipped
 
 
-def share_cores(runtime: hpcrt.Runtime) -> None:
-    """Give numba's parallel kernels this rank's share of the host's cores: with every rank
-    running as many threads as there are cores, the threads spin against each other."""
-    local_ranks = sum(r.host == runtime.topology.ranks[runtime.rank].host for r in runtime.topology.ranks)
-    numba.set_num_threads(max(1, min(numba.config.NUMBA_NUM_THREADS,
-                                     len(os.sched_getaffinity(0)) // local_ranks)))
-
-
 def _link_entry(cost: hpcrt.LinkCost) -> dict:
     return {"alpha_us": cost.alpha * 1e6, "bandwidth_gbytes_s": 1e-9 / cost.beta if cost.beta > 0 else None}
 
@@ -164,7 +156,7 @@ def _measure_and_report(runtime: hpcrt.Runtime, cfg: DictConfig, settings: Bench
                         algorithms: dict[str, list[Algorithm]], started: str) -> int:
     """Measure every collective, print and write the results; the number of wrong elements."""
     comm, leader = runtime.comm, runtime.rank == 0
-    share_cores(runtime)
+    hpcrt.share_cores(runtime)
     nominal = dict(runtime.topology.link_costs)
     # Under link emulation the topology file's costs are what messages pay: measuring the real
     # path beneath would predict the wrong thing.

@@ -73,18 +73,22 @@ def measure(suite: str, rounds: int, steps: int, base: Path) -> dict:
             folder = base / f"{name.replace(' ', '-')}-{round_}"
             monitor = MonitorConfig(directory=str(folder / "monitor")) if settings.train.monitor else None
             rows = train(settings, source, folder, monitor, report=False).rows[WARMUP:]
-            found[name].append({key: statistics.median(r[key] for r in rows) for key in ("step_s", *SECTIONS)})
+            medians = {key: statistics.median(r[key] for r in rows) for key in ("step_s", *SECTIONS)}
+            found[name].append({**medians, "mean_step_s": statistics.fmean(r["step_s"] for r in rows)})
     return found
 
 
 def table(suite: str, found: dict, world: int) -> str:
-    """Markdown: per variant the median over rounds of each figure, and the step time's ratio to the first."""
-    first = statistics.median(r["step_s"] for r in next(iter(found.values())))
-    lines = [f"| {suite} | step ms | ratio | " + " | ".join(f"{s} ms" for s in SECTIONS) + " |",
-             "|" + " --- |" * (3 + len(SECTIONS))]
+    """Markdown: per variant the median over rounds of each figure (the median step, the mean step
+    — which carries the occasional checkpoint or straggler window — and each section), and the
+    median over rounds of each round's mean-step ratio to the first variant's in the same round."""
+    first = next(iter(found.values()))
+    lines = [f"| {suite} | median step ms | mean step ms | mean ratio | "
+             + " | ".join(f"{s} ms" for s in SECTIONS) + " |", "|" + " --- |" * (4 + len(SECTIONS))]
     for name, rounds in found.items():
         med = {key: statistics.median(r[key] for r in rounds) for key in rounds[0]}
-        lines.append(f"| {name} | {med['step_s'] * 1e3:.1f} | {med['step_s'] / first:.3f} | "
+        ratio = statistics.median(r["mean_step_s"] / f["mean_step_s"] for r, f in zip(rounds, first))
+        lines.append(f"| {name} | {med['step_s'] * 1e3:.1f} | {med['mean_step_s'] * 1e3:.1f} | {ratio:.3f} | "
                      + " | ".join(f"{med[s] * 1e3:.2f}" for s in SECTIONS) + " |")
     return "\n".join(lines) + f"\n\n{world} ranks, {len(next(iter(found.values())))} rounds"
 

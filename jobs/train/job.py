@@ -85,6 +85,7 @@ def train(settings: Settings, source: Source, run_dir: Path, monitor_config: Any
     on every rank) and resuming from it as ``train.resume`` says; ``report``: rank 0 writes
     ``summary.json`` and ``train.png`` at the end (collective)."""
     runtime = hpcrt.get_runtime()
+    hpcrt.share_cores(runtime)
     leader, train, par = runtime.rank == 0, settings.train, settings.parallel
     layout = make_layout(runtime, par, train.batch, train.seq_len)
     if leader:
