@@ -9,9 +9,9 @@ from ._src.config import ConfigError, RuntimeConfig
 from ._src.cuda_aware import CudaAwareDecision
 from ._src.fakegpu import FakeGpuArray, to_fake_gpu
 from ._src.launcher import LaunchMismatchError
-from ._src.requeue import request_requeue, restart_count, slurm_job_id, write_stop_record
+from ._src.requeue import clear_done, request_requeue, restart_count, slurm_job_id, write_stop_record
 from ._src.runtime import Runtime, finalize, get_runtime, init, is_initialized
-from ._src.stopping import GracefulStop, environment_deadline
+from ._src.stopping import GracefulStop, environment_deadline, signal_name
 from ._src.topology import NIC, Device, LinkCost, RankInfo, Topology
 from ._src.topology_file import TopologyFileError
 
@@ -41,9 +41,11 @@ __all__ = [
     "FakeGpuArray",
     "to_fake_gpu",
     "GracefulStop",
+    "signal_name",
     "environment_deadline",
     "request_requeue",
     "write_stop_record",
+    "clear_done",
     "restart_count",
     "slurm_job_id",
     "share_cores",

@@ -111,11 +111,19 @@ class CheckedTask:
         try:
             refuse_added_keys(cfg, self.config_name)
         except hpcrt.ConfigError as error:  # the same overrides, so the same error, on every rank
-            from mpi4py import MPI
-            if MPI.COMM_WORLD.rank == 0:
-                print(f"{self.job}: {error}", file=sys.stderr, flush=True)
-            sys.exit(2)
+            say_once_and_exit(self.job, error)
         return self.task(cfg)
+
+
+def say_once_and_exit(job: str, error: Exception) -> None:
+    """Every rank found the same user mistake: rank 0 says it in one line, every rank exits with 2
+    (raising SystemExit, not sys.exit: the abort hook would take an agreed exit for a crash)."""
+    from mpi4py import MPI
+    if MPI.COMM_WORLD.rank == 0:
+        print(f"{job}: {error}", file=sys.stderr, flush=True)
+    if hpcrt.is_initialized():
+        hpcrt.finalize()
+    raise SystemExit(2)
 
 
 def mpi_hydra_main(job: str, config_name: str, task: Callable[[Any], Any]) -> None:
@@ -132,8 +140,6 @@ def mpi_hydra_main(job: str, config_name: str, task: Callable[[Any], Any]) -> No
     try:
         sys.argv[1:] = with_run_dir(sys.argv[1:], world, job)
     except OSError as error:  # raised on every rank alike
-        if world.rank == 0:
-            print(f"{job}: {error}", file=sys.stderr, flush=True)
-        raise SystemExit(2)
+        say_once_and_exit(job, error)
     checked = functools.update_wrapper(CheckedTask(task, job, config_name), task)
     hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name=config_name)(checked)()

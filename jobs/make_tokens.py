@@ -15,6 +15,8 @@ def make_tokens(text: Path, out: Path) -> int:
     """Write ``text``'s bytes to ``out`` as uint16 tokens; the token count."""
     data = text.read_bytes()
     data.decode("utf-8")  # refuse what is not text: the tokens are meant to be a UTF-8 corpus
+    if not data:
+        raise ValueError("empty: a token file needs text")
     tokens = np.frombuffer(data, dtype=np.uint8).astype(np.uint16)
     tmp = out.with_name(out.name + ".tmp")
     tokens.tofile(tmp)
@@ -29,7 +31,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parser.parse_args(argv)
     try:
         count = make_tokens(args.text, args.out)
-    except (OSError, UnicodeDecodeError) as error:
+    except (OSError, ValueError) as error:
         print(f"make_tokens: {args.text}: {error}", file=sys.stderr)
         return 2
     print(f"wrote {count} tokens (vocab 256: use model.vocab=256) to {args.out}")

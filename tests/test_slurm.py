@@ -125,6 +125,18 @@ def test_mpiexec_template_forwards_the_warning_and_the_requeue_cap_ends_the_job(
     assert "forwarding USR1 to mpiexec" in (tmp_path / f"hpcrt-train-{job}.out").read_text()
 
 
+def test_a_plain_scancel_stops_with_the_checkpoint_committed_and_no_requeue(tmp_path):
+    job = _submit(tmp_path, "train.sbatch", *TINY)
+    run = tmp_path / "hpcrt-runs" / "train" / f"slurm-{job}"
+    _until(lambda: _steps(run) >= 5, 120, "step 5", job, tmp_path)
+    subprocess.run(["scancel", job], check=True, timeout=30)  # SIGTERM to the steps and the batch shell
+    _until(lambda: _state(job) == "", 120, "the job's end", job, tmp_path)
+    record = _record(run)
+    assert record["reason"] == "SIGTERM" and record["requeued"] is False, record
+    assert record["why"] == "SIGTERM ends the job for good"
+    assert (run / "checkpoints" / f"step-{record['step']:09d}").is_dir()
+
+
 def test_bench_template_runs_as_shipped(tmp_path):
     text = sbatch(tmp_path, str(REPO / "slurm" / "bench.sbatch"), "bench.collectives=[allreduce]",
                   "bench.max_bytes=64", "bench.link_costs=nominal")

@@ -54,14 +54,15 @@ def reference(tmp_path_factory) -> Path:
 def test_every_layout_zero_level_and_scan_matches_the_single_rank_run(launch, tmp_path, reference, ranks, topology):
     done = launch([str(LAYOUTS), str(tmp_path), *([topology] if topology else [])], ranks=ranks, timeout=240)
     assert done.returncode == 0, done.stderr[-3000:]
-    expected = json.loads((reference / "losses.json").read_text())["sp1-none-pipeline"]
-    params = np.load(reference / "sp1-none-pipeline.npy")
+    expected = json.loads((reference / "losses.json").read_text())["sp1-none-pipeline-auto"]
+    params = np.load(reference / "sp1-none-pipeline-auto.npy")
     runs = json.loads((tmp_path / "losses.json").read_text())
     sps = {int(name.split("-")[0][2:]) for name in runs}
     assert sps == {sp for sp in range(1, ranks + 1) if ranks % sp == 0}
     levels = {"none", "flat", "hpz", "3level"} if ranks == 4 else {"none", "flat", "hpz"}
     assert {name.split("-")[1] for name in runs} == levels
     assert {name.split("-")[2] for name in runs if not name.startswith("sp1-")} == {"pipeline", "allgather", "ring"}
+    assert {name.split("-")[3] for name in runs} == {"auto", "ring", "bidir_ring"}
     for name, losses in runs.items():
         np.testing.assert_allclose(losses, expected, rtol=RTOL, err_msg=name)
         np.testing.assert_allclose(np.load(tmp_path / f"{name}.npy"), params, rtol=RTOL, atol=1e-12, err_msg=name)
@@ -116,6 +117,10 @@ def test_four_ranks_save_and_two_resume_as_one_rank_trains(launch, tmp_path):
     expected, got = _losses(tmp_path, "one"), _losses(tmp_path, "two")
     np.testing.assert_allclose([got[s] for s in range(4, 7)], [expected[s] for s in range(4, 7)], rtol=RTOL)
     np.testing.assert_allclose(_saved_params(tmp_path, "two"), _saved_params(tmp_path, "one"), rtol=RTOL, atol=1e-12)
+    # Started again with the same resume=PATH (a requeue does that), it goes on from its own step 6.
+    again = _train(launch, tmp_path, "two", 2, *common, "train.steps=7", f"train.resume={tmp_path / 'four'}")
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert _summary(tmp_path, "two")["resumed_from"] == 6 and sorted(_losses(tmp_path, "two")) == list(range(4, 8))
 
 
 def _saved_params(tmp_path: Path, run: str) -> np.ndarray:
@@ -139,6 +144,8 @@ def test_a_slowed_rank_is_named_in_the_straggler_report(launch, tmp_path):
     ("+train.stpes=5", "config key 'train.stpes'"),
     ("parallel.sp=3", "train config key 'parallel.sp': expected a divisor of the job's 2 ranks"),
     ("train.seq_len=1", "train config key 'train.seq_len': expected at least parallel.sp = 2 tokens"),
+    ("parallel.zero=3level", "train config key 'parallel.zero': 3level does not fit this topology"),
+    ("train.resume=/proc/self", "train config key 'train.resume': '/proc/self' is none of auto, never"),
 ])
 def test_a_bad_config_is_said_once_and_every_rank_exits_2(launch, tmp_path, override, message):
     extra = ["parallel.sp=2"] if "seq_len" in override else []
@@ -178,7 +185,8 @@ def _interrupted(tmp_path: Path, run: str, overrides: list, at_step: int, send) 
     metrics = tmp_path / run / "metrics.jsonl"
     cmd = [_mpiexec(), "-n", "2", sys.executable, "-m", "hpcrt.jobs.train", f"hydra.run.dir={tmp_path / run}",
            *overrides]
-    job = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    job = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                           env={**os.environ, "HPCRT_FAULT": "delay:rank=0,step=0,ms=40"})  # slow enough to catch
     deadline = time.monotonic() + 90
     while not (metrics.exists() and len(metrics.read_text().splitlines()) >= at_step):
         assert job.poll() is None and time.monotonic() < deadline, "the job ended or stalled before the signal"

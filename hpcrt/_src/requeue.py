@@ -47,7 +47,10 @@ def request_requeue(run_dir: Path, max_requeues: int, environ: Optional[Mapping[
     scontrol = shutil.which("scontrol")
     if scontrol is None:
         return False, "scontrol is not on PATH: requeue it yourself (scontrol requeue " + job + ")"
-    done = subprocess.run([scontrol, "requeue", job], capture_output=True, text=True, timeout=60)
+    try:
+        done = subprocess.run([scontrol, "requeue", job], capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired) as error:
+        return False, f"scontrol requeue {job} failed: {error}"
     if done.returncode != 0:
         return False, f"scontrol requeue {job} failed: {(done.stderr or done.stdout).strip()}"
     return True, f"requeued as job {job} (restart {count + 1} of at most {max_requeues})"
@@ -64,3 +67,8 @@ def write_stop_record(run_dir: Path, reason: str, step: int, exit_code: int, req
     os.replace(tmp, path)
     if reason == "done":
         (run_dir / DONE_MARKER).touch()
+
+
+def clear_done(run_dir: Path) -> None:
+    """Forget that the run was done: it was given more steps, and may stop and requeue again."""
+    (run_dir / DONE_MARKER).unlink(missing_ok=True)

@@ -8,6 +8,8 @@ import time
 from pathlib import Path
 from typing import Any, Mapping, Optional
 
+from .requeue import slurm_job_id
+
 DEFAULT_ROOT = "hpcrt-runs"
 MAX_SUFFIX = 1000
 """Jobs started in the same second beyond this many are refused rather than searched further."""
@@ -16,8 +18,7 @@ MAX_SUFFIX = 1000
 def default_run_name(environ: Mapping[str, str], now: Optional[float] = None) -> str:
     """``slurm-<job id>[.<step>]`` (``slurm-<array job id>_<task id>`` for an array task) under
     Slurm, stable across requeues; else ``<date-time>``."""
-    array_job, task = environ.get("SLURM_ARRAY_JOB_ID"), environ.get("SLURM_ARRAY_TASK_ID")
-    job = f"{array_job}_{task}" if array_job and task else environ.get("SLURM_JOB_ID")
+    job = slurm_job_id(environ)
     if job:
         step = environ.get("SLURM_STEP_ID")
         return f"slurm-{job}" + (f".{step}" if step else "")

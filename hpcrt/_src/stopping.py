@@ -11,6 +11,8 @@ from typing import Any, Mapping, Optional, Sequence
 
 import numpy as np
 
+from . import trace
+
 DEFAULT_SIGNALS = ("SIGUSR2", "SIGUSR1", "SIGTERM", "SIGINT")
 """Slurm's ``--signal`` warning (USR1/USR2), the launcher's TERM, and Ctrl-C on an interactive run."""
 DEADLINE = 1000
@@ -49,7 +51,11 @@ class GracefulStop:
         if not local and self.deadline is not None and time.time() >= self.deadline:
             local = DEADLINE
         agreed = np.zeros(1, dtype=np.int64)
-        comm.Allreduce(np.array([local], dtype=np.int64), agreed, op=_max())
+        token = trace.trace_collective("stop_check", comm, agreed.nbytes)  # the monitor counts the wait
+        try:
+            comm.Allreduce(np.array([local], dtype=np.int64), agreed, op=_max())
+        finally:
+            trace.trace_done(token)
         code = int(agreed[0])
         if code == 0:
             return None
@@ -62,11 +68,16 @@ class GracefulStop:
         self._previous = {}
 
 
+def signal_name(name: str) -> str:
+    """``"usr2"``, ``"SIGUSR2"`` → ``"SIGUSR2"``; ValueError for a name that is no signal."""
+    full = "SIG" + str(name).upper().removeprefix("SIG")
+    if full not in signal.Signals.__members__:
+        raise ValueError(f"unknown signal {name!r}; expected a name such as SIGUSR2 or SIGTERM")
+    return full
+
+
 def _signal_number(name: str) -> int:
-    try:
-        return int(signal.Signals[name.upper() if name.upper().startswith("SIG") else "SIG" + name.upper()])
-    except KeyError:
-        raise ValueError(f"unknown signal {name!r}; expected a name such as SIGUSR2 or SIGTERM") from None
+    return int(signal.Signals[signal_name(name)])
 
 
 def _max() -> Any:

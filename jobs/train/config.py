@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass
 from numbers import Integral, Real
 from typing import Any, Mapping
 
-from hpcrt import ConfigError
+from hpcrt import ConfigError, signal_name
 
 from .model import ModelShape
 
@@ -171,8 +171,11 @@ def _stopping(config: Mapping[str, Any]) -> Stopping:
     """The ``stop`` and ``slurm`` nodes."""
     stop = _Node(config, "stop", ("signals", "max_minutes", "grace_s"))
     raw = stop.raw.get("signals")
-    signals = tuple("SIG" + str(s).upper().removeprefix("SIG") for s in raw) if isinstance(raw, (list, tuple)) else ()
-    if not isinstance(raw, (list, tuple)) or not set(signals) <= set(SIGNALS):
+    try:
+        signals = tuple(signal_name(s) for s in raw) if isinstance(raw, (list, tuple)) else ("?",)
+    except ValueError:
+        signals = ("?",)
+    if not set(signals) <= set(SIGNALS):
         raise stop.fail("signals", f"a list of signal names among {', '.join(SIGNALS)}")
     slurm = _Node(config, "slurm", ("max_requeues",))
     return Stopping(signals, stop.number("max_minutes", 0.0), stop.number("grace_s", 0.0),

@@ -76,12 +76,11 @@ class TokenFile:
         if not file.is_file():
             raise ConfigError(f"train config key 'data.path': {path!r} is not a file "
                               "(make one with python -m hpcrt.jobs.make_tokens TEXT OUT)")
-        if file.stat().st_size % 2:
-            raise ConfigError(f"train config key 'data.path': {path!r} has an odd size: not a uint16 token file")
+        size = file.stat().st_size
+        if size % 2 or size < 2 * length:
+            raise ConfigError(f"train config key 'data.path': {path!r} holds {size} bytes; a uint16 token file "
+                              f"of at least train.seq_len + 1 = {length} tokens ({2 * length} bytes) is needed")
         self.tokens = np.memmap(file, dtype=np.uint16, mode="r")
-        if len(self.tokens) < length + 1:
-            raise ConfigError(f"train config key 'data.path': {path!r} holds {len(self.tokens)} tokens, fewer than "
-                              f"train.seq_len + 1 = {length + 1}")
         largest = int(self.tokens.max())
         if largest >= vocab:
             raise ConfigError(f"train config key 'model.vocab': {path!r} holds token {largest}; "

@@ -17,6 +17,9 @@ STOPPED_EXIT = 124
 """A run stopped early with its checkpoint committed (a signal or the time budget), as timeout(1) exits."""
 INTERRUPTED_EXIT = 130
 """A run stopped by Ctrl-C (SIGINT), its checkpoint committed: the shell's code for SIGINT."""
+REQUEUE_REASONS = ("SIGUSR1", "SIGUSR2", "time budget")
+"""Stops that mean "the time is up, go on later": Slurm's warning signals and the time budget.
+SIGTERM (a plain scancel) and SIGINT end the job for good, with the checkpoint committed."""
 
 
 def exit_code(stopped: Optional[tuple[str, int]]) -> int:
@@ -43,15 +46,18 @@ def requeue_after_shutdown(run_dir: Path, rank: int, stopped: tuple[str, int], m
     The requeue kills whatever of the job still runs: a rank killed inside MPI leaves its shared
     memory segments behind under a name the requeued job — same job and step ids — opens again,
     and MPICH's start-up then fails; ranks that finalized first have removed theirs."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a granted requeue signals the job: let every rank finish
     from mpi4py import MPI
     if not MPI.Is_finalized():
         MPI.Finalize()
     if rank != 0:
         return
     reason, step = stopped
-    # The requeue signals this process too: what it records must already be on disk, and the
-    # TERM that comes with a granted requeue must not cut the answer short.
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    if reason not in REQUEUE_REASONS:
+        write_stop_record(run_dir, reason, step, exit_code(stopped), False, f"{reason} ends the job for good")
+        log.warning("stopped at step %d (%s) with the checkpoint committed", step, reason)
+        return
+    # What this rank records must be on disk before the requeue signals the job.
     write_stop_record(run_dir, reason, step, exit_code(stopped), True, "requesting a requeue")
     requeued, why = request_requeue(run_dir, max_requeues)
     write_stop_record(run_dir, reason, step, exit_code(stopped), requeued, why)

@@ -22,6 +22,7 @@ from hpcrt import ConfigError
 from hpcrt.checkpoint import Checkpointer
 from hpcrt.collectives import allreduce
 
+from ..hydra_mpi import say_once_and_exit
 from .config import Settings, parse_settings
 from .data import Source, make_source
 from .ending import record_end, requeue_after_shutdown
@@ -30,7 +31,7 @@ from .metrics import MetricsLog, StepTimer, read_metrics
 from .model import init_params, loss_and_grad
 from .optim import Adam, make_sync
 from .report import params_digest, plot, write_summary
-from .state import checkpoint_directory, restore_into, training_state
+from .state import open_and_resume, training_state
 
 log = logging.getLogger("hpcrt.jobs.train")
 
@@ -43,28 +44,23 @@ def run(cfg: DictConfig) -> None:
         monitor_config = hpcrt.monitor.resolve_monitor_config(cfg.monitor) if settings.train.monitor else None
         source = make_source(settings.data, settings.shape.vocab, settings.train.seq_len)
     except ConfigError as error:
-        _config_exit(world, error)
+        say_once_and_exit("train", error)
     runtime = hpcrt.init(cfg.runtime)
     try:
         result = train(settings, source, runtime.run_dir, monitor_config)
     except ConfigError as error:  # found collectively (e.g. a checkpoint of another model): the same on every rank
-        _config_exit(world, error)
+        say_once_and_exit("train", error)
     except Exception:
         sys.exit(1)  # the abort hook reports this rank's traceback and ends the job (Hydra would go on)
     hpcrt.finalize()
+    rank = world.rank  # MPI is finalized below
     if result.stopped is not None:
-        requeue_after_shutdown(runtime.run_dir, world.rank, result.stopped, settings.stop.max_requeues)
-    if result.exit_code:
-        raise SystemExit(result.exit_code)  # a stop every rank agreed on, not a crash: no abort
-
-
-def _config_exit(world: Any, error: ConfigError) -> None:
-    """Every rank found the same config error: rank 0 says it once, every rank exits with 2."""
-    if world.rank == 0:
-        print(f"train: {error}", file=sys.stderr, flush=True)
-    if hpcrt.is_initialized():
-        hpcrt.finalize()
-    raise SystemExit(2)  # not sys.exit: the abort hook would take a shared, expected exit for a crash
+        requeue_after_shutdown(runtime.run_dir, rank, result.stopped, settings.stop.max_requeues)
+    # A stop every rank agreed on, not a crash: no abort. Under srun only rank 0 says it, so that a
+    # site's KillOnBadExit cannot kill rank 0 while it asks for the requeue (stop.json has the reason).
+    code = result.exit_code if rank == 0 or hpcrt.slurm_job_id(os.environ) is None else 0
+    if code:
+        raise SystemExit(code)
 
 
 @dataclass
@@ -96,19 +92,19 @@ def train(settings: Settings, source: Source, run_dir: Path, monitor_config: Any
     params = init_params(settings.shape, train.seed, settings.dtype, runtime.xp)
     sync = make_sync(par.zero, params.size, runtime.comm, par.allreduce, params)
     adam = Adam(sync.owned.stop - sync.owned.start, params, train.lr, train.beta1, train.beta2, train.eps)
-    own_dir, resume_dir = checkpoint_directory(run_dir, train.resume)
     result = Result()
-    if resume_dir is not None and resume_dir != own_dir:
-        with Checkpointer(resume_dir) as other:
-            result.resumed_from = restore_into(other, params, adam, sync.owned, settings.model_hash())
-    checkpointer = Checkpointer(own_dir, keep=settings.checkpoint.keep)
-    if resume_dir == own_dir:
-        result.resumed_from = restore_into(checkpointer, params, adam, sync.owned, settings.model_hash())
+    checkpointer, result.resumed_from = open_and_resume(run_dir, train.resume, settings.checkpoint.keep, params,
+                                                        adam, sync.owned, settings.model_hash())
+    if leader and result.resumed_from < train.steps:
+        hpcrt.clear_done(run_dir)  # more steps asked of a finished run: it may stop and requeue again
     monitor = _start_monitor(monitor_config, run_dir)
     metrics = MetricsLog(run_dir / "metrics.jsonl", leader, result.resumed_from, train.steps, train.log_every)
     timer = StepTimer(monitor.section if monitor is not None else None)
-    stopper = hpcrt.GracefulStop(settings.stop.signals,
-                                 hpcrt.environment_deadline(settings.stop.grace_s, settings.stop.max_minutes))
+    deadline = hpcrt.environment_deadline(settings.stop.grace_s, settings.stop.max_minutes)
+    if leader and deadline is not None and deadline <= time.time():
+        log.warning("the time budget is spent before the first step (Slurm's end time minus stop.grace_s = %s s, "
+                    "or stop.max_minutes): the job will stop after one step", settings.stop.grace_s)
+    stopper = hpcrt.GracefulStop(settings.stop.signals, deadline)
     try:
         for step in range(result.resumed_from + 1, train.steps + 1):
             row = _step(step, runtime, settings, source, layout, params, sync, adam, checkpointer, timer)
@@ -129,7 +125,7 @@ def train(settings: Settings, source: Source, run_dir: Path, monitor_config: Any
             hpcrt.monitor.stop()
         result.params = params.get() if hasattr(params, "get") else params
         if leader and report:
-            _finish(run_dir, settings, source, result, own_dir, runtime.size, sync.owned)
+            _finish(run_dir, settings, source, result, checkpointer.places.directory, runtime.size, sync.owned)
         layout.free()
         sync.free()
         last = result.rows[-1]["step"] if result.rows else result.resumed_from
@@ -202,7 +198,8 @@ def _finish(run_dir: Path, settings: Settings, source: Source, result: Result, c
         stopped=None if result.stopped is None else {"reason": result.stopped[0], "step": result.stopped[1]},
         restart_count=hpcrt.restart_count(os.environ), slurm_job=hpcrt.slurm_job_id(os.environ),
         adam_elements=owned.stop - owned.start, numel=result.params.size,
-        checkpoint=_step_directory(checkpoints, settings.train.steps), params_digest=params_digest(result.params))
+        checkpoint=_step_directory(checkpoints, result.rows[-1]["step"] if result.rows else result.resumed_from),
+        params_digest=params_digest(result.params))
     plot(run_dir / "train.png", run_dir / "metrics.jsonl", run_dir / "monitor" / "stragglers.jsonl",
          source.entropy_floor, f"hpcrt train: {world} ranks, dp={par.dp} x sp={par.sp}, zero={par.zero}")
     floor = "" if source.entropy_floor is None else f" (entropy floor {source.entropy_floor:.4f})"

@@ -44,6 +44,7 @@ def rmsnorm(x: Any, gain: Any) -> tuple:
 
 
 def rmsnorm_backward(gain: Any, cache: tuple, dy: Any, grad_gain: Any) -> Any:
+    """The input's gradient; the gain's is written into ``grad_gain``."""
     normed, inv = cache
     grad_gain[...] = (dy * normed).reshape(-1, normed.shape[-1]).sum(axis=0)
     dnormed = dy * gain
@@ -70,6 +71,7 @@ def mlp(x: Any, w1: Any, w2: Any) -> tuple:
 
 
 def mlp_backward(w1: Any, w2: Any, cache: tuple, dy: Any, grad_w1: Any, grad_w2: Any) -> Any:
+    """The input's gradient; the weights' are written into ``grad_w1`` and ``grad_w2``."""
     x, hidden, gate, act = cache
     grad_w2[...] = weight_grad(act, dy)
     dhidden = (dy @ w2.T) * gate * (1.0 + hidden * (1.0 - gate))

@@ -25,19 +25,21 @@ def split(total: int, parts: int) -> list[tuple[int, int]]:
 
 @dataclass
 class Layout:
-    """This rank's place: its dp and sp indices, its communicators and its slice of the batch."""
+    """This rank's place: its groups (the sp communicator joins a sequence's chunks) and its slice
+    of the batch."""
 
-    dp_index: int
-    sp_index: int
-    sp_comm: Any
-    dp_comm: Any
+    groups: Any
     rows: tuple[int, int]
     """This rank's sequences of the global batch (its dp group's)."""
     tokens: tuple[int, int]
     """This rank's contiguous chunk of each sequence."""
     table: list[dict]
     """Per rank: node, NIC class, dp and sp index."""
-    groups: Any
+
+    @property
+    def sp_comm(self) -> Any:
+        """The ranks holding the other chunks of this rank's sequences, in chunk order."""
+        return self.groups.tp
 
     def free(self) -> None:
         """Release the group communicators (collective)."""
@@ -53,8 +55,7 @@ def make_layout(runtime: hpcrt.Runtime, parallel: Parallel, batch: int, seq_len:
         info = runtime.topology.ranks[rank]
         table.append({"rank": rank, "node": info.node, "nic": info.nic_class, "dp": dp_index, "sp": sp_index})
     mine = table[runtime.rank]
-    return Layout(mine["dp"], mine["sp"], groups.tp, groups.dp, split(batch, parallel.dp)[mine["dp"]],
-                  split(seq_len, parallel.sp)[mine["sp"]], table, groups)
+    return Layout(groups, split(batch, parallel.dp)[mine["dp"]], split(seq_len, parallel.sp)[mine["sp"]], table)
 
 
 def format_table(table: list[dict]) -> str:

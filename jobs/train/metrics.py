@@ -41,10 +41,20 @@ class StepTimer:
 
 
 def read_metrics(path: Path) -> list[dict]:
-    """Every step recorded in ``path`` (none when it does not exist)."""
+    """Every step recorded in ``path`` (none when it does not exist); a damaged line (a node that
+    died mid-write) is skipped with a warning rather than stopping every later resume."""
     if not path.is_file():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    rows = []
+    for number, line in enumerate(path.read_text(errors="replace").splitlines(), 1):
+        try:
+            row = json.loads(line) if line.strip() else None
+        except json.JSONDecodeError:
+            row = None
+            log.warning("%s line %d is damaged; skipped", path, number)
+        if isinstance(row, dict) and isinstance(row.get("step"), int):
+            rows.append(row)
+    return rows
 
 
 class MetricsLog:
@@ -81,6 +91,7 @@ class MetricsLog:
             log.info(text)
 
     def close(self) -> None:
+        """Close the file (rank 0)."""
         if self._file is not None:
             self._file.close()
 

@@ -49,6 +49,7 @@ class ParamLayout:
 
     @classmethod
     def of(cls, shape: ModelShape) -> "ParamLayout":
+        """The layout of ``shape``'s parameters: embedding, blocks in order, final norm, head."""
         named = [("embed", (shape.vocab, shape.d_model))]
         named += [(f"blocks.{i}.{name}", dims) for i in range(shape.layers) for name, dims in _block_shapes(shape)]
         named += [("norm_f", (shape.d_model,)), ("head", (shape.d_model, shape.vocab))]

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
-from hpcrt import get_xp
-from hpcrt.collectives import HierarchicalPartition, allreduce
+from hpcrt import ConfigError, get_xp
+from hpcrt.collectives import HierarchicalPartition, PartitionLevelError, allreduce
 
 from .layout import split
 
@@ -89,4 +89,7 @@ def make_sync(zero: str, numel: int, comm: Any, allreduce_algorithm: str, like: 
     """The gradient and parameter exchange of ``parallel.zero`` (collective)."""
     if zero == "none":
         return Replicated(numel, comm, allreduce_algorithm)
-    return Sharded(numel, comm, zero, like)
+    try:
+        return Sharded(numel, comm, zero, like)
+    except PartitionLevelError as error:  # the topology's, so the same on every rank
+        raise ConfigError(f"train config key 'parallel.zero': {zero} does not fit this topology: {error}") from None

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 
@@ -31,25 +31,43 @@ def training_state(step: int, params: Any, adam: Adam, owned: slice, saved: slic
             "step": step, "model_hash": model_hash, "layout": layout}
 
 
-def checkpoint_directory(run_dir: Path, resume: str) -> tuple[Path, Optional[Path]]:
-    """(where this job saves, where it resumes from or None) for ``train.resume``."""
-    own = run_dir / "checkpoints"
+MARKER = "hpcrt-checkpoint.json"
+"""The file that makes a folder a checkpoint directory."""
+
+
+def open_and_resume(run_dir: Path, resume: str, keep: int, params: Any, adam: Adam, owned: slice,
+                    model_hash: str) -> tuple[Checkpointer, int]:
+    """The run's own checkpointer, and the step restored into ``params`` and ``adam`` (0: none).
+
+    The run's own newest committed step comes first, whatever ``train.resume`` says (except
+    ``never``): a requeued run that once started from another run's checkpoint goes on from its
+    own progress. Only a run with nothing of its own reads ``train.resume``'s directory."""
+    checkpointer = Checkpointer(run_dir / "checkpoints", keep=keep)
     if resume == "never":
-        return own, None
+        return checkpointer, 0
+    if checkpointer.latest() is not None:
+        return checkpointer, restore_into(checkpointer, params, adam, owned, model_hash)
     if resume == "auto":
-        return own, own
+        return checkpointer, 0
+    with Checkpointer(_resume_source(resume)) as other:
+        if other.latest() is None:
+            raise ConfigError(f"train config key 'train.resume': {resume!r} holds no committed checkpoint")
+        return checkpointer, restore_into(other, params, adam, owned, model_hash)
+
+
+def _resume_source(resume: str) -> Path:
+    """The checkpoint directory ``train.resume`` names: a run directory or its ``checkpoints``."""
     given = Path(resume).expanduser()
-    source = given / "checkpoints" if (given / "checkpoints").is_dir() else given
-    if not source.is_dir():
-        raise ConfigError(f"train config key 'train.resume': {resume!r} is neither auto, never nor a directory")
-    return own, source
+    source = given / "checkpoints" if (given / "checkpoints" / MARKER).is_file() else given
+    if not (source / MARKER).is_file():
+        raise ConfigError(f"train config key 'train.resume': {resume!r} is none of auto, never, a run directory "
+                          "or a checkpoint directory")
+    return source
 
 
 def restore_into(checkpointer: Checkpointer, params: Any, adam: Adam, owned: slice, model_hash: str) -> int:
     """Load the newest committed step into ``params`` (all of it) and ``adam`` (the owned slice);
-    the step, or 0 when there is nothing to resume (collective)."""
-    if checkpointer.latest() is None:
-        return 0
+    the step (collective)."""
     numel = params.size
     boxes = {"params": ((0,), (numel,)),
              "adam_m": ((owned.start,), (owned.stop - owned.start,)),

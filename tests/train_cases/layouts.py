@@ -23,22 +23,24 @@ SCANS = ("pipeline", "allgather", "ring")
 
 
 def runs(world: int) -> list:
-    """(sp, zero, scan): every ZeRO level on every layout, every scan on every layout with sp > 1."""
+    """(sp, zero, scan, allreduce): every ZeRO level on every layout, every scan on every layout
+    with sp > 1, and the rings' gradient allreduce at full dp."""
     layouts = [sp for sp in range(1, world + 1) if world % sp == 0]
-    found = [(sp, zero, "pipeline") for sp in layouts for zero in ("none", "flat", "hpz", "3level")]
-    return found + [(sp, "none", scan) for sp in layouts if sp > 1 for scan in SCANS if scan != "pipeline"]
+    found = [(sp, zero, "pipeline", "auto") for sp in layouts for zero in ("none", "flat", "hpz", "3level")]
+    found += [(sp, "none", scan, "auto") for sp in layouts if sp > 1 for scan in SCANS if scan != "pipeline"]
+    return found + [(1, "none", "pipeline", ring) for ring in ("ring", "bidir_ring")]
 
 
 def main() -> None:
     out = Path(sys.argv[1])
     runtime = hpcrt.init({"topology_file": sys.argv[2]} if len(sys.argv) > 2 else {})
     results = {}
-    for sp, zero, scan in runs(runtime.size) if runtime.size > 1 else [(1, "none", "pipeline")]:
+    for sp, zero, scan, allreduce in runs(runtime.size) if runtime.size > 1 else [(1, "none", "pipeline", "auto")]:
         if zero == "3level" and runtime.size < 4:
             continue  # three levels need groups inside nodes: the 4-rank topology has them
-        name = f"sp{sp}-{zero}-{scan}"
+        name = f"sp{sp}-{zero}-{scan}-{allreduce}"
         config = {"model": MODEL, "train": TRAIN, "data": {"kind": "markov", "branching": 3, "chain_seed": 5},
-                  "parallel": {"sp": sp, "scan": scan, "zero": zero, "allreduce": "auto"},
+                  "parallel": {"sp": sp, "scan": scan, "zero": zero, "allreduce": allreduce},
                   "checkpoint": {"every": 0, "keep": 1, "blocking": False},
                   "stop": {"signals": [], "max_minutes": 0, "grace_s": 0}, "slurm": {"max_requeues": 0}}
         settings = parse_settings(config, runtime.size)
