@@ -3,6 +3,7 @@ fallback on corrupt or lost copies, retention, resharding by request, and bad in
 
 import json
 import os
+import re
 import resource
 import signal
 from pathlib import Path
@@ -74,7 +75,8 @@ def test_ledger_retains_what_is_committed_on_disk(tmp_path):
     def commit(ledger, step):
         ledger.add(step, "local")
         write_json_atomic(places.manifest_path(step, "local"), manifest.build(step, "local", ["n"], [[]], [
-            {"rank": 0, "node": "n", "path": f"local/step-{step:09d}/rank-00000.h5", "size": 1, "xxh3_128": "0"}]))
+            {"rank": 0, "node": "n", "path": f"local/step-{step:09d}/rank-00000.h5", "size": 1,
+             "xxh3_128": "0" * 32}], save="ab12"))
 
     def on_disk():
         return sorted(manifest.committed(places))
@@ -88,8 +90,7 @@ def test_ledger_retains_what_is_committed_on_disk(tmp_path):
     commit(ledger, 4)
     dropped = ledger.retire("local", 2)
     assert on_disk() == [2, 4] and [r["path"] for r in dropped] == ["local/step-000000001/rank-00000.h5"]
-    ledger.uncommit(4)  # step 4 saved again
-    assert on_disk() == [2] and places.step_dir(4).is_dir()
+    assert ledger.is_committed(4) and not ledger.is_committed(1) and not ledger.is_committed(3)
 
 
 def test_restore_views_images_it_mostly_uses_and_copies_from_others(tmp_path):
@@ -107,8 +108,9 @@ def test_restore_views_images_it_mostly_uses_and_copies_from_others(tmp_path):
         path = tmp_path / f"rank-{rank}.h5"
         size, digest = write_rank_file(path, snap, file_attrs(0, 2, rank=rank))
         images[rank], layouts = read_verified(path, size, digest), layouts + [snap.entries]
-        with open_image(images[rank]) as f:  # every dataset aligned, whatever came before it
-            assert all(f[k].id.get_offset() % ALIGNMENT == 0 for k in ("big", "flag", "small"))
+        with open_image(images[rank]) as f:  # every dataset aligned, whatever came before it; small arrays packed
+            assert all(f[k].id.get_offset() % ALIGNMENT == 0 for k in ("big", "_hpcrt_packed"))
+            assert set(f) == {"big", "_hpcrt_packed"} and f.attrs["format_version"] == 2
     same = _assemble(layouts, {"big": ((N,), (N,))}, 1, images)  # the saved layout: views
     assert np.array_equal(same["big"].array, np.arange(N) + N) and same["small"][0] == 1
     assert all(np.shares_memory(a, images[1]) for a in (same["big"].array, same["flag"], same["small"]))
@@ -291,12 +293,15 @@ def test_retention_retires_files_off_the_commit_path(comm, mpi_tmp_path):
         ck.wait()
     comm.Barrier()
     trashes = [directory / ".trash", places.node_root(rt.node) / ".trash"]
+    # the step saved again got new names (one tag for the whole save); the first save's files are retired
+    tagged = {p.name.split(".")[1] for p in directory.rglob("*.h5")}
+    assert len(tagged) == 1 and re.fullmatch("[0-9a-f]{8}", tag := tagged.pop())
     shared = sorted(p.relative_to(directory).as_posix() for p in directory.rglob("*") if p.is_file())
     node = sorted(p.relative_to(places.local_root).as_posix() for p in places.local_root.rglob("*") if p.is_file())
-    assert shared == ["hpcrt-checkpoint.json", "step-000000003/global.h5", "step-000000003/manifest-global.json",
-                      "step-000000003/manifest-local.json", "step-000000003/rank-00000.h5",
-                      "step-000000003/rank-00001.h5"]
-    assert node == [f"{rt.node}/local/step-000000003/rank-0000{r}.h5" for r in range(rt.size)]
+    assert shared == ["hpcrt-checkpoint.json", "hpcrt-checkpoint.lock", f"step-000000003/global.{tag}.h5",
+                      "step-000000003/manifest-global.json", "step-000000003/manifest-local.json",
+                      f"step-000000003/rank-00000.{tag}.h5", f"step-000000003/rank-00001.{tag}.h5"]
+    assert node == [f"{rt.node}/local/step-000000003/rank-0000{r}.{tag}.h5" for r in range(rt.size)]
     assert all(not any(trash.iterdir()) for trash in trashes)
     comm.Barrier()
     if rt.rank == 0:  # what a crash between the rename and the unlink leaves behind

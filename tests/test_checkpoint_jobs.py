@@ -65,14 +65,19 @@ def test_plain_h5py_and_h5dump_read_the_global_arrays(launch, tmp_path):
               "f = h5py.File(sys.argv[1] + '/global.h5', 'r')\n"
               "assert 'hpcrt' not in sys.modules\n"
               "r = h5py.File(sys.argv[1] + '/rank-00002.h5', 'r')\n"
+              "pack = r['_hpcrt_packed']  # small plain arrays: [key, dtype, shape, byte offset] in its index\n"
+              "key, dtype, shape, at = next(row for row in json.loads(pack.attrs['hpcrt_index']) if row[0] == 'mine')\n"
+              "mine = pack[at:at + np.dtype(dtype).itemsize * int(np.prod(shape))].view(dtype).reshape(shape)\n"
               "print(json.dumps({'w': f['model/w'][...].tolist(), 'v': f['v'][...].tolist(),\n"
               "  'attrs': {k: str(v) for k, v in f.attrs.items()}, 'virtual': f['v'].is_virtual,\n"
-              "  'json': json.loads(r.attrs['hpcrt_json']), 'offset': r['v'].attrs['offset'].tolist()}))\n")
+              "  'json': json.loads(r.attrs['hpcrt_json']), 'offset': r['v'].attrs['offset'].tolist(),\n"
+              "  'mine': mine.tolist(), 'rank_version': str(r.attrs['format_version'])}))\n")
     out = json.loads(subprocess.run([sys.executable, "-c", reader, str(step_dir)], cwd=tmp_path, check=True,
                                     capture_output=True, text=True, timeout=60).stdout)
     arrays = full(2)
     assert np.array_equal(np.array(out["w"]), arrays["w"]) and np.array_equal(out["v"], arrays["v"])
     assert out["virtual"] and out["json"]["meta/step"] == 2 and out["json"]["meta/rank"] == 2
+    assert out["mine"] == [202] * 3 and out["rank_version"] == "2"
     assert {k: out["attrs"][k] for k in ("step", "world_size", "format_version")} == \
         {"step": "2", "world_size": "4", "format_version": "1"}
     assert "hpcrt_version" in out["attrs"]

@@ -3,10 +3,15 @@ host memory, a flush thread writes the levels, votes and commits.
 
 Every rank runs the same sequence of collectives per save, on a private duplicate of the
 communicator used only by the flush thread (and by ``restore()`` once the thread is idle):
-an allgather of each rank's layout and snapshot status (the "digest": it checks that ranks agree
-on keys, dtypes and global shapes, feeds the manifest and the partner copies), then per level an
-allgather vote and a bcast of rank 0's manifest outcome. A rank's failure is therefore known to
-every rank, and nothing ever waits on a peer that gave up."""
+an allgather of each rank's step, layout and snapshot status (the "digest": it checks that ranks
+agree on the step, keys, dtypes and global shapes, feeds the manifest and the partner copies),
+then per level an allgather vote and a bcast of rank 0's manifest outcome. A rank's failure is
+therefore known to every rank, and nothing ever waits on a peer that gave up. Every collective is
+traced for the monitor and bounded by ``collective_timeout_s`` (see :mod:`.collective`).
+
+A committed step is never destroyed by a later save: a step saved again is written under new file
+names, its new manifest replaces the old one atomically (the commit), and only then are the old
+files retired. One Checkpointer writes a directory at a time (:mod:`.lock`)."""
 
 from __future__ import annotations
 
@@ -14,44 +19,51 @@ import collections
 import contextlib
 import json
 import logging
+import math
 import queue
 import socket
 import sys
 import threading
+import uuid
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
 
 import hpcrt
-from hpcrt._src.idle_wait import idle_until_all_arrive, idle_wait
 from hpcrt._src.staging import PinnedPool
 
 from . import manifest, retention
-from .commit import fsync_dir, make_dirs_durable, remove_file, write_json_atomic
+from .collective import Collectives, CollectiveTimeoutError
+from .commit import fsync_dir, make_dirs_durable, remove_file
 from .errors import CheckpointError, StateError
 from .format import BESIDE, file_attrs, write_global_file, write_rank_file
-from .levels import DISK_LEVELS, GLOBAL_FILE, LEVELS, Places, partner_holders, rank_name
+from .levels import DISK_LEVELS, LEVELS, NODE_LEVELS, Places, global_name, partner_holders, rank_name, step_name
+from .lock import DirectoryLock
 from .reaper import Reaper
 from .restore import restore as restore_collective
+from .safety import Refused, is_inside, is_real_dir, private_dir
 from .snapshot import Snapshot, take_snapshot
-from .state import ArrayEntry, FlatState, Shard, check_layouts, flatten, unflatten
+from .state import FlatState, Shard, _same_on_all, check_layouts, flatten, unflatten
 
 log = logging.getLogger("hpcrt.checkpoint")
 PARTNER_TAG = 0x4B8
 DEFAULT_KEEP = {"memory": 1, "local": 2, "partner": 2, "global": 3}
+DEFAULT_COLLECTIVE_TIMEOUT_S = 600.0
 
 
 @dataclass
 class _Save:
     """One save in flight."""
 
+    index: int
     step: int
     flat: Optional[FlatState]
     levels: tuple
     folders: Future
     snapshot: Optional[Snapshot] = None
     error: Optional[str] = None
+    traced: bool = False
     lock: threading.Lock = field(default_factory=threading.Lock)
     snapshotted: threading.Event = field(default_factory=threading.Event)
     done: threading.Event = field(default_factory=threading.Event)
@@ -65,13 +77,17 @@ class Checkpointer:
     (an int for all, or a dict per level). ``global_every``: every k-th save also goes to the
     global level (the first one always does). ``local_dir``: the node-local directory (default
     ``$SLURM_TMPDIR`` or the system temporary directory). ``max_pending``: saves whose flush may
-    be outstanding before ``save()`` waits for one (the host memory bound). Collective over
-    ``comm`` (default: the hpcrt runtime's communicator).
+    be outstanding before ``save()`` waits for one (the host memory bound).
+    ``collective_timeout_s``: how long a checkpoint collective waits for a peer that does not come
+    (it skipped a save, or is stuck or dead) before the save fails on the ranks that wait and the
+    Checkpointer becomes unusable. Collective over ``comm`` (default: the hpcrt runtime's
+    communicator). Refused (every rank raises) while another Checkpointer writes ``directory``.
     """
 
     def __init__(self, directory: str | Path, *, levels: Optional[tuple] = None, comm: Any = None,
                  keep: int | dict = DEFAULT_KEEP, global_every: int = 1,
-                 local_dir: Optional[str | Path] = None, max_pending: int = 2):
+                 local_dir: Optional[str | Path] = None, max_pending: int = 2,
+                 collective_timeout_s: float = DEFAULT_COLLECTIVE_TIMEOUT_S):
         from mpi4py import MPI  # imported on use: the CLI reads checkpoints without initializing MPI
         if comm is None:
             comm = hpcrt.init().comm
@@ -82,27 +98,38 @@ class Checkpointer:
             raise ValueError(f"global_every must be a positive integer, got {global_every!r}")
         if not isinstance(max_pending, int) or max_pending < 1:
             raise ValueError(f"max_pending must be a positive integer, got {max_pending!r}")
+        if isinstance(collective_timeout_s, bool) or not isinstance(collective_timeout_s, (int, float)) or \
+                not math.isfinite(collective_timeout_s) or collective_timeout_s <= 0:
+            raise ValueError(f"collective_timeout_s must be a finite number of seconds > 0, "
+                             f"got {collective_timeout_s!r}")
         self._comm = comm.Dup()
+        self._coll = Collectives(self._comm, float(collective_timeout_s))
+        self._coll.tracing = self._coll.announce()
         self.rank, self.size = self._comm.rank, self._comm.size
         self.node = hpcrt.get_runtime().node if hpcrt.is_initialized() else socket.gethostname()
-        self.nodes: list = self._comm.allgather(self.node)
         self.places = Places.of(directory, local_dir)
-        self._holders = partner_holders(self.nodes)
+        self._lock = DirectoryLock(self.places.directory)
         self.global_every = global_every
         self.restored_from: dict = {}
         """After :meth:`restore`: for each saved rank, the level its data came from."""
         try:  # every rank raises the same error here, so the duplicate can be freed collectively
+            self.nodes: list = self._coll.allgather(self.node, "ckpt_open")
+            self._holders = partner_holders(self.nodes)
             self.levels = _resolve_levels(levels, self._holders is not None)
             self.keep = _resolve_keep(keep, self.levels)
             self._open_directory()
-        except BaseException:
-            self._comm.Free()
+        except BaseException as exc:
+            self._lock.release()
+            if not isinstance(exc, CollectiveTimeoutError):
+                self._comm.Free()
             raise
+        self._max_pending = max_pending
         self._pool = PinnedPool(sys.maxsize)
         self._memory: collections.OrderedDict = collections.OrderedDict()
         self._memory_lock = threading.Lock()
-        self._errors: list = []
-        self._slots = threading.Semaphore(max_pending)
+        self._errors: list = []  # (save index, message), appended by the flush thread
+        self._errors_lock = threading.Lock()
+        self._inflight: collections.deque = collections.deque()  # saves not yet known done (caller's thread)
         self._last: Optional[_Save] = None
         self._unsnapshotted: list = []  # saves since the last wait_snapshot() (caller's thread only)
         self._count = 0
@@ -120,16 +147,31 @@ class Checkpointer:
         """Start checkpointing ``state`` as ``step`` and return: arrays are copied to host memory in
         the background (call :meth:`wait_snapshot` before mutating them); JSON-able values are
         serialized here. Raises :class:`StateError` for a state that is not a dict of arrays,
-        :class:`Shard` s and JSON-able values. Ranks must call it in the same order."""
+        :class:`Shard` s and JSON-able values. Ranks must call it in the same order.
+
+        When ``max_pending`` saves are outstanding it first waits for the oldest; if a save it so
+        waited for failed, it raises :class:`CheckpointError` naming that failure and does not
+        start this save (every rank raises at the same call). The failures of saves still
+        outstanding are raised by a later ``save()`` or by :meth:`wait`."""
         self._check_open()
+        if self._coll.broken is not None:
+            raise CheckpointError(f"step {step} was not saved: {self._coll.broken}")
         if not isinstance(step, int) or isinstance(step, bool) or step < 0:
             raise StateError(f"checkpoint step must be a non-negative int, got {step!r}")
         flat = flatten(state)
+        finished = None
+        while len(self._inflight) >= self._max_pending:
+            finished = self._inflight.popleft()
+            finished.done.wait()
+        if finished is not None and (errors := self._take_errors(finished.index)):
+            raise CheckpointError("checkpoint failed: " + "; ".join(errors) +
+                                  f" (raised by the save() of step {step}, which was not started)")
         levels = tuple(lv for lv in DISK_LEVELS if lv in self.levels
                        and (lv != "global" or self._count % self.global_every == 0))
+        self._last = _Save(self._count, step, flat, levels, folders=BESIDE.submit(self._make_folders, step, levels),
+                           traced=self._coll.announce())
         self._count += 1
-        self._slots.acquire()
-        self._last = _Save(step, flat, levels, folders=BESIDE.submit(self._make_folders, step, levels))
+        self._inflight.append(self._last)
         self._unsnapshotted.append(self._last)
         self._snap_queue.put(self._last)
 
@@ -142,10 +184,9 @@ class Checkpointer:
 
     def wait(self) -> None:
         """Block until every level of every save is done; raise :class:`CheckpointError` naming the
-        step, level and rank of each failure since the last ``wait()``."""
-        if self._last is not None:
-            self._last.done.wait()
-        errors, self._errors = self._errors, []
+        step, level and rank of each failure not raised yet (by ``save()`` or an earlier ``wait()``)."""
+        self._drain()
+        errors = self._take_errors(None)
         if errors:
             raise CheckpointError("checkpoint failed: " + "; ".join(errors))
 
@@ -169,15 +210,18 @@ class Checkpointer:
         :class:`Shard` s: with the saved rank count each rank gets its saved shard; otherwise an
         even split along axis 0, unless ``shards={key: (offset, shape)}`` asks for other boxes.
         Plain arrays and JSON values come from old rank ``rank % old_size``; arrays come back as
-        numpy arrays. :attr:`restored_from` then tells which level each saved rank's data came from."""
+        numpy arrays. :attr:`restored_from` then tells which level each saved rank's data came from.
+        A newer step that cannot be restored (damaged manifest, missing or corrupt files, files
+        that contradict their manifest) is skipped on every rank, with a WARNING saying why."""
         self._check_open()
-        if self._last is not None:
-            self._last.done.wait()
+        self._drain()
+        self._coll.check()
+        self._coll.tracing = self._coll.announce()
         in_memory = self._memory_step(step) if shards is None else None
         if in_memory is not None:
             self.restored_from = {self.rank: "memory"}
             return in_memory
-        found, flat, self.restored_from = restore_collective(self._comm, self.places, self.nodes, step, shards)
+        found, flat, self.restored_from = restore_collective(self._coll, self.places, self.nodes, step, shards)
         if self.rank == 0:
             log.info("restored step %d from %s", found, ", ".join(
                 f"{level} (old ranks {[r for r, lv in sorted(self.restored_from.items()) if lv == level]})"
@@ -185,11 +229,12 @@ class Checkpointer:
         return found, unflatten(flat)
 
     def close(self) -> None:
-        """Finish outstanding saves, stop the threads and free the communicator (collective)."""
+        """Finish outstanding saves, stop the threads and free the communicator (collective).
+        After a collective timed out the communicator is left allocated (MPI cannot cancel the
+        collective the other ranks never joined) and nothing waits for the other ranks."""
         if self._comm is None:
             return
-        if self._last is not None:
-            self._last.done.wait()
+        self._drain()
         self._snap_queue.put(None)
         for thread in self._threads:
             thread.join()
@@ -198,12 +243,29 @@ class Checkpointer:
             for snap in self._memory.values():
                 snap.release()
             self._memory.clear()
-        self._comm.Free()
+        self._lock.release()
+        if self._coll.broken is None:
+            self._comm.Free()
         self._comm = None
 
     def _check_open(self) -> None:
         if self._comm is None:
             raise CheckpointError("this Checkpointer is closed")
+
+    def _drain(self) -> None:
+        while self._inflight:
+            self._inflight.popleft().done.wait()
+
+    def _record(self, index: int, errors: list) -> None:
+        with self._errors_lock:
+            self._errors.extend((index, e) for e in errors)
+
+    def _take_errors(self, upto: Optional[int]) -> list:
+        """Remove and return the messages of saves up to index ``upto`` (None: all)."""
+        with self._errors_lock:
+            taken = [e for i, e in self._errors if upto is None or i <= upto]
+            self._errors = [(i, e) for i, e in self._errors if upto is not None and i > upto]
+        return taken
 
     def __enter__(self) -> "Checkpointer":
         return self
@@ -213,26 +275,58 @@ class Checkpointer:
 
     # --- start-up -------------------------------------------------------------------------------
     def _open_directory(self) -> None:
-        """Rank 0 creates or checks DIR; each node's first rank cleans what a crash left there."""
+        """Rank 0 creates or checks DIR and takes its lock, then cleans what a crash left there;
+        each node's first rank makes or checks the node-local folder (private to this user) and
+        cleans it. Every rank learns every failure in the same collective."""
         error = None
         self._ledger: Optional[retention.Ledger] = None
-        try:
-            if self.rank == 0:
-                manifest.create_directory(self.places)
-                retention.clean_shared(self.places)
-                self._ledger = retention.Ledger(self.places)
-        except (CheckpointError, OSError) as exc:
-            error = exc
-        error = self._comm.bcast(error)
-        if error is not None:
-            raise error if isinstance(error, CheckpointError) else CheckpointError(
-                f"checkpoint directory {self.places.directory}: {error}")
-        if retention.is_node_leader(self.nodes, self.rank):
+        if self.rank == 0:
             try:
-                retention.clean_node(self.places, self.node)
-            except OSError as exc:  # leftovers are harmless: no manifest vouches for them
-                log.warning("checkpoint: cleaning %s: %s", self.places.node_root(self.node), exc)
-        self._comm.Barrier()
+                manifest.create_directory(self.places)
+                if self._lock.acquire():
+                    _warn_left(retention.clean_shared(self.places))
+                else:
+                    log.warning("checkpoint directory %s is read-only: opened without the lock and without "
+                                "start-up cleanup; saves there will fail", self.places.directory)
+                self._ledger = retention.Ledger(self.places)
+            except CheckpointError as exc:
+                error = exc
+            except Exception as exc:  # whatever rank 0 trips on, every rank learns it below
+                error = CheckpointError(f"checkpoint directory {self.places.directory}: {type(exc).__name__}: {exc}")
+        error = self._coll.bcast(error, "ckpt_open_directory")
+        if error is not None:
+            raise error
+        problem = None
+        if retention.is_node_leader(self.nodes, self.rank):
+            problem = self._open_node_folder()
+        problems = [p for p in self._coll.allgather(problem, "ckpt_open_local") if p]
+        if problems:
+            raise CheckpointError("; ".join(problems))
+
+    def _open_node_folder(self) -> Optional[str]:
+        """Make (or check) this node's private folder and clean it; an error message, or None."""
+        root, node_root = self.places.local_root, self.places.node_root(self.node)
+        uses_node_levels = any(lv in self.levels for lv in NODE_LEVELS)
+        try:
+            if uses_node_levels:
+                private_dir(root)
+                private_dir(node_root)
+            elif not is_real_dir(node_root):  # nothing of ours to clean
+                return None
+            else:
+                private_dir(root)
+            _warn_left(retention.clean_node(self.places, self.node))
+        except Refused as exc:
+            message = (f"node-local checkpoint folder on {self.node}: {exc}; refusing to write or delete anything "
+                       "there (pass another local_dir=)")
+            if uses_node_levels:
+                return message
+            log.warning("checkpoint: %s", message)
+        except OSError as exc:
+            if uses_node_levels:
+                return f"node-local checkpoint folder {root} on {self.node}: {exc}"
+            log.warning("checkpoint: cleaning %s: %s", node_root, exc)
+        return None
 
     # --- background threads ---------------------------------------------------------------------
     def _phase(self, name: str) -> None:
@@ -262,46 +356,62 @@ class Checkpointer:
         while (job := self._flush_queue.get()) is not None:
             try:
                 self._flush(job)
+            except CollectiveTimeoutError as exc:
+                self._record(job.index, [f"step {job.step}: {exc}"])
             except Exception as exc:  # a bug, not an I/O error: report it rather than die silently
                 log.exception("checkpoint step %d: flush failed", job.step)
-                self._errors.append(f"step {job.step}, rank {self.rank}: {type(exc).__name__}: {exc}")
+                self._record(job.index, [f"step {job.step}, rank {self.rank}: {type(exc).__name__}: {exc}"])
             finally:
+                if job.snapshot is not None:  # not handed to the memory level
+                    job.snapshot.release()
+                    job.snapshot = None
                 job.done.set()
-                self._slots.release()
 
     def _flush(self, job: _Save) -> None:
         snap, error = job.snapshot, job.error
         folders = job.folders.result()
+        self._coll.tracing = job.traced
+        if self._coll.broken is not None:
+            self._record(job.index, [f"step {job.step} was not saved: {self._coll.broken}"])
+            self._remove_empty(folders)
+            return
         self._phase("digest")
-        if self._ledger is not None:  # a step saved again: its old manifests must not vouch for new files
-            try:
-                self._ledger.uncommit(job.step)
-            except OSError as exc:
-                error = error or f"{type(exc).__name__}: {exc}"
-        digest = (error, [e.to_json() for e in snap.entries], snap.json_text, snap.nbytes) if snap else \
-            (error, [], "{}", 0)
-        idle_until_all_arrive(self._comm)  # this thread waits for the others without taking a core
-        rows = self._comm.allgather(digest)
-        failed = [f"step {job.step}, level memory (snapshot), rank {r}: {row[0]}" for r, row in enumerate(rows)
-                  if row[0]]
-        layouts = [[ArrayEntry.from_json(x) for x in row[1]] for row in rows]
-        texts = [row[2] for row in rows]
+        save_id = tag = None
+        if self._ledger is not None:  # rank 0 names the save, and gives it new file names if the step is committed
+            save_id = uuid.uuid4().hex
+            tag = uuid.uuid4().hex[:8] if self._ledger.is_committed(job.step) else ""
+        digest = (job.step, save_id, tag, error, snap.entries if snap else [], snap.json_text if snap else "{}",
+                  snap.nbytes if snap else 0)
+        try:
+            rows = self._coll.allgather(digest, "ckpt_digest")
+        except CollectiveTimeoutError:
+            self._remove_empty(folders)
+            raise
+        save_id, tag = rows[0][1], rows[0][2]
+        failed = [f"step {job.step}, level memory (snapshot), rank {r}: {row[3]}" for r, row in enumerate(rows)
+                  if row[3]]
+        layouts = [row[4] for row in rows]
+        texts = [row[5] for row in rows]
         if not failed:
             try:
+                _same_on_all("step", [row[0] for row in rows])
                 check_layouts(layouts, [json.loads(t).keys() for t in texts])
             except StateError as exc:
                 failed = [f"step {job.step}: {exc}"]
         if failed:
-            self._errors.extend(failed)
-            if snap is not None:
-                snap.release()
-            for folder in folders:  # made for this save's files; kept if anything else is in them
-                with contextlib.suppress(OSError):
-                    folder.rmdir()
+            self._record(job.index, failed)
+            self._remove_empty(folders)
             return
         for level in job.levels:
-            self._commit_level(job.step, level, snap, layouts, texts, [row[3] for row in rows])
+            self._commit_level(job, level, snap, layouts, texts, [row[6] for row in rows], save_id, tag)
+        job.snapshot = None
         self._retain_in_memory(snap)
+
+    @staticmethod
+    def _remove_empty(folders: set) -> None:
+        for folder in folders:  # made for this save's files; kept if anything else is in them
+            with contextlib.suppress(OSError):
+                folder.rmdir()
 
     def _retain_in_memory(self, snap: Snapshot) -> None:
         if "memory" not in self.levels:
@@ -329,37 +439,34 @@ class Checkpointer:
                 pass
         return folders
 
-    def _commit_level(self, step: int, level: str, snap: Snapshot, layouts: list, texts: list,
-                      sizes: list) -> None:
+    def _commit_level(self, job: _Save, level: str, snap: Snapshot, layouts: list, texts: list,
+                      sizes: list, save_id: str, tag: str) -> None:
         """Write this rank's files of ``level``, vote, and let rank 0 write the manifest."""
+        step = job.step
         self._phase(f"{level}:write")
         written, error = [], None
         try:
-            written = self._write_level(step, level, snap, layouts, texts, sizes)
+            written = self._write_level(step, level, snap, layouts, texts, sizes, tag)
         except Exception as exc:
             error = f"{type(exc).__name__}: {exc}"
         self._phase(f"{level}:vote")
-        idle_until_all_arrive(self._comm)
-        votes = self._comm.allgather((error, [record for record, _ in written]))
+        try:
+            votes = self._coll.allgather((error, [record for record, _ in written]), "ckpt_vote")
+        except CollectiveTimeoutError:
+            for _, path in written:  # no manifest can vouch for them: rank 0 never got every vote
+                remove_file(path)
+            raise
         failed = [f"step {step}, level {level}, rank {r}: {e}" for r, (e, _) in enumerate(votes) if e]
         outcome = None
         if not failed and self.rank == 0:
             self._phase(f"{level}:manifest")
-            try:
-                files = [record for _, records in votes for record in records]
-                manifest_doc = manifest.build(step, level, self.nodes, layouts, files)
-                self._ledger.add(step, level)
-                write_json_atomic(self.places.manifest_path(step, level), manifest_doc)
-                outcome = (None, self._ledger.retire(level, self.keep[level]))
-            except Exception as exc:  # the files go below: no manifest may vouch for them
-                self._ledger.discard(step, level)
-                outcome = (f"step {step}, level {level}, rank 0 (manifest): {type(exc).__name__}: {exc}", [])
+            outcome = self._write_manifest(step, level, layouts, [r for _, records in votes for r in records],
+                                           save_id)
         if not failed:
-            idle_until_all_arrive(self._comm)  # rank 0 writes the manifest meanwhile
-            error, dropped = self._comm.bcast(outcome)
+            error, dropped = self._coll.bcast(outcome, "ckpt_commit")  # a timeout here leaves the files
             failed = [error] if error else []
         if failed:
-            self._errors.extend(failed)
+            self._record(job.index, failed)
             for _, path in written:
                 remove_file(path)
             return
@@ -368,13 +475,58 @@ class Checkpointer:
             if level == "global" and self.rank == 0:
                 self._reaper.delete(retention.retire_files(self.places, level, dropped))
             elif level != "global" and retention.is_node_leader(self.nodes, self.rank):
-                mine = [r for r in dropped if r["node"] == self.node]
+                mine = [r for r in dropped if self.places.node_root(r["node"]) == self.places.node_root(self.node)]
                 self._reaper.delete(retention.retire_files(self.places, level, mine))
         except OSError as exc:  # an old step's files stay behind; its manifest is gone already
             log.warning("checkpoint retention at level %s: %s", level, exc)
 
+    def _write_manifest(self, step: int, level: str, layouts: list, files: list, save_id: str) -> tuple:
+        """Rank 0: commit ``step`` at ``level`` by writing its manifest (replacing, atomically, the
+        manifest of an earlier save of the step); returns ``(error or None, file records to
+        retire)``: those of the replaced save, and those of the steps retention drops."""
+        try:
+            replaced = []
+            try:
+                replaced = manifest.read(self.places, step, level)["files"]
+            except FileNotFoundError:
+                pass
+            except CheckpointError as exc:  # its files stay; start-up cleanup removes what no manifest lists
+                log.warning("checkpoint step %d: the manifest it replaces cannot be read: %s", step, exc)
+            document = manifest.build(step, level, self.nodes, layouts, files, save_id)
+            added = self._ledger.add(step, level)
+            try:
+                manifest.write(self.places, step, level, document)
+            except BaseException:
+                self._undo_manifest(step, level, save_id, added)
+                raise
+        except Exception as exc:  # the files go below: no manifest may vouch for them
+            return f"step {step}, level {level}, rank 0 (manifest): {type(exc).__name__}: {exc}", []
+        new = {(f["node"], f["path"]) for f in files}
+        dropped = [r for r in replaced if (r["node"], r["path"]) not in new]
+        try:  # committed: retention can no longer fail the save
+            dropped += self._ledger.retire(level, self.keep[level])
+        except Exception as exc:
+            log.warning("checkpoint retention at level %s: %s: %s", level, type(exc).__name__, exc)
+        return None, dropped
+
+    def _undo_manifest(self, step: int, level: str, save_id: str, added: bool) -> None:
+        """After a failed manifest write: remove it if it is in place (its files are about to go),
+        keep the replaced one if that is still in place."""
+        try:
+            ours = manifest.save_id(manifest.read(self.places, step, level)) == save_id
+        except FileNotFoundError:
+            self._ledger.discard(step, level)
+            return
+        except Exception:
+            ours = False
+        if ours:
+            remove_file(self.places.manifest_path(step, level))
+            self._ledger.discard(step, level)
+        elif added:
+            self._ledger.discard(step, level)
+
     def _write_level(self, step: int, level: str, snap: Snapshot, layouts: list, texts: list,
-                     sizes: list) -> list:
+                     sizes: list, tag: str) -> list:
         """This rank's files of ``level``: ``[(manifest record, absolute path)]``."""
         before_rename = (lambda: self._phase(f"{level}:rename")) if self._on_phase else None
         attrs = file_attrs(step, self.size, level=level)
@@ -382,31 +534,34 @@ class Checkpointer:
             written = []
             for owner, held in self._exchange_partner(snap, layouts, texts, sizes):
                 try:
-                    written.append(self._write(level, step, held, owner, self.node, attrs, before_rename))
+                    written.append(self._write(level, step, held, owner, self.node, attrs, before_rename, tag))
                 finally:
                     held.release()
             return written
         node = self.node if level == "local" else None
         if not (level == "global" and self.rank == 0):
-            return [self._write(level, step, snap, self.rank, node, attrs, before_rename)]
-        # rank 0 writes global.h5 while its rank file syncs, so that their fsyncs overlap; one fsync
-        # of the step folder then makes both renames durable
-        path = self.places.step_dir(step) / GLOBAL_FILE
+            return [self._write(level, step, snap, self.rank, node, attrs, before_rename, tag)]
+        # rank 0 writes the global file while its rank file syncs, so that their fsyncs overlap; one
+        # fsync of the step folder then makes both renames durable
+        path = self.places.step_dir(step) / global_name(tag)
         beside: list = []
-        written = [self._write(level, step, snap, self.rank, node, attrs, before_rename, sync_dir=False,
+        written = [self._write(level, step, snap, self.rank, node, attrs, before_rename, tag, sync_dir=False,
                                while_syncing=lambda: beside.append(write_global_file(
-                                   path, layouts, [rank_name(r) for r in range(self.size)], attrs, False)))]
+                                   path, layouts, [rank_name(r, tag) for r in range(self.size)], attrs, False)))]
         [(size, digest)] = beside
         fsync_dir(path.parent)
-        return written + [({"rank": None, "node": None, "path": f"{path.parent.name}/{GLOBAL_FILE}",
+        return written + [({"rank": None, "node": None, "path": f"{step_name(step)}/{path.name}",
                             "size": size, "xxh3_128": digest}, path)]
 
     def _write(self, level: str, step: int, snap: Snapshot, owner: int, node: Optional[str], attrs: dict,
-               before_rename: Optional[Callable[[], None]], sync_dir: bool = True,
+               before_rename: Optional[Callable[[], None]], tag: str, sync_dir: bool = True,
                while_syncing: Callable[[], None] = lambda: None) -> tuple:
         """Write ``owner``'s snapshot as a file of ``level``; returns (manifest record, path)."""
-        relative = Places.relative(level, step, owner)
+        relative = Places.relative(level, step, owner, tag)
+        root = self.places.root(level, node)
         path = self.places.resolve(level, node, relative)
+        if not is_inside(root, path.parent):
+            raise CheckpointError(f"{path.parent} leads out of {root} through a symbolic link; refusing to write there")
         size, digest = write_rank_file(path, snap, {**attrs, "rank": owner}, before_rename, sync_dir, while_syncing)
         return {"rank": owner, "node": node, "path": relative, "size": size, "xxh3_128": digest}, path
 
@@ -419,7 +574,8 @@ class Checkpointer:
                     for r, s in zip(held, received)]
         requests.append(self._comm.Isend(snap.buffer[:snap.nbytes], dest=self._holders[self.rank],
                                          tag=PARTNER_TAG))
-        idle_wait(requests)
+        # on a timeout the buffers stay with the abandoned requests (MPI may still write them)
+        self._coll.traced_wait(requests, "ckpt_partner", snap.nbytes, keep=(snap, received))
         return list(zip(held, received))
 
     # --- memory level -----------------------------------------------------------------------------
@@ -429,8 +585,16 @@ class Checkpointer:
             return None
         with self._memory_lock:
             mine = set(self._memory)
-        common = set.intersection(*self._comm.allgather(mine))
-        on_disk = self._comm.bcast(sorted(manifest.committed(self.places)) if self.rank == 0 else None)
+        common = set.intersection(*self._coll.allgather(mine, "ckpt_restore_memory"))
+        on_disk, error = [], None
+        if self.rank == 0:
+            try:
+                on_disk = sorted(manifest.committed(self.places))
+            except Exception as exc:
+                error = CheckpointError(f"checkpoint directory {self.places.directory}: {type(exc).__name__}: {exc}")
+        on_disk, error = self._coll.bcast((on_disk, error), "ckpt_restore_memory")
+        if error is not None:
+            raise error
         wanted = step if step is not None else max(common | set(on_disk), default=None)
         if wanted not in common:
             return None
@@ -442,6 +606,11 @@ class Checkpointer:
                 flat[entry.key] = array if entry.global_shape is None else \
                     Shard(array, entry.global_shape, entry.offset)
         return wanted, unflatten(flat)
+
+
+def _warn_left(left: list) -> None:
+    for path, why in left:
+        log.warning("checkpoint start-up cleanup: %s left in place (%s)", path, why)
 
 
 def _resolve_levels(levels: Optional[tuple], multi_node: bool) -> tuple:

@@ -1,4 +1,9 @@
-"""``hpcrt ckpt list|verify|inspect DIR``: the checkpoint directory from the command line."""
+"""``hpcrt ckpt list|verify|inspect DIR``: the checkpoint directory from the command line.
+
+Exit codes: 0 all good; 1 ``verify`` found a bad or missing data file; 2 the directory is not a
+checkpoint directory, a manifest is damaged or of a newer format, or the arguments are wrong.
+Every error is one line on stderr naming the file (never a traceback); a damaged manifest is
+named and skipped, and the rest is still reported."""
 
 from __future__ import annotations
 
@@ -13,8 +18,8 @@ def register(subparsers: Any) -> None:
     ckpt = subparsers.add_parser("ckpt", help="list, verify or inspect an hpcrt checkpoint directory")
     actions = ckpt.add_subparsers(dest="ckpt_action", required=True, metavar="ACTION")
     for name, helptext in (("list", "committed steps and their levels"),
-                           ("verify", "check every file's size and xxh3-128 checksum; exit 1 on a bad or "
-                            "missing file"),
+                           ("verify", "check every file's size and xxh3-128 checksum, and each rank file "
+                            "against its manifest; exit 1 on a bad or missing file, 2 on a damaged manifest"),
                            ("inspect", "a step's arrays (shapes, dtypes, bytes) and levels (files, bytes)")):
         action = actions.add_parser(name, help=helptext)
         action.add_argument("directory", metavar="DIR", help="the checkpoint directory (the global level)")
@@ -27,20 +32,35 @@ def register(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Handle ``hpcrt ckpt``; checkpoint errors become one line on stderr and exit code 2."""
+    """Handle ``hpcrt ckpt``; errors become one line on stderr and exit code 2."""
     from .catalog import describe, manifests, verify
     from .errors import CheckpointError
     from .levels import Places
-    places = Places.of(args.directory, getattr(args, "local_dir", None))
+    what = f"hpcrt ckpt {args.ckpt_action}"
     try:
+        places = Places.of(args.directory, getattr(args, "local_dir", None))
         if args.ckpt_action == "list":
-            return _list(manifests(places), args.json)
-        if args.ckpt_action == "verify":
-            return _verify(verify(places, args.step), args.json)
-        return _inspect(describe(places, args.step), args.json)
+            found, problems = manifests(places)
+            code = _list(found, args.json)
+        elif args.ckpt_action == "verify":
+            checks, problems = verify(places, args.step)
+            code = _verify(checks, args.json)
+        else:
+            info, problems = describe(places, args.step)
+            code = _inspect(info, args.json)
     except CheckpointError as exc:
-        print(f"hpcrt ckpt {args.ckpt_action}: error: {exc}", file=sys.stderr)
+        print(f"{what}: error: {_one_line(exc)}", file=sys.stderr)
         return 2
+    except Exception as exc:  # never a traceback: say what went wrong, in one line
+        print(f"{what}: error: {type(exc).__name__}: {_one_line(exc)}", file=sys.stderr)
+        return 2
+    for problem in problems:
+        print(f"{what}: skipped: {_one_line(problem)}", file=sys.stderr)
+    return 2 if problems else code
+
+
+def _one_line(message: object) -> str:
+    return " ".join(str(message).split())
 
 
 def _list(found: dict, as_json: bool) -> int:
@@ -62,7 +82,7 @@ def _verify(checks: list, as_json: bool) -> int:
     else:
         for c in bad:
             who = "global file" if c.rank is None else f"rank {c.rank}"
-            print(f"{c.status.upper()}: step {c.step} level {c.level} {who}: {c.path}: {c.detail}")
+            print(f"{c.status.upper()}: step {c.step} level {c.level} {who}: {c.path}: {_one_line(c.detail)}")
         steps = sorted({c.step for c in checks})
         print(f"verified {len(checks)} files of {len(steps)} step(s): {len(checks) - len(bad)} ok, "
               f"{len(bad)} bad or missing")

@@ -68,9 +68,10 @@ def atomic_path(path: Path, before_rename: Optional[Callable[[], None]] = None,
         raise
 
 
-def write_json_atomic(path: Path, document: dict) -> None:
+def write_json_atomic(path: Path, document: dict, compact: bool = False) -> None:
+    text = json.dumps(document, separators=(",", ":")) if compact else json.dumps(document, indent=1)
     with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(document, indent=1))
+        tmp.write_text(text)
 
 
 def remove_file(path: Path) -> None:
@@ -81,11 +82,32 @@ def remove_file(path: Path) -> None:
         path.parent.rmdir()
 
 
-def remove_temporaries(root: Path) -> int:
-    """Delete every ``*.tmp`` file under ``root`` (left by a crash mid-write); returns how many."""
-    count = 0
-    for tmp in root.rglob("*" + TMP_SUFFIX) if root.is_dir() else ():
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-            count += 1
-    return count
+def remove_temporaries(root: Path) -> list:
+    """Delete every ``*.tmp`` file under ``root`` (left by a crash mid-write), never following a
+    symbolic link and never failing: what cannot be removed (a directory named ``*.tmp``, a file
+    that resists) is left in place; returns ``[(path, why)]`` of those, for a warning."""
+    left: list = []
+    if not root.is_dir() or root.is_symlink():
+        return left
+
+    def failed(exc: OSError) -> None:
+        if not isinstance(exc, FileNotFoundError):
+            left.append((exc.filename, exc.strerror))
+
+    for folder, dirs, files in os.walk(root, onerror=failed):
+        for name in [d for d in dirs if d.endswith(TMP_SUFFIX)]:
+            dirs.remove(name)  # never walked into
+            path = os.path.join(folder, name)
+            if os.path.islink(path):
+                files.append(name)
+            else:
+                left.append((path, "a directory, not a file hpcrt writes"))
+        for name in files:  # symbolic links included (the link is removed, never its target)
+            if name.endswith(TMP_SUFFIX):
+                try:
+                    os.unlink(os.path.join(folder, name))
+                except FileNotFoundError:
+                    pass
+                except OSError as exc:
+                    left.append((os.path.join(folder, name), exc.strerror))
+    return left

@@ -12,6 +12,7 @@ import contextlib
 import logging
 import os
 import queue
+import stat
 import threading
 import uuid
 from pathlib import Path
@@ -24,10 +25,20 @@ TRASH_DIR = ".trash"
 
 
 def retire(path: Path, root: Path) -> Optional[Path]:
-    """Move ``path`` into ``root``'s trash under a unique name, and remove its folder once empty;
-    returns the trash path, or None when ``path`` did not exist."""
+    """Move the regular file ``path`` (never a directory, never what a symbolic link points to)
+    into ``root``'s trash under a unique name, and remove its folder once empty; returns the
+    trash path, or None when ``path`` did not exist or is not a regular file."""
+    try:
+        if not stat.S_ISREG(os.lstat(path).st_mode):
+            log.warning("checkpoint retention: %s is not a regular file; left in place", path)
+            return None
+    except FileNotFoundError:
+        return None
     trash = root / TRASH_DIR
     trash.mkdir(exist_ok=True)
+    if trash.is_symlink() or not trash.is_dir():
+        log.warning("checkpoint retention: %s is not a directory; %s left in place", trash, path)
+        return None
     target = trash / f"{uuid.uuid4().hex}{TMP_SUFFIX}"
     try:
         os.replace(path, target)

@@ -2,6 +2,9 @@
 
     ckpt_job.py save DIR LOCAL STEPS        save steps 1..STEPS (global level every save)
     ckpt_job.py kill DIR LOCAL SEED         save in a loop; one rank SIGKILLs itself in a chosen phase
+    ckpt_job.py resave DIR LOCAL PHASE      save steps 1, 2 (keep=1), restore step 2 in a new
+                                            Checkpointer and save step 2 again with other data;
+                                            the last rank SIGKILLs itself in PHASE of that save
     ckpt_job.py check DIR LOCAL [DIR LOCAL ...]   restore each, compare with what was saved
 
 The saved state is a pure function of (step, rank, world size), so a fresh job knows what every
@@ -95,6 +98,30 @@ def kill(directory, local, seed):
     ck.close()
 
 
+def resave(directory, local, phase):
+    rt = runtime()
+    with Checkpointer(directory, local_dir=local, keep=1) as ck:
+        for step in (1, 2):
+            ck.save(step, state(step, rt.rank, rt.size))
+        ck.wait()
+    ck = Checkpointer(directory, local_dir=local, keep=1)
+    step, got = ck.restore()
+    assert step == 2 and compare(got, 2, rt.rank, rt.size), "the restore before the re-save"
+
+    def hook(name):
+        if name == phase:
+            print(f"KILL rank={rt.rank} phase={phase}", flush=True)
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    if rt.rank == rt.size - 1:
+        ck._on_phase = hook
+    other = state(3, rt.rank, rt.size)  # other data under the same step
+    other["meta"]["step"] = 2
+    ck.save(2, other)
+    ck.wait()
+    ck.close()
+
+
 def check(pairs):
     rt = runtime()
     results = []
@@ -135,5 +162,7 @@ if __name__ == "__main__":
         save(args[0], args[1], int(args[2]))
     elif mode == "kill":
         kill(args[0], args[1], int(args[2]))
+    elif mode == "resave":
+        resave(args[0], args[1], args[2])
     else:
         check(list(zip(args[0::2], args[1::2])))
