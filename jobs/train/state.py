@@ -47,9 +47,10 @@ def open_and_resume(run_dir: Path, resume: str, keep: int, params: Any, adam: Ad
         return checkpointer, 0
     if checkpointer.latest() is not None:
         return checkpointer, restore_into(checkpointer, params, adam, owned, model_hash)
-    if resume == "auto":
-        return checkpointer, 0
-    with Checkpointer(_resume_source(resume)) as other:
+    source = None if resume == "auto" else _resume_source(resume)
+    if source is None or source.resolve() == (run_dir / "checkpoints").resolve():
+        return checkpointer, 0  # nothing of its own to resume from
+    with Checkpointer(source) as other:
         if other.latest() is None:
             raise ConfigError(f"train config key 'train.resume': {resume!r} holds no committed checkpoint")
         return checkpointer, restore_into(other, params, adam, owned, model_hash)
