@@ -191,12 +191,23 @@ def _interrupted(tmp_path: Path, run: str, overrides: list, at_step: int, send) 
     while not (metrics.exists() and len(metrics.read_text().splitlines()) >= at_step):
         assert job.poll() is None and time.monotonic() < deadline, "the job ended or stalled before the signal"
         time.sleep(0.1)
-    ranks = subprocess.run(["pgrep", "-f", f"^{sys.executable} -m hpcrt.jobs.train hydra.run.dir={tmp_path / run}"],
-                           capture_output=True, text=True).stdout.split()
+    ranks = _pids(f"{sys.executable}\0-m\0hpcrt.jobs.train\0hydra.run.dir={tmp_path / run}\0")
     assert len(ranks) == 2, ranks
-    send(job, [int(pid) for pid in ranks])
+    send(job, ranks)
     out, err = job.communicate(timeout=90)
     return subprocess.CompletedProcess(cmd, job.returncode, out, err)
+
+
+def _pids(command_line: str) -> list[int]:
+    """The processes whose command line starts with ``command_line`` (NUL-separated, as /proc has it)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and (entry / "cmdline").read_text().startswith(command_line):
+                found.append(int(entry.name))
+        except OSError:
+            continue
+    return found
 
 
 def test_a_signal_on_one_rank_or_ctrl_c_stops_at_one_step_with_the_checkpoint_committed(launch, tmp_path):
