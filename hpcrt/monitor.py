@@ -12,7 +12,7 @@ After a failure, ``hpcrt diagnose RUN_DIR`` merges the dumps and heartbeats.
 """
 
 from contextlib import nullcontext
-from typing import Any, Callable, ContextManager
+from typing import Any, Callable, ContextManager, Optional
 
 from ._src.diagnose import diagnose, format_diagnosis
 from ._src.faults import InjectedFault
@@ -46,11 +46,12 @@ def section(name: str) -> ContextManager:
     return monitor.section(name) if monitor is not None else nullcontext()
 
 
-def step() -> None:
-    """Mark the end of a step (see :meth:`Monitor.step`); a no-op with no monitor."""
+def step(step: Optional[int] = None) -> None:
+    """Mark the end of a step, numbered from 1 when given (see :meth:`Monitor.step`); a no-op with
+    no monitor."""
     monitor = get_monitor()
     if monitor is not None:
-        monitor.step()
+        monitor.step(step)
 
 
 def on(event: str, callback: Callable[[dict], Any]) -> None:

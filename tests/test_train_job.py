@@ -238,3 +238,14 @@ def test_a_run_directory_that_cannot_be_made_is_said_once(launch, tmp_path):
     assert done.returncode == 2, done.stderr[-3000:]
     assert done.stderr.count("cannot create the run directory /proc/hpcrt-run") == 1, done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_after_a_resume_the_monitor_counts_steps_from_where_the_job_is(launch, tmp_path):
+    first = _train(launch, tmp_path, "run", 2, *TINY, "train.steps=30")
+    assert first.returncode == 0, first.stderr[-3000:]
+    hung = _train(launch, tmp_path, "run", 2, *TINY, "train.steps=60", "monitor.collective_timeout_s=3",
+                  "monitor.heartbeat_timeout_s=60", env={"HPCRT_FAULT": "stop:rank=1,step=40"})
+    assert hung.returncode == 75, hung.stderr[-3000:]
+    report = json.loads(launch(["-m", "hpcrt", "diagnose", str(tmp_path / "run"), "--json"], timeout=60).stdout)
+    steps = {rank["rank"]: rank["last_step"] for rank in report["ranks"]}
+    assert set(steps.values()) <= {40, 41}, steps  # not 10 or 11, the steps since the restart

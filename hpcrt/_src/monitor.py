@@ -115,10 +115,13 @@ class Monitor:
         block = self._section_blocks.get(name)
         return block if block is not None else self._section_blocks.setdefault(name, _Section(self, name))
 
-    def step(self) -> None:
+    def step(self, step: Optional[int] = None) -> None:
         """End of a step: injected faults, the step marker, and every ``report_every`` steps the
-        straggler window (a collective on the monitor's communicator)."""
+        straggler window (a collective on the monitor's communicator). ``step``: the number of the
+        step ending (from 1), for a job that resumed — records, faults and dumps then count from it."""
         rec = self.recorder
+        if step is not None:
+            rec.step = step - 1
         if self._faults:
             self._faults.at_step(rec.step)
         now = perf_counter()

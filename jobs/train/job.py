@@ -111,7 +111,7 @@ def train(settings: Settings, source: Source, run_dir: Path, monitor_config: Any
             metrics.record(row)
             result.rows.append(row)
             if monitor is not None:
-                monitor.step()
+                monitor.step(step)
             reason = stopper.requested(runtime.comm) if step < train.steps else None
             if reason is not None:
                 result.stopped = (reason, step)
