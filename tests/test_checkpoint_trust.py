@@ -441,3 +441,56 @@ def test_sigkill_during_the_resave_of_the_restored_step_keeps_it(launch, tmp_pat
     assert check.returncode == 0, check.stdout + check.stderr
     (row,) = json.loads(re.search(r"^RESULTS (.*)$", check.stdout, re.M).group(1))
     assert row["step"] == 2 and row["ok"] and row["committed"] == [2], row  # the first save of step 2, intact
+
+
+def test_a_failed_directory_sync_after_the_rename_keeps_the_new_file(tmp_path, monkeypatch):
+    from hpcrt.checkpoint._src import commit
+    target = tmp_path / "manifest-global.json"
+    target.write_text("old")
+
+    def broken(path):
+        raise OSError(5, "Input/output error", str(path))
+    monkeypatch.setattr(commit, "make_dirs_durable", lambda path: None)
+    monkeypatch.setattr(commit, "fsync_dir", broken)
+    with captured_warnings() as said:
+        with commit.atomic_path(target) as tmp:  # the rename is the commit: a failed sync must not undo it
+            tmp.write_text("new")
+    assert target.read_text() == "new" and not list(tmp_path.glob("*.tmp"))
+    assert any("could not be synced" in message for message in said)
+
+
+def test_the_monitor_waits_for_the_checkpointers_own_bound_on_its_collectives():
+    from hpcrt._src import trace
+    trace.allow_longer("ckpt_", 600.0)
+    assert trace.timeout_for("ckpt_vote", 60.0) == 600.0
+    assert trace.timeout_for("allreduce", 60.0) == 60.0
+
+
+def test_start_up_cleanup_leaves_the_users_own_temporaries(tmp_path):
+    runtime()
+    directory = tmp_path / "ckpt"
+    with Checkpointer(directory, levels=("global",)) as ck:
+        ck.save(1, {"w": np.arange(3.0)})
+        ck.wait()
+    mine = directory / "notes"
+    mine.mkdir()
+    (mine / "draft.tmp").write_text("the user's")
+    (directory / "step-000000001" / "rank-00000.h5.tmp").write_text("a crash's")
+    with Checkpointer(directory, levels=("global",)):
+        pass
+    assert (mine / "draft.tmp").read_text() == "the user's"
+    assert not (directory / "step-000000001" / "rank-00000.h5.tmp").exists()
+
+
+@pytest.mark.mpi(ranks=[2], timeout=60)
+def test_restore_with_boxes_on_some_ranks_only_takes_one_path_on_all(comm, mpi_tmp_path):
+    rt = runtime()
+    directory = mpi_tmp_path / "ckpt"
+    with Checkpointer(directory, comm=rt.comm, levels=("memory", "global")) as ck:
+        ck.save(1, {"w": Shard(np.full(2, float(rt.rank)), (4,), (2 * rt.rank,))})
+        ck.wait()
+        with deadline(30):  # rank 1 asks for boxes, rank 0 does not: no mismatched collectives
+            step, got = ck.restore(shards={"w": ((0,), (4,))} if rt.rank == 1 else None)
+    assert step == 1
+    expected = [0.0, 0.0, 1.0, 1.0] if rt.rank == 1 else [float(rt.rank)] * 2
+    assert got["w"].array.tolist() == expected

@@ -217,7 +217,9 @@ class Checkpointer:
         self._drain()
         self._coll.check()
         self._coll.tracing = self._coll.announce()
-        in_memory = self._memory_step(step) if shards is None else None
+        # Whether to try the memory level is one choice for all ranks: their collectives differ.
+        boxes_asked = any(self._coll.allgather(shards is not None, "ckpt_restore_mode"))
+        in_memory = self._memory_step(step) if not boxes_asked else None
         if in_memory is not None:
             self.restored_from = {self.rank: "memory"}
             return in_memory

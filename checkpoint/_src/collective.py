@@ -39,6 +39,9 @@ class Collectives:
         self.comm = comm
         self.rank, self.size = comm.rank, comm.size
         self.timeout_s = timeout_s
+        # A vote waits for the slowest rank's file writes: the monitor must not call that a hang
+        # before this bound does.
+        trace.allow_longer("ckpt_", timeout_s)
         self.broken: Optional[str] = None
         """Why this communicator can no longer be used (a collective timed out), or None."""
         self.tracing = False

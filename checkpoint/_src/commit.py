@@ -7,9 +7,12 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 from pathlib import Path
 from typing import Callable, Iterator, Optional
+
+log = logging.getLogger("hpcrt.checkpoint")
 
 TMP_SUFFIX = ".tmp"
 
@@ -60,12 +63,16 @@ def atomic_path(path: Path, before_rename: Optional[Callable[[], None]] = None,
         if before_rename is not None:
             before_rename()
         os.replace(tmp, path)
-        if sync_dir:
-            fsync_dir(path.parent)
     except BaseException:
         with contextlib.suppress(OSError):
             tmp.unlink()
         raise
+    if sync_dir:  # after the rename the new content is in place: a failed sync must not undo it
+        try:
+            fsync_dir(path.parent)
+        except OSError as exc:
+            log.warning("%s is in place, but its directory could not be synced (a crash may lose the "
+                        "rename): %s", path, exc)
 
 
 def write_json_atomic(path: Path, document: dict, compact: bool = False) -> None:
@@ -82,10 +89,11 @@ def remove_file(path: Path) -> None:
         path.parent.rmdir()
 
 
-def remove_temporaries(root: Path) -> list:
-    """Delete every ``*.tmp`` file under ``root`` (left by a crash mid-write), never following a
-    symbolic link and never failing: what cannot be removed (a directory named ``*.tmp``, a file
-    that resists) is left in place; returns ``[(path, why)]`` of those, for a warning."""
+def remove_temporaries(root: Path, recurse: bool = True) -> list:
+    """Delete every ``*.tmp`` file under ``root`` (left by a crash mid-write; only in ``root``
+    itself unless ``recurse``), never following a symbolic link and never failing: what cannot be
+    removed (a directory named ``*.tmp``, a file that resists) is left in place; returns
+    ``[(path, why)]`` of those, for a warning."""
     left: list = []
     if not root.is_dir() or root.is_symlink():
         return left
@@ -95,6 +103,8 @@ def remove_temporaries(root: Path) -> list:
             left.append((exc.filename, exc.strerror))
 
     for folder, dirs, files in os.walk(root, onerror=failed):
+        if not recurse:
+            dirs.clear()
         for name in [d for d in dirs if d.endswith(TMP_SUFFIX)]:
             dirs.remove(name)  # never walked into
             path = os.path.join(folder, name)

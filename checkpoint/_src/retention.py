@@ -18,6 +18,7 @@ from typing import Optional
 
 from . import manifest
 from .commit import remove_file, remove_temporaries
+from .reaper import TRASH_DIR
 from .errors import CheckpointError
 from .levels import DISK_LEVELS, GLOBAL_FILE_RE, NODE_LEVELS, RANK_FILE_RE, STEP_RE, Places, step_name
 from .reaper import retire
@@ -120,10 +121,14 @@ def _remove_unreferenced(folder: Path, keep: Optional[set]) -> None:
 
 
 def clean_shared(places: Places) -> list:
-    """Rank 0 at start-up: temporaries in DIR, and global-level files no global manifest lists
-    (a save a crash interrupted, or a step's files a newer save replaced). Returns what could
-    not be removed (see :func:`remove_temporaries`)."""
-    left = remove_temporaries(places.directory)
+    """Rank 0 at start-up: temporaries in the folders hpcrt owns in DIR (DIR itself, its step
+    folders, the trash), never in a folder of the user's, and global-level files no global
+    manifest lists (a save a crash interrupted, or a step's files a newer save replaced).
+    Returns what could not be removed (see :func:`remove_temporaries`)."""
+    left = remove_temporaries(places.directory, recurse=False)
+    left += remove_temporaries(places.directory / TRASH_DIR)
+    for step in places.steps():
+        left += remove_temporaries(places.step_dir(step), recurse=False)
     for step in places.steps():
         step_dir = places.step_dir(step)
         _remove_unreferenced(step_dir, referenced(places, step, "global", None))

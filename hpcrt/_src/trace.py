@@ -23,6 +23,20 @@ from __future__ import annotations
 from typing import Any, Optional
 
 _recorder: Optional[Any] = None
+_timeouts: dict = {}
+"""Per operation-name prefix, the time a collective of it may take before it is a hang, where
+its owner bounds it itself and allows longer than the monitor's collective_timeout_s (the
+checkpointer: a vote waits for the slowest rank's file write)."""
+
+
+def allow_longer(prefix: str, seconds: float) -> None:
+    """Collectives whose op starts with ``prefix`` are hangs only after ``seconds`` (at least)."""
+    _timeouts[prefix] = max(seconds, _timeouts.get(prefix, 0.0))
+
+
+def timeout_for(op: str, default: float) -> float:
+    """The hang timeout of collective ``op``: ``default`` unless its owner allowed longer."""
+    return max([default] + [seconds for prefix, seconds in _timeouts.items() if op.startswith(prefix)])
 
 
 def set_recorder(recorder: Optional[Any]) -> None:

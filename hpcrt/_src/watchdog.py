@@ -10,6 +10,7 @@ import time
 from time import perf_counter
 from typing import Callable, Optional
 
+from . import trace
 from .monitor_config import MonitorConfig
 from .recorder import COLLECTIVE, FlightRecorder
 from .sidechannel import MonitorDir, read_json, write_json
@@ -69,7 +70,11 @@ class Watchdog(threading.Thread):
         now = perf_counter()
         cfg = self.config
         for row in self.recorder.in_flight():
-            timeout = cfg.collective_timeout_s if row[1] == COLLECTIVE else cfg.section_timeout_s
+            if row[1] == COLLECTIVE:
+                timeout = cfg.collective_timeout_s and trace.timeout_for(self.recorder.describe(row)["op"],
+                                                                         cfg.collective_timeout_s)
+            else:
+                timeout = cfg.section_timeout_s
             if timeout > 0 and now - row[7] > timeout and ("hang", row[0]) not in self._reported:
                 self._reported.add(("hang", row[0]))
                 event = self.recorder.describe(row)
