@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from typing import Optional, Sequence
 
@@ -15,10 +16,12 @@ def _cmd_info(args: argparse.Namespace) -> int:
     if args.topology:
         config["topology_file"] = args.topology
     runtime = init(config)
-    info = collect_info(runtime)
-    if runtime.rank == 0:
-        print(json.dumps(info, indent=2) if args.json else format_info(info), flush=True)
-    finalize()
+    try:
+        info = collect_info(runtime)
+        if runtime.rank == 0:
+            print(json.dumps(info, indent=2) if args.json else format_info(info), flush=True)
+    finally:  # a closed pipe on rank 0 still finalizes, so the other ranks are not left waiting
+        finalize()
     return 0
 
 
@@ -47,10 +50,26 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+CLOSED_PIPE_EXIT = 141
+"""Exit status when the reader of stdout went away (``| head``): 128 + SIGPIPE, as a shell reports
+``cat`` killed by a closed pipe."""
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Entry point of ``hpcrt`` and ``python -m hpcrt``."""
+    """Entry point of ``hpcrt`` and ``python -m hpcrt``; every command exits quietly with
+    :data:`CLOSED_PIPE_EXIT` when its output's reader has closed the pipe."""
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    try:
+        code = args.func(args)
+        sys.stdout.flush()  # here, not at interpreter exit, where a closed pipe can no longer be caught
+        return code
+    except BrokenPipeError:
+        # As the Python docs advise (signal module, "Note on SIGPIPE"): point stdout at devnull,
+        # so that the interpreter's last flush of what is still buffered does not fail again.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        return CLOSED_PIPE_EXIT
 
 
 if __name__ == "__main__":

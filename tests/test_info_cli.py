@@ -1,7 +1,10 @@
 """``hpcrt info`` as a single process and under mpiexec, with and without a topology file."""
 
 import json
+import os
 import socket
+import subprocess
+import sys
 
 from mpi4py import MPI
 
@@ -48,3 +51,14 @@ def test_bad_topology_file_fails_every_rank_clearly(launch, tmp_path):
     assert result.returncode != 0
     assert f"topology file {bad}: key 'nodes': expected the nodes' ranks to cover exactly ranks 0..2" \
         in result.stderr
+
+
+def test_a_closed_pipe_ends_info_quietly(tmp_path):
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader is gone before the first write, as `| head -1` is after its line
+    try:
+        result = subprocess.run([sys.executable, "-m", "hpcrt", "info", "--json"], stdout=write_end,
+                                stderr=subprocess.PIPE, text=True, timeout=60, cwd=tmp_path)
+    finally:
+        os.close(write_end)
+    assert result.returncode == 141 and result.stderr == "", result.stderr

@@ -48,6 +48,8 @@ def run(args: argparse.Namespace) -> int:
         else:
             info, problems = describe(places, args.step)
             code = _inspect(info, args.json)
+    except BrokenPipeError:  # the reader went away (``| head``): hpcrt's main exits quietly
+        raise
     except CheckpointError as exc:
         print(f"{what}: error: {_one_line(exc)}", file=sys.stderr)
         return 2
