@@ -204,3 +204,40 @@ def test_a_fifo_for_a_heartbeat_does_not_keep_the_sentinel_from_recording_the_en
     _killed_ranks(mdir, {0: (3, 0)}, kill_order=[0])
     record = json.loads(mdir.exit_record(0).read_text())
     assert (record["finished"], record["step"]) == (False, 3)
+
+
+def test_a_clean_run_says_every_rank_finished(tmp_path, monkeypatch):
+    monkeypatch.setattr(recorder_module, "_world_ranks", lambda comm: [0, 1])
+    mdir = MonitorDir(tmp_path / "monitor").create()
+    write_json(mdir.meta, {"size": 2, "nodes": ["n0", "n0"]})
+    for rank in range(2):
+        rec = FlightRecorder(64)
+        rec.exit_collective(rec.enter_collective("allreduce", FakeComm(), 64))
+        rec.step += 1
+        Watchdog(MonitorConfig(), mdir, rank, "n0", rec, lambda kind, event: None).heartbeat("finished")
+    result = subprocess.run([sys.executable, "-m", "hpcrt", "diagnose", str(tmp_path)], capture_output=True,
+                            text=True, timeout=30)
+    assert result.returncode == 0 and result.stderr == "", result.stderr
+    assert result.stdout.splitlines()[1] == ("every rank finished: all 2 ranks stopped their monitor normally; "
+                                             "nothing hung or died")
+    assert "stopped or killed" not in result.stdout
+    assert result.stdout.count("finished: its monitor stopped normally at ") == 2
+
+
+def test_a_run_without_a_monitor_is_one_line_and_exit_code_2(tmp_path):
+    (tmp_path / "logs").mkdir()
+    result = subprocess.run([sys.executable, "-m", "hpcrt", "diagnose", str(tmp_path)], capture_output=True,
+                            text=True, timeout=30)
+    assert result.returncode == 2 and result.stdout == "", result.stdout
+    assert result.stderr == f"hpcrt diagnose: error: no monitor ran in this job: {tmp_path} has no monitor/ folder\n"
+
+
+def test_a_closed_pipe_ends_diagnose_quietly(run_dir):
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader is gone before the first write, as `| head -1` is after its line
+    try:
+        result = subprocess.run([sys.executable, "-m", "hpcrt", "diagnose", str(run_dir), "--json"],
+                                stdout=write_end, stderr=subprocess.PIPE, text=True, timeout=30)
+    finally:
+        os.close(write_end)
+    assert result.returncode == 141 and result.stderr == "", result.stderr

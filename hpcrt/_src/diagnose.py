@@ -27,12 +27,21 @@ def find_monitor_dir(path: Path) -> MonitorDir:
     return MonitorDir(path / "monitor" if (path / "monitor").is_dir() else path)
 
 
+def _no_monitor(mdir: MonitorDir) -> bool:
+    """Whether a folder that exists holds no monitor's files at all (a run directory of a job that
+    started no monitor), as opposed to a monitor folder whose files are missing or damaged."""
+    return not any(p.exists() for p in (mdir.meta, mdir.heartbeats, mdir.dumps, mdir.alarm, mdir.stragglers,
+                                        mdir.root / "events.jsonl"))
+
+
 def diagnose(run_dir: str | Path) -> dict:
     """Everything ``hpcrt diagnose`` prints, as a dict (``problems`` lists what is missing or damaged)."""
     mdir = find_monitor_dir(Path(run_dir))
     problems: List[str] = []
     if not mdir.root.is_dir():
         return {"directory": str(mdir.root), "problems": [f"{mdir.root} does not exist"], "size": 0}
+    if _no_monitor(mdir):
+        return {"directory": str(mdir.root), "problems": [], "size": 0, "no_monitor": True}
     meta = job_size(mdir, problems)
     size = meta["size"]
     ranks = range(size)
@@ -49,8 +58,11 @@ def diagnose(run_dir: str | Path) -> dict:
     nodes = meta.get("nodes") or [None] * size
     node_of = {r: (dumps.get(r) or heartbeats.get(r) or {}).get("node") or (nodes[r] if r < len(nodes) else None)
                for r in ranks}
+    finished = [r for r in ranks if (heartbeats.get(r) or {}).get("state") == "finished"
+                or (exits.get(r) or {}).get("finished")]
     return {
         "directory": str(mdir.root), "size": size, "problems": problems, "alarm": alarm,
+        "finished": finished,
         "collectives": _unfinished_collectives(size, dumps, heartbeats),
         "ranks": [_rank_state(r, node_of[r], dumps.get(r), heartbeats.get(r), exits.get(r)) for r in ranks],
         "deaths": _deaths(exits, heartbeats, node_of, alarm),
@@ -97,7 +109,8 @@ def _rank_state(rank: int, node: Optional[str], dump: Optional[dict], beat: Opti
     state: dict = {"rank": rank, "node": node, "dump": dump is not None,
                    "heartbeat": None if beat is None else beat.get("state"),
                    "last_step": _last_step(dump, beat, exit_record), "last_completed": None, "stuck_in": None,
-                   "stack": None, "ended": exit_record is not None and not exit_record.get("finished")}
+                   "stack": None, "ended": exit_record is not None and not exit_record.get("finished"),
+                   "finished": (beat or {}).get("state") == "finished" or bool((exit_record or {}).get("finished"))}
     if dump is not None:
         done = [r for r in dump["records"] if r["state"] == "completed" and r["kind"] != "step"]
         state["last_completed"] = done[-1] if done else None
@@ -173,6 +186,12 @@ def format_diagnosis(d: dict) -> str:
         lines.append(f"alarm raised by rank {d['alarm'].get('by')}: {d['alarm'].get('message')}")
     for p in d["problems"]:
         lines.append(f"warning: {p}")
+    finished = d.get("finished", [])
+    if d["size"] and len(finished) == d["size"]:
+        lines.append(f"every rank finished: all {d['size']} ranks stopped their monitor normally"
+                     + (" (see the alarm above)" if d.get("alarm") else "; nothing hung or died"))
+    elif finished:
+        lines.append(f"finished normally: ranks {_ranks(finished)}")
     for c in d.get("collectives", []):
         lines.append(f"collective '{c['op']}' ({c['comm']} #{c['cseq']}, {c['nbytes']} bytes, step {c['step']}): "
                      f"ranks {_ranks(c['blocked'])} blocked in it; never entered by ranks {_ranks(c['never_entered'])}"
@@ -205,7 +224,9 @@ def format_diagnosis(d: dict) -> str:
         lines.append(f"        stuck in:       {_op(r['stuck_in'])}")
         if not r["dump"] and r.get("silent_since"):
             last = _clock(r["silent_since"])
-            lines.append(f"        no dump: its last heartbeat was at {last} (a stopped or killed rank cannot dump)")
+            lines.append(f"        finished: its monitor stopped normally at {last} (no dump needed)"
+                         if r.get("finished") else
+                         f"        no dump: its last heartbeat was at {last} (a stopped or killed rank cannot dump)")
         for frame in r["stack"] or []:
             lines.append("        | " + frame.rstrip().replace("\n", "\n        | "))
     return "\n".join(lines)
@@ -220,6 +241,9 @@ def run_diagnose(run_dir: str, as_json: bool = False) -> int:
     except (OSError, ValueError, TypeError, KeyError, IndexError, OverflowError) as exc:
         # a defence behind the files' checks: a damaged file they missed still gives one line
         print(f"hpcrt diagnose: error: cannot report on {run_dir}: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 2
+    if d.get("no_monitor"):
+        print(f"hpcrt diagnose: error: no monitor ran in this job: {run_dir} has no monitor/ folder", file=sys.stderr)
         return 2
     if d["size"] == 0:
         why = "; ".join(d["problems"]) or "no rank wrote a file"
