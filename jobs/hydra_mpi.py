@@ -25,14 +25,18 @@ from omegaconf import DictConfig, OmegaConf
 import hpcrt
 from hpcrt._src.launcher import read_launch_env
 from hpcrt._src.rundir import DEFAULT_ROOT, agree_run_dir
+from hpcrt.monitor import MonitorConfig
 
 RUN_DIR_KEYS = ("hydra.run.dir", "hydra.sweep.dir")
 CONFIG_DIR = Path(__file__).resolve().parent / "conf"
 
 
-def register_runtime_config() -> None:
-    """The runtime's schema as the config group ``runtime`` (option ``default``)."""
-    ConfigStore.instance().store(group="runtime", name="default", node=hpcrt.RuntimeConfig)
+def register_runtime_and_monitor_configs() -> None:
+    """The runtime's and the monitor's schemas as the config groups ``runtime`` and ``monitor``
+    (option ``default`` each), so any app's defaults list can name either."""
+    store = ConfigStore.instance()
+    store.store(group="runtime", name="default", node=hpcrt.RuntimeConfig)
+    store.store(group="monitor", name="default", node=MonitorConfig)
 
 
 def register_rank_resolver(rank: int) -> None:
@@ -135,7 +139,7 @@ def mpi_hydra_main(job: str, config_name: str, task: Callable[[Any], Any]) -> No
     """
     from mpi4py import MPI
     world = MPI.COMM_WORLD
-    register_runtime_config()
+    register_runtime_and_monitor_configs()
     register_rank_resolver(world.rank)
     try:
         sys.argv[1:] = with_run_dir(sys.argv[1:], world, job)

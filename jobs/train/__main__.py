@@ -1,12 +1,7 @@
 """``mpiexec -n 4 python -m hpcrt.jobs.train [key=value ...]``: see :mod:`hpcrt.jobs.train`."""
 
-from hydra.core.config_store import ConfigStore
-
-from hpcrt.monitor import MonitorConfig
-
 from ..hydra_mpi import mpi_hydra_main
 from .job import run
 
 if __name__ == "__main__":
-    ConfigStore.instance().store(group="monitor", name="default", node=MonitorConfig)
     mpi_hydra_main("train", "train", run)
