@@ -249,3 +249,14 @@ def test_after_a_resume_the_monitor_counts_steps_from_where_the_job_is(launch, t
     report = json.loads(launch(["-m", "hpcrt", "diagnose", str(tmp_path / "run"), "--json"], timeout=60).stdout)
     steps = {rank["rank"]: rank["last_step"] for rank in report["ranks"]}
     assert set(steps.values()) <= {40, 41}, steps  # not 10 or 11, the steps since the restart
+
+
+def test_a_signal_while_checkpoints_commit_stops_cleanly_at_the_next_step(tmp_path):
+    # Every step commits a blocking checkpoint, so the signal lands while one is being written.
+    overrides = [*TINY, "train.steps=400", "checkpoint.every=1", "checkpoint.blocking=true", "checkpoint.keep=1"]
+    done = _interrupted(tmp_path, "run", overrides, 5, lambda job, ranks: os.kill(ranks[0], signal.SIGUSR2))
+    assert done.returncode == 124, done.stderr[-3000:]
+    assert done.stderr.count("(SIGUSR2) with the checkpoint committed") == 1, done.stderr
+    record = json.loads((tmp_path / "run" / "stop.json").read_text())
+    assert (tmp_path / "run" / "checkpoints" / f"step-{record['step']:09d}").is_dir()
+    assert "Traceback" not in done.stderr
