@@ -4,7 +4,8 @@ median step time over rounds (the first steps of a run, warm-up, left out).
 
 Suites: ``scan`` (pipeline vs allgather vs ring at sp = ranks), ``zero`` (none vs flat vs hpz; use
 ``--topology two_nodes_emulated``), ``checkpoint`` (none vs async every 10 steps vs async and
-blocking every step), ``monitor`` (off vs on).
+blocking every step), ``monitor`` (off vs on). ``--only VARIANT`` keeps some variants, ``--set
+model.d_model=256`` changes the base config.
 """
 
 from __future__ import annotations
@@ -54,25 +55,37 @@ def variants(suite: str, world: int) -> dict:
     raise SystemExit(f"train bench: unknown suite {suite!r}; choose scan, zero, checkpoint or monitor")
 
 
-def _config(changes: dict, steps: int) -> dict:
+def _config(changes: dict, steps: int, settings: Sequence[str] = ()) -> dict:
+    """The base config with ``--set node.key=value`` settings and the variant's ``changes``."""
     config = copy.deepcopy(BASE)
     config["train"]["steps"] = steps
+    for item in settings:
+        key, _, raw = item.partition("=")
+        node, _, name = key.partition(".")
+        if node not in config or name not in config[node]:
+            raise SystemExit(f"train bench: --set {item!r}: no key {key!r} in the base config")
+        config[node][name] = type(config[node][name])(raw)
     for node, values in changes.items():
         config[node].update(values)
     return config
 
 
-def measure(suite: str, rounds: int, steps: int, base: Path) -> dict:
-    """Per variant, per round, the median seconds of a step and of each section (collective)."""
+def measure(suite: str, rounds: int, steps: int, base: Path, settings: Sequence[str] = (),
+            only: Sequence[str] = ()) -> dict:
+    """Per variant (those named in ``only``, else all), per round, the median seconds of a step
+    and of each section (collective)."""
     runtime = hpcrt.get_runtime()
-    found: dict = {name: [] for name in variants(suite, runtime.size)}
+    chosen = {name: changes for name, changes in variants(suite, runtime.size).items() if not only or name in only}
+    if not chosen:
+        raise SystemExit(f"train bench: --only {', '.join(only)}: no such variant of {suite}")
+    found: dict = {name: [] for name in chosen}
     for round_ in range(rounds):
-        for name, changes in variants(suite, runtime.size).items():
-            settings = parse_settings(_config(changes, steps), runtime.size)
-            source = make_source(settings.data, settings.shape.vocab, settings.train.seq_len)
+        for name, changes in chosen.items():
+            config = parse_settings(_config(changes, steps, settings), runtime.size)
+            source = make_source(config.data, config.shape.vocab, config.train.seq_len)
             folder = base / f"{name.replace(' ', '-')}-{round_}"
-            monitor = MonitorConfig(directory=str(folder / "monitor")) if settings.train.monitor else None
-            rows = train(settings, source, folder, monitor, report=False).rows[WARMUP:]
+            monitor = MonitorConfig(directory=str(folder / "monitor")) if config.train.monitor else None
+            rows = train(config, source, folder, monitor, report=False).rows[WARMUP:]
             medians = {key: statistics.median(r[key] for r in rows) for key in ("step_s", *SECTIONS)}
             found[name].append({**medians, "mean_step_s": statistics.fmean(r["step_s"] for r in rows)})
     return found
@@ -100,10 +113,14 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     parser.add_argument("--steps", type=int, default=40, help="steps per run (default 40)")
     parser.add_argument("--topology", default=None, help="a topology file or shipped name, e.g. two_nodes_emulated")
     parser.add_argument("--json", type=Path, default=None, help="also write the raw per-round medians here")
+    parser.add_argument("--only", action="append", default=[], metavar="VARIANT",
+                        help="run only this variant (repeatable), e.g. --only none --only 'async every 10'")
+    parser.add_argument("--set", action="append", default=[], metavar="NODE.KEY=VALUE",
+                        help="change the base config, e.g. --set model.d_model=256 (repeatable)")
     args = parser.parse_args(argv)
     runtime = hpcrt.init({"topology_file": args.topology, "log_level": "WARNING"})
     base = Path(runtime.comm.bcast(tempfile.mkdtemp(prefix="hpcrt-train-bench-") if runtime.rank == 0 else None))
-    found = measure(args.suite, args.rounds, args.steps, base)
+    found = measure(args.suite, args.rounds, args.steps, base, args.set, args.only)
     runtime.comm.Barrier()
     if runtime.rank == 0:
         shutil.rmtree(base)
