@@ -4,13 +4,14 @@ it is done) and record why it stopped in the run directory, where the batch scri
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import subprocess
 import time
 from pathlib import Path
 from typing import Mapping, Optional
+
+from .sidechannel import write_json
 
 STOP_RECORD = "stop.json"
 """``{"reason", "step", "requeued", "why", "exit_code", "restart_count", "time"}``, replaced atomically."""
@@ -61,10 +62,7 @@ def write_stop_record(run_dir: Path, reason: str, step: int, exit_code: int, req
     """Record in ``run_dir`` why and where the job stopped (atomically: a reader never sees half)."""
     record = {"reason": reason, "step": step, "requeued": requeued, "why": why, "exit_code": exit_code,
               "restart_count": restart_count(os.environ), "time": time.time()}
-    path = run_dir / STOP_RECORD
-    tmp = path.with_name(f".{STOP_RECORD}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(record) + "\n")
-    os.replace(tmp, path)
+    write_json(run_dir / STOP_RECORD, record)
     if reason == "done":
         (run_dir / DONE_MARKER).touch()
 

@@ -124,11 +124,11 @@ def train(settings: Settings, source: Source, run_dir: Path, monitor_config: Any
         if monitor is not None:
             hpcrt.monitor.stop()
         result.params = params.get() if hasattr(params, "get") else params
+        last = result.rows[-1]["step"] if result.rows else result.resumed_from
         if leader and report:
-            _finish(run_dir, settings, source, result, checkpointer.places.directory, runtime.size, sync.owned)
+            _finish(run_dir, settings, source, result, checkpointer.places.step_dir(last), runtime.size, sync.owned)
         layout.free()
         sync.free()
-        last = result.rows[-1]["step"] if result.rows else result.resumed_from
         result.exit_code = record_end(run_dir, runtime.comm, result.stopped, last)
     finally:
         stopper.close()
@@ -186,29 +186,23 @@ def _step(step: int, runtime: hpcrt.Runtime, settings: Settings, source: Source,
             "step_s": seconds, "checkpointed": bool(saving), **timer.take()}
 
 
-def _finish(run_dir: Path, settings: Settings, source: Source, result: Result, checkpoints: Path, world: int,
+def _finish(run_dir: Path, settings: Settings, source: Source, result: Result, last_checkpoint: Path, world: int,
             owned: slice) -> None:
-    """Rank 0: ``summary.json`` and ``train.png``."""
+    """Rank 0: ``summary.json`` and ``train.png``; ``last_checkpoint`` is the last step's folder."""
     rows = read_metrics(run_dir / "metrics.jsonl")
     par = settings.parallel
     summary = write_summary(
-        run_dir / "summary.json", rows, entropy_floor=source.entropy_floor, resumed_from=result.resumed_from or None,
+        run_dir / "summary.json", rows, entropy_floor=source.entropy_floor,
+        resumed_from=result.resumed_from or None,
         layout={"ranks": world, "dp": par.dp, "sp": par.sp, "zero": par.zero, "scan": par.scan,
                 "allreduce": par.allreduce},
         stopped=None if result.stopped is None else {"reason": result.stopped[0], "step": result.stopped[1]},
         restart_count=hpcrt.restart_count(os.environ), slurm_job=hpcrt.slurm_job_id(os.environ),
         adam_elements=owned.stop - owned.start, numel=result.params.size,
-        checkpoint=_step_directory(checkpoints, result.rows[-1]["step"] if result.rows else result.resumed_from),
+        checkpoint=str(last_checkpoint) if last_checkpoint.is_dir() else None,
         params_digest=params_digest(result.params))
     plot(run_dir / "train.png", run_dir / "metrics.jsonl", run_dir / "monitor" / "stragglers.jsonl",
          source.entropy_floor, f"hpcrt train: {world} ranks, dp={par.dp} x sp={par.sp}, zero={par.zero}")
     floor = "" if source.entropy_floor is None else f" (entropy floor {source.entropy_floor:.4f})"
     log.info("final loss %.4f%s after %d steps; wrote summary.json, metrics.jsonl and train.png to %s",
              summary["final_loss"], floor, summary["steps"], run_dir)
-
-
-def _step_directory(checkpoints: Path, step: int) -> Optional[str]:
-    """The global level's folder of ``step``, as the checkpointer named it."""
-    found = [p for p in checkpoints.iterdir() if p.is_dir() and p.name.startswith("step")
-             and int("".join(c for c in p.name if c.isdigit()) or -1) == step]
-    return str(found[0]) if found else None
