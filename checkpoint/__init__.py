@@ -6,7 +6,8 @@ from ._src.checkpointer import Checkpointer
 from ._src.errors import (CheckpointError, CheckpointNotFoundError, FormatVersionError,
                           NotACheckpointDirectoryError, StateError)
 from ._src.format import FORMAT_VERSION
+from ._src.lock import DirectoryLockedError
 from ._src.state import Shard
 
 __all__: list = ["Checkpointer", "Shard", "CheckpointError", "CheckpointNotFoundError", "FormatVersionError",
-                 "NotACheckpointDirectoryError", "StateError", "FORMAT_VERSION"]
+                 "NotACheckpointDirectoryError", "DirectoryLockedError", "StateError", "FORMAT_VERSION"]

@@ -260,3 +260,20 @@ def test_a_signal_while_checkpoints_commit_stops_cleanly_at_the_next_step(tmp_pa
     record = json.loads((tmp_path / "run" / "stop.json").read_text())
     assert (tmp_path / "run" / "checkpoints" / f"step-{record['step']:09d}").is_dir()
     assert "Traceback" not in done.stderr
+
+
+def test_a_second_job_on_a_run_directory_in_use_is_refused_in_one_line(launch, tmp_path):
+    overrides = [*TINY, "train.steps=400", "checkpoint.every=50"]
+    seen = {}
+
+    def second(job, ranks):
+        seen["done"] = _train(launch, tmp_path, "run", 2, *TINY, timeout=60)
+        os.kill(ranks[0], signal.SIGUSR2)  # then stop the first job, which must not have been harmed
+    first = _interrupted(tmp_path, "run", overrides, 5, second)
+    refused = seen["done"]
+    assert refused.returncode == 2, refused.stderr[-3000:]
+    assert refused.stderr.count("is in use by another job") == 1 and "Traceback" not in refused.stderr
+    assert first.returncode == 124, first.stderr[-3000:]
+    record = json.loads((tmp_path / "run" / "stop.json").read_text())
+    assert record["reason"] == "SIGUSR2"
+    assert (tmp_path / "run" / "checkpoints" / f"step-{record['step']:09d}").is_dir()

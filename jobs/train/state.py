@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from hpcrt import ConfigError, get_xp
-from hpcrt.checkpoint import Checkpointer, Shard
+from hpcrt.checkpoint import Checkpointer, DirectoryLockedError, Shard
 
 from .optim import Adam
 
@@ -42,7 +42,10 @@ def open_and_resume(run_dir: Path, resume: str, keep: int, params: Any, adam: Ad
     The run's own newest committed step comes first, whatever ``train.resume`` says (except
     ``never``): a requeued run that once started from another run's checkpoint goes on from its
     own progress. Only a run with nothing of its own reads ``train.resume``'s directory."""
-    checkpointer = Checkpointer(run_dir / "checkpoints", keep=keep)
+    try:
+        checkpointer = Checkpointer(run_dir / "checkpoints", keep=keep)
+    except DirectoryLockedError as error:  # raised on every rank alike
+        raise ConfigError(f"run directory {run_dir} is in use by another job: {error}") from None
     if resume == "never":
         return checkpointer, 0
     if checkpointer.latest() is not None:
