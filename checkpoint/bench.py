@@ -30,11 +30,11 @@ import h5py
 import numpy as np
 
 import hpcrt
-from hpcrt._src.staging import PinnedPool
+from hpcrt.backends.staging import PinnedPool
 
-from ._src.checkpointer import Checkpointer
-from ._src.snapshot import take_snapshot
-from ._src.state import flatten
+from hpcrt.checkpoint.format.entries import flatten
+from hpcrt.checkpoint.save.checkpointer import Checkpointer
+from hpcrt.checkpoint.save.snapshot import take_snapshot
 
 MB = 1 << 20
 

@@ -11,26 +11,26 @@ TypeError), and a user All-Scan op that raises on one rank raises on every rank:
 own error, the others a RuntimeError naming it.
 """
 
-from ._src.agreement import CollectiveMismatchError
-from ._src.allscan import AllScanHandle, all_scan, all_scan_choice, all_scan_start
-from ._src.allscan_cost import ScanLinks, best_blocks, choose_allscan, predict_allscan, scan_links
-from ._src.blocks import block_bounds
-from ._src.calibration import calibrate
-from ._src.linear_attention import gla_backward, gla_forward
-from ._src.linkbytes import count_link_bytes
-from ._src.group_cost import CommSizes, GroupCost, score_placement
-from ._src.lse_merge import lse_merge
-from ._src.nic_groups import GroupPlan, ProcessGroups, make_groups, plan_groups
-from ._src.partition import HierarchicalPartition
-from ._src.partition_bench import run_partition_benchmark
-from ._src.partition_cost import inter_node_bytes, predict_step, step_link_bytes
-from ._src.partition_levels import PartitionLevelError
-from ._src.partition_plan import PartitionPlan, make_plan
-from ._src.ring_attention import ring_attention
-from ._src.ring_cost import RingCosts, predict_ring, ring_costs
-from ._src.rings import allgather, allreduce, reduce_scatter, ring_choice
-from ._src.scanops import ScanOp, flipped
-from ._src.token_ring import token_ring_attention
+from hpcrt.collectives.allscan.entry import AllScanHandle, all_scan, all_scan_choice, all_scan_start
+from hpcrt.collectives.allscan.ops import ScanOp, flipped
+from hpcrt.collectives.attention.gla import gla_backward, gla_forward
+from hpcrt.collectives.attention.lse_merge import lse_merge
+from hpcrt.collectives.attention.ring import ring_attention
+from hpcrt.collectives.attention.token_ring import token_ring_attention
+from hpcrt.collectives.comm.agreement import CollectiveMismatchError
+from hpcrt.collectives.comm.blocks import block_bounds
+from hpcrt.collectives.comm.linkbytes import count_link_bytes
+from hpcrt.collectives.costmodel.allscan import ScanLinks, best_blocks, choose_allscan, predict_allscan, scan_links
+from hpcrt.collectives.costmodel.calibration import calibrate
+from hpcrt.collectives.costmodel.groups import CommSizes, GroupCost, score_placement
+from hpcrt.collectives.costmodel.partition import inter_node_bytes, predict_step, step_link_bytes
+from hpcrt.collectives.costmodel.rings import RingCosts, predict_ring, ring_costs
+from hpcrt.collectives.groups.nic import GroupPlan, ProcessGroups, make_groups, plan_groups
+from hpcrt.collectives.partition.bench import run_partition_benchmark
+from hpcrt.collectives.partition.hierarchical import HierarchicalPartition
+from hpcrt.collectives.partition.levels import PartitionLevelError
+from hpcrt.collectives.partition.plan import PartitionPlan, make_plan
+from hpcrt.collectives.rings.entry import allgather, allreduce, reduce_scatter, ring_choice
 
 __all__: list = []
 __all__ += ["calibrate", "allreduce", "allgather", "reduce_scatter", "ring_choice", "block_bounds"]

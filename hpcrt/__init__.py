@@ -1,19 +1,20 @@
 """hpcrt: a Python runtime for MPI jobs on heterogeneous clusters.
 
-The public API is what ``__all__`` lists; everything under ``hpcrt._src`` is private.
+The public API is what ``__all__`` lists, plus :mod:`hpcrt.monitor`; the subpackages ``core``,
+``topology``, ``backends`` and ``costmodel`` are the implementation, laid out in docs/ARCHITECTURE.md.
 """
 
-from ._src.backends import ArrayBackend, backend_of, get_xp, is_device_array
-from ._src.cores import share_cores
-from ._src.config import ConfigError, RuntimeConfig
-from ._src.cuda_aware import CudaAwareDecision
-from ._src.fakegpu import FakeGpuArray, to_fake_gpu
-from ._src.launcher import LaunchMismatchError
-from ._src.requeue import clear_done, request_requeue, restart_count, slurm_job_id, write_stop_record
-from ._src.runtime import Runtime, finalize, get_runtime, init, is_initialized
-from ._src.stopping import GracefulStop, environment_deadline, signal_name
-from ._src.topology import NIC, Device, LinkCost, RankInfo, Topology
-from ._src.topology_file import TopologyFileError
+from hpcrt.backends.arrays import ArrayBackend, backend_of, get_xp, is_device_array
+from hpcrt.backends.cuda_aware import CudaAwareDecision
+from hpcrt.backends.fakegpu import FakeGpuArray, to_fake_gpu
+from hpcrt.core.config import ConfigError, RuntimeConfig
+from hpcrt.core.cores import share_cores
+from hpcrt.core.launcher import LaunchMismatchError
+from hpcrt.core.requeue import clear_done, request_requeue, restart_count, slurm_job_id, write_stop_record
+from hpcrt.core.runtime import Runtime, finalize, get_runtime, init, is_initialized
+from hpcrt.core.stopping import GracefulStop, environment_deadline, signal_name
+from hpcrt.topology.table import NIC, Device, LinkCost, RankInfo, Topology
+from hpcrt.topology.yaml_file import TopologyFileError
 
 __version__ = "0.1.0"
 

@@ -1,6 +1,6 @@
 """``python -m hpcrt ...`` is the ``hpcrt`` command."""
 
-from .cli import main
+from hpcrt.cli import main
 
 if __name__ == "__main__":
     raise SystemExit(main())

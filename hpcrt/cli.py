@@ -10,8 +10,8 @@ from typing import Optional, Sequence
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
-    from ._src.info import collect_info, format_info
-    from ._src.runtime import finalize, init
+    from hpcrt.core.info import collect_info, format_info
+    from hpcrt.core.runtime import finalize, init
     config = {"log_files": False, "abort_on_error": True}
     if args.topology:
         config["topology_file"] = args.topology
@@ -26,7 +26,7 @@ def _cmd_info(args: argparse.Namespace) -> int:
 
 
 def _cmd_diagnose(args: argparse.Namespace) -> int:
-    from ._src.diagnose import run_diagnose
+    from hpcrt.monitor.diagnosis import run_diagnose
     return run_diagnose(args.run_dir, args.json)
 
 
@@ -45,7 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     diagnose.add_argument("run_dir", metavar="RUN_DIR", help="the job's run directory (or its monitor/ folder)")
     diagnose.add_argument("--json", action="store_true", help="print JSON instead of text")
     diagnose.set_defaults(func=_cmd_diagnose)
-    from .checkpoint._src.cli import register as register_ckpt
+    from hpcrt.checkpoint.cli.commands import register as register_ckpt
     register_ckpt(sub)
     return parser
 

@@ -23,8 +23,8 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf
 
 import hpcrt
-from hpcrt._src.launcher import read_launch_env
-from hpcrt._src.rundir import DEFAULT_ROOT, agree_run_dir
+from hpcrt.core.launcher import read_launch_env
+from hpcrt.core.rundir import DEFAULT_ROOT, agree_run_dir
 from hpcrt.monitor import MonitorConfig
 
 RUN_DIR_KEYS = ("hydra.run.dir", "hydra.sweep.dir")

@@ -9,7 +9,7 @@ from typing import Any, Callable
 import numpy as np
 
 from hpcrt import to_fake_gpu
-from hpcrt._src.discovery import gpu_count
+from hpcrt.topology.discovery import gpu_count
 
 
 def _device_backends() -> dict[str, Callable[[np.ndarray], Any]]:

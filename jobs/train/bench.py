@@ -23,10 +23,10 @@ from typing import Optional, Sequence
 import hpcrt
 from hpcrt.monitor import MonitorConfig
 
-from .config import parse_settings
-from .data import make_source
-from .job import train
-from .metrics import SECTIONS
+from hpcrt.jobs.train.config import parse_settings
+from hpcrt.jobs.train.data import make_source
+from hpcrt.jobs.train.job import train
+from hpcrt.jobs.train.metrics import SECTIONS
 
 BASE = {"model": {"vocab": 64, "d_model": 64, "heads": 2, "d_k": 16, "d_v": 16, "layers": 2, "d_ff": 128,
                   "dtype": "float32"},

@@ -13,7 +13,7 @@ from typing import Any, Mapping
 
 from hpcrt import ConfigError, signal_name
 
-from .model import ModelShape
+from hpcrt.jobs.train.model import ModelShape
 
 DTYPES = ("float32", "float64")
 SCANS = ("auto", "pipeline", "allgather", "ring", "mpi")

@@ -22,16 +22,16 @@ from hpcrt import ConfigError
 from hpcrt.checkpoint import Checkpointer
 from hpcrt.collectives import allreduce
 
-from ..hydra_mpi import say_once_and_exit
-from .config import Settings, parse_settings
-from .data import Source, make_source
-from .ending import record_end, requeue_after_shutdown
-from .layout import Layout, format_table, make_layout
-from .metrics import MetricsLog, StepTimer, read_metrics
-from .model import init_params, loss_and_grad
-from .optim import Adam, make_sync
-from .report import params_digest, plot, write_summary
-from .state import open_and_resume, training_state
+from hpcrt.jobs.hydra_mpi import say_once_and_exit
+from hpcrt.jobs.train.config import Settings, parse_settings
+from hpcrt.jobs.train.data import Source, make_source
+from hpcrt.jobs.train.ending import record_end, requeue_after_shutdown
+from hpcrt.jobs.train.layout import Layout, format_table, make_layout
+from hpcrt.jobs.train.metrics import MetricsLog, StepTimer, read_metrics
+from hpcrt.jobs.train.model import init_params, loss_and_grad
+from hpcrt.jobs.train.optim import Adam, make_sync
+from hpcrt.jobs.train.report import params_digest, plot, write_summary
+from hpcrt.jobs.train.state import open_and_resume, training_state
 
 log = logging.getLogger("hpcrt.jobs.train")
 

@@ -9,7 +9,7 @@ from typing import Any
 import hpcrt
 from hpcrt.collectives import make_groups
 
-from .config import Parallel
+from hpcrt.jobs.train.config import Parallel
 
 
 def split(total: int, parts: int) -> list[tuple[int, int]]:

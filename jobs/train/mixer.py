@@ -12,7 +12,7 @@ from typing import Any
 from hpcrt import get_xp
 from hpcrt.collectives import gla_backward, gla_forward
 
-from .layers import logsigmoid, sigmoid, weight_grad
+from hpcrt.jobs.train.layers import logsigmoid, sigmoid, weight_grad
 
 # log-decays are logsigmoid(·)/16: decays stay near 1, as in the GLA paper.
 GATE_SCALE = 1.0 / 16

@@ -14,7 +14,7 @@ import numpy as np
 
 from hpcrt import get_xp
 
-from . import layers, mixer
+from hpcrt.jobs.train import layers, mixer
 
 INIT_STD = 0.02
 # Initial per-channel decays exp(logsigmoid(bg)/16) are spread over this range (long memories).

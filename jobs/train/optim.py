@@ -9,7 +9,7 @@ from typing import Any, Optional
 from hpcrt import ConfigError, get_xp
 from hpcrt.collectives import HierarchicalPartition, PartitionLevelError, allreduce
 
-from .layout import split
+from hpcrt.jobs.train.layout import split
 
 
 class Adam:

@@ -11,7 +11,7 @@ from typing import Any, Optional
 import numpy as np
 import xxhash
 
-from .metrics import read_metrics
+from hpcrt.jobs.train.metrics import read_metrics
 
 
 def params_digest(params: np.ndarray) -> str:

@@ -12,7 +12,7 @@ import numpy as np
 from hpcrt import ConfigError, get_xp
 from hpcrt.checkpoint import Checkpointer, DirectoryLockedError, Shard
 
-from .optim import Adam
+from hpcrt.jobs.train.optim import Adam
 
 log = logging.getLogger("hpcrt.jobs.train")
 

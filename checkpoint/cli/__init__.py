@@ -1,0 +1,1 @@
+"""``hpcrt ckpt``: the checkpoint directory from the command line."""

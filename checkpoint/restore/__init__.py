@@ -1,0 +1,1 @@
+"""Collective restore: newest verified step, fastest good level, resharding."""

@@ -1,0 +1,1 @@
+"""The checkpointer: save() returns at once; snapshot, write, vote and commit happen in background threads."""

@@ -1,0 +1,61 @@
+"""The All-Scan pipeline's time per block count K beside the cost model's K, on every rank of the
+job: how well the model's block count sits against the measured optimum. Rank 0 prints a table.
+
+    mpiexec -n 8 python -m hpcrt.collectives.allscan.blocks_cli --sizes 262144 1048576 --blocks 1 4 16 64
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+from typing import Any, Optional, Sequence
+
+import numpy as np
+import hpcrt
+
+from hpcrt.collectives.allscan.entry import all_scan
+from hpcrt.collectives.costmodel.allscan import best_blocks, predict_allscan, scan_links
+from hpcrt.collectives.costmodel.allscan_calibration import pipeline_batch
+from hpcrt.collectives.costmodel.calibration import calibrate
+
+BATCHES = 3
+
+
+def time_pipeline(comm: Any, state: np.ndarray, blocks: int, calls: int) -> float:
+    """Median over ``BATCHES`` of :func:`pipeline_batch` after one warm-up call."""
+    all_scan(state, "sum", comm=comm, algorithm="pipeline", blocks=blocks, validate=False)
+    return statistics.median(pipeline_batch(comm, state, blocks, calls) for _ in range(BATCHES))
+
+
+def main(argv: Optional[Sequence[str]] = None) -> None:
+    parser = argparse.ArgumentParser(description="All-Scan pipeline time per block count vs the model's choice")
+    parser.add_argument("--sizes", type=int, nargs="+", default=[1 << 18, 1 << 20, 1 << 22, 1 << 24],
+                        help="state sizes in bytes (float32)")
+    parser.add_argument("--blocks", type=int, nargs="+", default=[1, 2, 4, 8, 16, 32, 64, 128])
+    args = parser.parse_args(argv)
+    runtime = hpcrt.init({"log_files": False})
+    try:
+        comm = runtime.comm
+        if comm.size < 2:
+            raise SystemExit("scan_blocks: needs at least 2 ranks")
+        calibrate()
+        links = scan_links(runtime.topology)  # what algorithm="auto" weighs
+        say = print if runtime.rank == 0 else (lambda *_: None)
+        say(f"# {comm.size} ranks; chain hop α {links.chain.alpha * 1e6:.1f} µs, {1e-9 / links.chain.beta:.2f} GB/s; "
+            f"shift round α {links.shift.alpha * 1e6:.1f} µs, {1e-9 / links.shift.beta:.2f} GB/s; "
+            f"pipeline block {links.block * 1e6:.1f} µs")
+        say("# size(B)  model K  predicted(us)  " + "  ".join(f"K={k}(us)" for k in args.blocks))
+        for nbytes in args.sizes:
+            state = np.ones(nbytes // 4, dtype=np.float32)
+            calls = max(3, min(50, (32 << 20) // max(nbytes, 1)))
+            times = [time_pipeline(comm, state, k, calls) for k in args.blocks]
+            model_k = best_blocks(nbytes, comm.size, links, state.size)
+            predicted = predict_allscan("pipeline", nbytes, comm.size, links, model_k)
+            measured = "  ".join(f"{t * 1e6:>8.0f}" for t in times)
+            say(f"{nbytes:>10}  {model_k:>7}  {predicted * 1e6:>13.0f}  {measured}")
+    finally:
+        hpcrt.finalize()
+
+
+if __name__ == "__main__":
+    main()

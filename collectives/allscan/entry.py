@@ -1,0 +1,261 @@
+"""All-Scan: rank r gets x₀ ⊕ … ⊕ x_{r−1} (or the suffix, for the backward pass) under an
+associative, not necessarily commutative op, by a chosen algorithm or the cost model's."""
+
+from __future__ import annotations
+
+import threading
+from numbers import Integral
+from typing import Any, Optional
+
+import numpy as np
+from mpi4py import MPI
+
+from hpcrt.core.trace_hook import trace_done
+
+from hpcrt.collectives.allscan import algorithms as allscan_algos
+from hpcrt.collectives.allscan.algorithms import ScanCall, Steps
+from hpcrt.collectives.allscan.layout import ScanLayout
+from hpcrt.collectives.allscan.ops import BUILTIN_OPS, ScanOp, as_parts, check_sendable, from_parts, resolve_op
+from hpcrt.collectives.comm.agreement import check_agreement
+from hpcrt.collectives.comm.tracing import enter, payload_bytes
+from hpcrt.collectives.comm.transport import Transport
+from hpcrt.collectives.costmodel.allscan import ALGORITHMS, ScanLinks, best_blocks, choose_allscan, scan_links
+from hpcrt.collectives.costmodel.memo import ChoiceMemo, LinkMemo
+
+
+_QUEUE_KEYVAL: list = []
+_ORPHANS: list = []
+"""Scans never finished on communicators freed since: held for the process's life, since their
+messages may still land in their buffers."""
+
+
+def _orphan(comm: Any, keyval: int, queue: "_Outstanding") -> None:
+    """Called by MPI as a communicator with a queue is freed: keep its unfinished scans alive."""
+    _ORPHANS.extend(queue.handles)
+
+
+class _Outstanding:
+    """A communicator's started All-Scans not yet finished, in start order, kept as an attribute of
+    the communicator (a new communicator never sees a freed one's): a scan's buffers stay valid
+    until it is finished, even when its handle was dropped. The lock keeps two threads from
+    finishing one scan."""
+
+    def __init__(self) -> None:
+        self.handles: list = []
+        self.lock = threading.RLock()
+
+    @staticmethod
+    def of(comm: Any) -> "_Outstanding":
+        """The communicator's queue, made on first use."""
+        if not _QUEUE_KEYVAL:
+            _QUEUE_KEYVAL.append(MPI.Comm.Create_keyval(delete_fn=_orphan))
+        queue = comm.Get_attr(_QUEUE_KEYVAL[0])
+        if queue is None:
+            queue = _Outstanding()
+            comm.Set_attr(_QUEUE_KEYVAL[0], queue)
+        return queue
+
+
+class AllScanHandle:
+    """A started All-Scan: compute meanwhile, then :meth:`wait` finishes it and returns the result.
+
+    Waiting finishes every scan started before it on the same communicator first, in start order,
+    so scans waited out of order neither cross their messages nor deadlock (every rank finishes
+    them in the one order they were started in), and a scan never waited is finished by the next
+    wait on its communicator (until then it is in flight, as the monitor sees it)."""
+
+    def __init__(self, steps: Steps, like: Any, trace_token: int, comm: Any):
+        self._steps = steps
+        self._like = like
+        self._trace_token = trace_token
+        self._result: Optional[tuple] = None
+        self._error: Optional[BaseException] = None
+        self._traceback: Any = None
+        next(steps)  # posts what the algorithm can post before its first wait
+        self._queue = _Outstanding.of(comm)
+        self._queue.handles.append(self)
+
+    def wait(self) -> Any:
+        """Complete the scan (blocking) and return the result; later calls return it again, or
+        raise its error again."""
+        with self._queue.lock:
+            if self in self._queue.handles:
+                for earlier in self._queue.handles[:self._queue.handles.index(self)]:
+                    earlier._finish()
+                    if isinstance(earlier._error, Exception):
+                        raise RuntimeError("all_scan: a scan started before this one on the same communicator "
+                                           "failed while finishing it") from earlier._error
+                    if earlier._error is not None:
+                        raise earlier._error.with_traceback(earlier._traceback)
+                self._finish()
+        if self._error is not None:
+            raise self._error.with_traceback(self._traceback)
+        return from_parts(self._result, self._like)
+
+    def _finish(self) -> None:
+        """Run the algorithm to its end, keeping its result or its error."""
+        try:
+            next(self._steps)
+        except StopIteration as stop:
+            self._result = stop.value
+        except BaseException as error:
+            self._error, self._traceback = error, error.__traceback__
+        else:
+            self._error = RuntimeError("an All-Scan algorithm yielded more than once")
+        finally:
+            self._queue.handles.remove(self)
+            trace_done(self._trace_token)
+
+
+_SCAN_LINKS = LinkMemo(scan_links)
+_CHOICES = ChoiceMemo(lambda links, nbytes, size, max_blocks, blocks, builtin_op: choose_allscan(
+    nbytes, size, links, max_blocks, blocks, builtin_op))
+
+
+def transport_links(transport: Transport) -> ScanLinks:
+    """The model's costs for a scan over the communicator's ranks (in the runtime's numbering)."""
+    return _SCAN_LINKS.get(transport.world_ranks)
+
+
+def _auto(transport: Transport, scan_op: Any, layout: ScanLayout, blocks: Optional[int]) -> tuple:
+    """(algorithm, blocks) the cost model picks for this state on ``transport``'s ranks; a given
+    ``blocks`` is priced as the pipeline runs it, at most one per row."""
+    max_blocks = _max_blocks(layout, scan_op)
+    return _CHOICES.get(transport_links(transport), layout.nbytes, transport.size, max_blocks,
+                        None if blocks is None else min(int(blocks), max_blocks),
+                        allscan_algos.mpi_builtin_op(scan_op, layout) is not None)
+
+
+def _prepare(x: Any, op: Any, algorithm: str, blocks: Optional[int]) -> tuple:
+    """(op, contiguous arrays, layout) of a call; TypeError/ValueError for what is wrong with it."""
+    if algorithm != "auto" and algorithm not in ALGORITHMS:
+        raise ValueError(f"all_scan: unknown algorithm {algorithm!r}; choose auto or one of {', '.join(ALGORITHMS)}")
+    if blocks is not None and (isinstance(blocks, bool) or not isinstance(blocks, Integral) or blocks < 1):
+        raise ValueError(f"all_scan: blocks must be a positive integer, got {blocks!r}")
+    if blocks is not None and algorithm not in ("auto", "pipeline"):
+        raise ValueError(f"all_scan: blocks applies to the pipeline algorithm, not {algorithm!r}")
+    scan_op = resolve_op(op)
+    if scan_op.check is not None:
+        scan_op.check(x)
+    parts = tuple(part if part.flags.c_contiguous else part.copy() for part in as_parts(x))
+    check_sendable(parts)
+    return scan_op, parts, ScanLayout.of(parts, scan_op.rowwise)
+
+
+def all_scan_start(x: Any, op: Any, *, comm: Any = None, inclusive: bool = False, reverse: bool = False,
+                   algorithm: str = "auto", blocks: Optional[int] = None, validate: bool = True) -> AllScanHandle:
+    """Start an All-Scan and return its handle; see :func:`all_scan`.
+
+    Communication that can start does; the pipeline forwards its blocks inside ``wait()``, so
+    the caller's local work between start and wait overlaps the other ranks' progress.
+    Waiting a scan first finishes the scans started before it on the same communicator (so any
+    wait order is safe), and ``x`` must not change until ``wait()`` returns (MPI and the pipeline
+    read it meanwhile).
+    """
+    transport = Transport(comm, "all_scan")
+    token = enter("all_scan", transport.comm, payload_bytes(x))
+    try:
+        return _start(transport, token, x, op, inclusive, reverse, algorithm, blocks, validate)
+    except BaseException:
+        trace_done(token)
+        raise
+
+
+def _builtin(scan_op: ScanOp) -> bool:
+    """Whether ``scan_op`` is one of hpcrt's own ops (which cannot raise on checked operands)."""
+    return BUILTIN_OPS.get(scan_op.name) is scan_op
+
+
+def _op_label(scan_op: ScanOp) -> str:
+    """How ranks compare ops: by name, and a user op never passes for the builtin of the same name
+    (MPI runs one but not the other, so ``auto`` may price them apart)."""
+    return scan_op.name if _builtin(scan_op) else f"{scan_op.name} (user op)"
+
+
+def _start(transport: Transport, token: int, x: Any, op: Any, inclusive: bool, reverse: bool, algorithm: str,
+           blocks: Optional[int], validate: bool) -> AllScanHandle:
+    """Check the call (collectively with ``validate``) and post the algorithm's first messages."""
+    problem: Optional[Exception] = None
+    try:
+        scan_op, parts, layout = _prepare(x, op, algorithm, blocks)
+    except (TypeError, ValueError) as error:
+        problem = error
+    if validate:
+        ok = problem is None
+        check_agreement(transport.comm, "all_scan", input_error=None if ok else str(problem),
+                        op=_op_label(scan_op) if ok else None, shape=layout.shapes if ok else None,
+                        dtype=tuple(str(d) for d in layout.dtypes) if ok else None,
+                        inclusive=inclusive, reverse=reverse, algorithm=algorithm, blocks=blocks)
+    if problem is not None:
+        raise problem
+    call = ScanCall(transport, scan_op, layout, parts, x, inclusive, reverse)
+    return AllScanHandle(_steps(call, algorithm, blocks), x, token, transport.comm)
+
+
+def _max_blocks(layout: ScanLayout, scan_op: Any) -> int:
+    """The most row blocks a pipeline can cut the state into (one unless the op is row-wise)."""
+    return max(1, layout.rows) if scan_op.rowwise else 1
+
+
+def all_scan_choice(x: Any, op: Any, *, comm: Any = None, blocks: Optional[int] = None) -> tuple[str, int]:
+    """(algorithm, pipeline blocks) that ``all_scan(x, op, algorithm="auto", blocks=blocks)`` runs on
+    ``comm``: the cost model's choice at the costs the job knows, the same on every rank and for either
+    direction, inclusive or not. Local: sends nothing."""
+    scan_op, _, layout = _prepare(x, op, "auto", blocks)
+    return _auto(Transport(comm, "all_scan_choice"), scan_op, layout, blocks)
+
+
+def _steps(call: ScanCall, algorithm: str, blocks: Optional[int]) -> Steps:
+    """The chosen algorithm's generator; ``auto`` and an unset block count come from the cost model."""
+    max_blocks = _max_blocks(call.layout, call.op)
+    size = call.transport.size
+    if algorithm == "auto":
+        algorithm, blocks = _auto(call.transport, call.op, call.layout, blocks)
+    if algorithm == "pipeline":
+        if blocks is None:
+            blocks = best_blocks(call.layout.nbytes, size, transport_links(call.transport), max_blocks)
+        steps = allscan_algos.pipeline(call, min(int(blocks), max_blocks))
+    elif algorithm == "ring":
+        steps = allscan_algos.pipeline(call, 1)
+    else:
+        steps = {"allgather": allscan_algos.allgather, "mpi": allscan_algos.mpi}[algorithm](call)
+    return steps if _builtin(call.op) else _raised_everywhere(call.transport.comm, steps)
+
+
+def _raised_everywhere(comm: Any, steps: Steps) -> Steps:
+    """``steps`` (of a user op, which may raise) closed by one small agreement: where the op raised
+    on any rank, every rank raises (that rank its own error, the others a RuntimeError naming it).
+    The algorithms deliver every message even when the op raises, so all ranks get here."""
+    try:
+        result = yield from steps
+        failed: Optional[Exception] = None
+    except Exception as error:
+        failed = error
+    flag = np.array([failed is not None], dtype=np.int32)
+    comm.Allreduce(MPI.IN_PLACE, flag, MPI.MAX)
+    if flag[0]:
+        reports = comm.allgather(None if failed is None else f"{type(failed).__name__}: {failed}")
+        if failed is not None:
+            raise failed
+        detail = "; ".join(f"rank {rank}: {report}" for rank, report in enumerate(reports) if report is not None)
+        raise RuntimeError(f"all_scan: the op raised on another rank of the communicator ({detail}); "
+                           f"seen on rank {comm.rank}")
+    return result
+
+
+def all_scan(x: Any, op: Any, *, comm: Any = None, inclusive: bool = False, reverse: bool = False,
+             algorithm: str = "auto", blocks: Optional[int] = None, validate: bool = True) -> Any:
+    """Scan ``x`` across the ranks of ``comm`` (default: the runtime's) under ``op``.
+
+    Rank r gets x₀ ⊕ … ⊕ x_{r−1} (rank 0: the identity); with ``inclusive`` through x_r; with
+    ``reverse`` the suffix x_{r+1} ⊕ (x_{r+2} ⊕ …) (from x_r when inclusive). ``op`` is "sum",
+    "max", "affine" (x a pair (a, b), a broadcastable against b, (a₁,b₁)⊕(a₂,b₂) =
+    (a₁a₂, a₂b₁+b₂)), or a :class:`ScanOp`. ``algorithm``: pipeline (``blocks`` row blocks, by
+    default K* from the cost model), allgather, ring, mpi, or auto (least predicted time).
+    With ``validate`` ranks that disagree on the call raise CollectiveMismatchError together;
+    "max" propagates NaN (numpy's maximum) on every algorithm; a user op that raises on one rank
+    raises there and makes every other rank raise a RuntimeError naming it (no rank waits forever).
+    The result has x's structure and lives on x's backend.
+    """
+    return all_scan_start(x, op, comm=comm, inclusive=inclusive, reverse=reverse, algorithm=algorithm,
+                          blocks=blocks, validate=validate).wait()

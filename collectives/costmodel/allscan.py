@@ -1,0 +1,158 @@
+"""α-β cost model of the All-Scan algorithms: predicted time of each, the pipeline's block
+count, and the choice ``algorithm="auto"`` makes. ``nbytes`` is the whole state (both arrays of
+an affine pair); ``links`` the costs of the two ways the algorithms use the links (:class:`ScanLinks`,
+or one :class:`LinkCost` for both).
+
+A chain hop has one message in flight while the other ranks wait; a shift round has every rank
+sending and receiving at once. On ranks with a core each the two cost alike; with more ranks than
+cores the round waits for time slices and shares memory bandwidth, which the measured costs show
+(``hpcrt.costmodel.links``) and the formulas then charge to the algorithms that run such rounds.
+Each of the pipeline's blocks also costs hpcrt's own work per message (posting, waiting, views of
+the message, the combine call), measured beside the links as ``PIPELINE_BLOCK``: at a few µs of
+message α that work, tens of µs in Python, is what bounds the useful block count. A call also pays
+hpcrt's fixed work once (checking the operand, its layout, the result arrays, the generator that
+runs the schedule): measured per code path as ``scan_call_<path>``, it is what decides between
+algorithms at small states and few ranks, where the messages cost a few µs."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Optional, Union
+
+from hpcrt.costmodel.links import CHAIN, SHIFT, schedule_link
+from hpcrt.topology.table import LinkCost, Topology
+
+ALGORITHMS = ("pipeline", "mpi", "allgather", "ring")
+"""In this order ``auto`` breaks ties: the pipeline before the ring (the same code at K = 1), MPI's
+own scan before the all-gather (at p = 2 and 3 their messages cost alike, and the all-gather also
+combines the gathered states itself)."""
+PIPELINE_BLOCK = "pipeline_block"
+"""Key, beside the link classes in a topology's ``link_costs``, of the measured time one more
+pipeline block adds beyond its bytes (a :class:`LinkCost` whose β is 0)."""
+CODE_PATHS = ("pipeline", "allgather", "mpi", "mpi_user")
+"""The code paths with a call cost of their own: the ring is the pipeline's one-block case; ``mpi``
+with an op MPI has built in (sum, max on plain dtypes), ``mpi_user`` with hpcrt's combine called
+back from MPI in Python on every round."""
+
+
+def code_path(algorithm: str, builtin_op: bool = True) -> str:
+    """The code path ``algorithm`` runs; ``builtin_op``: whether MPI has the op built in."""
+    if algorithm not in ALGORITHMS:
+        raise ValueError(f"unknown All-Scan algorithm {algorithm!r}; known: {', '.join(ALGORITHMS)}")
+    if algorithm == "mpi":
+        return "mpi" if builtin_op else "mpi_user"
+    return "pipeline" if algorithm == "ring" else algorithm
+
+
+def call_cost_key(path: str) -> str:
+    """Key in a topology's ``link_costs`` of the measured fixed cost of one call down code ``path``."""
+    return f"scan_call_{path}"
+
+
+@dataclass(frozen=True)
+class ScanLinks:
+    """α-β of a chain hop (ring, the pipeline's first block) and of a round in which every rank
+    exchanges at once (allgather's and MPI's rounds, the pipeline's steady state)."""
+
+    chain: LinkCost
+    shift: LinkCost
+    block: float = 0.0
+    """Seconds one more pipeline block adds beyond its bytes, where measured (0: not measured)."""
+    calls: tuple[tuple[str, float], ...] = ()
+    """(code path, seconds) pairs: hpcrt's fixed work per call down each path, where measured. It is
+    measured on the job's communicator and charged as it is to a scan over any of its subsets (the
+    all-gather's and MPI's user-op terms that grow with the rank count are then overstated a little)."""
+
+    def call(self, algorithm: str, builtin_op: bool = True) -> float:
+        """Seconds of fixed work one call of ``algorithm`` pays besides its messages (0: not measured;
+        MPI's user-op path, where not measured, costs at least what its builtin path does)."""
+        measured = dict(self.calls)
+        path = code_path(algorithm, builtin_op)
+        return measured.get(path, measured.get("mpi", 0.0) if path == "mpi_user" else 0.0)
+
+    @property
+    def block_alpha(self) -> float:
+        """What a later block of the pipeline pays besides its bytes: the block cost, at least the shift's α."""
+        return max(self.block, self.shift.alpha)
+
+
+def as_scan_links(links: Union[ScanLinks, LinkCost]) -> ScanLinks:
+    """``links`` as :class:`ScanLinks`; one :class:`LinkCost` stands for both ways."""
+    return links if isinstance(links, ScanLinks) else ScanLinks(links, links)
+
+
+def scan_links(topology: Topology, ranks: Optional[list] = None) -> ScanLinks:
+    """The costs a scan over ``ranks`` (default: all) pays: the chain along them, the shift round them."""
+    costs = topology.link_costs
+    block = costs.get(PIPELINE_BLOCK)
+    calls = tuple((path, costs[call_cost_key(path)].alpha) for path in CODE_PATHS if call_cost_key(path) in costs)
+    return ScanLinks(schedule_link(topology, CHAIN, ranks, ring=False), schedule_link(topology, SHIFT, ranks),
+                     block.alpha if block is not None else 0.0, calls)
+
+
+def _log2_ceil(p: int) -> int:
+    return (p - 1).bit_length()
+
+
+def _pipeline(nbytes: float, p: int, links: ScanLinks, k: int) -> float:
+    """The first block walks p−1 chain hops, each later one arrives a shift round after the previous;
+    every hop and round also costs hpcrt's work on a block."""
+    chain, shift = links.chain, links.shift
+    hop = max(chain.alpha, links.block)
+    return (p - 1) * (hop + nbytes * chain.beta / k) + (k - 1) * (links.block_alpha + nbytes * shift.beta / k)
+
+
+def predict_allscan(algorithm: str, nbytes: float, p: int, links: Union[ScanLinks, LinkCost],
+                    blocks: Optional[int] = None, builtin_op: bool = True) -> float:
+    """Predicted seconds of one All-Scan; ``blocks`` (pipeline only) defaults to :func:`best_blocks`.
+
+    With chain hop (α_c, β_c), shift round (α_s, β_s) and the measured block cost b (hpcrt's work on
+    a block, paid on every hop and round; α_b = max(b, α_s)): pipeline (p−1)(max(α_c, b)+nβ_c/K) +
+    (K−1)(α_b+nβ_s/K), which is (p−2+K)(α+nβ/K) when all are alike; ring (p−1)(max(α_c, b)+nβ_c),
+    the pipeline's K = 1; allgather (Bruck) ⌈log₂p⌉α_s+(p−1)nβ_s; mpi (recursive doubling) ⌈log₂p⌉(α_s+nβ_s);
+    each plus the measured fixed cost of a call down the algorithm's code path (:meth:`ScanLinks.call`;
+    ``builtin_op``: whether MPI has the op built in, which decides the ``mpi`` algorithm's path).
+    """
+    links = as_scan_links(links)
+    call = links.call(algorithm, builtin_op)  # also rejects an unknown algorithm
+    if p <= 1:
+        return 0.0
+    shift = links.shift
+    if algorithm == "pipeline":
+        messages = _pipeline(nbytes, p, links, blocks if blocks is not None else best_blocks(nbytes, p, links))
+    elif algorithm == "ring":
+        messages = _pipeline(nbytes, p, links, 1)
+    elif algorithm == "allgather":
+        messages = _log2_ceil(p) * shift.alpha + (p - 1) * nbytes * shift.beta
+    else:
+        messages = _log2_ceil(p) * (shift.alpha + nbytes * shift.beta)
+    return call + messages
+
+
+def best_blocks(nbytes: float, p: int, links: Union[ScanLinks, LinkCost], max_blocks: Optional[int] = None) -> int:
+    """The pipeline's block count: K* = √(n((p−1)β_c − β_s)/α_b) (√((p−2)nβ/α) when chain and shift
+    cost alike), rounded to the better neighbouring integer and clamped to [1, max_blocks] (the
+    number of rows of the state); 1 where more blocks cannot pay off."""
+    links = as_scan_links(links)
+    limit = max(1, max_blocks) if max_blocks is not None else None
+    saved_per_byte = (p - 1) * links.chain.beta - links.shift.beta
+    if p <= 1 or nbytes <= 0 or saved_per_byte <= 0:
+        return 1
+    if links.block_alpha <= 0:
+        return limit or 1
+    k_star = math.sqrt(nbytes * saved_per_byte / links.block_alpha)
+    candidates = {max(1, math.floor(k_star)), max(1, math.ceil(k_star))}
+    if limit is not None:
+        candidates = {min(k, limit) for k in candidates}
+    return min(sorted(candidates), key=lambda k: _pipeline(nbytes, p, links, k))
+
+
+def choose_allscan(nbytes: float, p: int, links: Union[ScanLinks, LinkCost], max_blocks: Optional[int] = None,
+                   blocks: Optional[int] = None, builtin_op: bool = True) -> tuple:
+    """(algorithm, blocks) with the least predicted time; ``blocks`` fixes the pipeline's K;
+    ``builtin_op``: whether MPI has the op built in (else its scan calls hpcrt's combine back)."""
+    k = blocks if blocks is not None else best_blocks(nbytes, p, links, max_blocks)
+    times = {name: predict_allscan(name, nbytes, p, links, k, builtin_op) for name in ALGORITHMS}
+    best = min(ALGORITHMS, key=lambda name: times[name])
+    return best, (k if best == "pipeline" else 1)

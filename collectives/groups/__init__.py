@@ -1,0 +1,1 @@
+"""NIC-aware process groups: placing a (pp, dp, tp) layout on the ranks."""

@@ -1,0 +1,44 @@
+"""Fault injection for tests and demos: at a given step, delay, stop, kill or fail one rank."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import time
+from typing import Callable, List
+
+from hpcrt.monitor.config import FaultSpec
+
+log = logging.getLogger("hpcrt.monitor")
+
+
+class InjectedFault(RuntimeError):
+    """The exception a ``raise`` fault throws."""
+
+
+class FaultInjector:
+    """Applies this rank's faults at each step; ``before_fatal`` runs before a stop or a kill
+    (the monitor writes its heartbeat there, so the last step on record is the right one)."""
+
+    def __init__(self, faults: List[FaultSpec], rank: int, before_fatal: Callable[[], None]):
+        self._faults = [f for f in faults if f.rank == rank]
+        self._rank = rank
+        self._before_fatal = before_fatal
+
+    def __bool__(self) -> bool:
+        return bool(self._faults)
+
+    def at_step(self, step: int) -> None:
+        for fault in self._faults:
+            if fault.kind == "delay" and step >= fault.step:
+                time.sleep(fault.ms / 1000)
+            elif step == fault.step and fault.kind != "delay":
+                log.warning("fault injection: %s on rank %d at step %d", fault.kind, self._rank, step)
+                self._fatal(fault.kind, step)
+
+    def _fatal(self, kind: str, step: int) -> None:
+        if kind == "raise":
+            raise InjectedFault(f"fault injected on rank {self._rank} at step {step}")
+        self._before_fatal()
+        os.kill(os.getpid(), signal.SIGSTOP if kind == "stop" else signal.SIGKILL)

@@ -1,0 +1,1 @@
+"""``python -m hpcrt.jobs.bench``: the collective microbenchmark job."""

@@ -1,0 +1,5 @@
+"""``python -m hpcrt.jobs.bench``."""
+
+from hpcrt.jobs.bench.job import main
+
+main()
