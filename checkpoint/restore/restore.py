@@ -39,9 +39,9 @@ from hpcrt.checkpoint.format.entries import Shard
 from hpcrt.checkpoint.format.hdf5 import (JSON_ATTR, check_rank_file, dataset_view, open_image, packed_base,
                                           read_verified)
 from hpcrt.checkpoint.save.collective import Collectives
+from hpcrt.core.tags import CHECKPOINT_RESTORE
 
 log = logging.getLogger("hpcrt.checkpoint")
-TAG = 0x4B7
 VIEW_SHARE = 0.5
 """Whole datasets come back as views of their file image only when this rank takes at least this
 share of the image's bytes as such; below it they are copied, so that the image can be freed."""
@@ -238,11 +238,11 @@ def _distribute(coll: Collectives, needers: dict, resolved: dict, images: dict) 
             if rank == loader:
                 continue
             if comm.rank == loader:
-                requests.append(comm.Isend(images[old], dest=rank, tag=TAG))
+                requests.append(comm.Isend(images[old], dest=rank, tag=CHECKPOINT_RESTORE))
                 nbytes += size
             elif comm.rank == rank:
                 images[old] = np.empty(size, dtype=np.uint8)
-                requests.append(comm.Irecv(images[old], source=loader, tag=TAG))
+                requests.append(comm.Irecv(images[old], source=loader, tag=CHECKPOINT_RESTORE))
     coll.traced_wait(requests, "ckpt_restore_files", nbytes, keep=dict(images))
     for old in [o for o in images if comm.rank not in needers[o]]:
         del images[old]

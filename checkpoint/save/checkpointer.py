@@ -47,9 +47,9 @@ from hpcrt.checkpoint.format.hdf5 import BESIDE, file_attrs, write_global_file, 
 from hpcrt.checkpoint.restore.restore import restore as restore_collective
 from hpcrt.checkpoint.save.collective import Collectives, CollectiveTimeoutError
 from hpcrt.checkpoint.save.snapshot import Snapshot, take_snapshot
+from hpcrt.core.tags import CHECKPOINT_PARTNER
 
 log = logging.getLogger("hpcrt.checkpoint")
-PARTNER_TAG = 0x4B8
 DEFAULT_KEEP = {"memory": 1, "local": 2, "partner": 2, "global": 3}
 DEFAULT_COLLECTIVE_TIMEOUT_S = 600.0
 
@@ -574,10 +574,10 @@ class Checkpointer:
         held = [r for r, h in enumerate(self._holders) if h == self.rank]
         received = [Snapshot(snap.step, layouts[r], texts[r], self._pool.acquire(max(sizes[r], 1)), self._pool)
                     for r in held]
-        requests = [self._comm.Irecv(s.buffer[:sizes[r]], source=r, tag=PARTNER_TAG)
+        requests = [self._comm.Irecv(s.buffer[:sizes[r]], source=r, tag=CHECKPOINT_PARTNER)
                     for r, s in zip(held, received)]
         requests.append(self._comm.Isend(snap.buffer[:snap.nbytes], dest=self._holders[self.rank],
-                                         tag=PARTNER_TAG))
+                                         tag=CHECKPOINT_PARTNER))
         # on a timeout the buffers stay with the abandoned requests (MPI may still write them)
         self._coll.traced_wait(requests, "ckpt_partner", snap.nbytes, keep=(snap, received))
         return list(zip(held, received))

@@ -17,9 +17,8 @@ from hpcrt.collectives.allscan.ops import MAX, SUM, ScanOp, from_parts
 from hpcrt.collectives.comm.float_keys import from_keys, key_dtype, to_keys
 from hpcrt.collectives.comm.msgpool import Borrowed
 from hpcrt.collectives.comm.transport import Transport, wait_all
+from hpcrt.core.tags import SCAN_FORWARD, SCAN_REVERSE
 
-TAG_FORWARD = 0x5CA1
-TAG_REVERSE = 0x5CA2
 _MPI_BUILTIN_OPS = ((SUM, MPI.SUM), (MAX, MPI.MAX))
 _MPI_BUILTIN_DTYPES = {np.dtype(t) for t in (np.int8, np.int16, np.int32, np.int64, np.uint8, np.uint16,
                                              np.uint32, np.uint64, np.float32, np.float64)}
@@ -52,7 +51,7 @@ class ScanCall:
 
     @property
     def tag(self) -> int:
-        return TAG_REVERSE if self.reverse else TAG_FORWARD
+        return SCAN_REVERSE if self.reverse else SCAN_FORWARD
 
     def join(self, lower: tuple, upper: tuple) -> tuple:
         """lower ⊕ upper, operands in rank order, on the operands' backend."""

@@ -12,8 +12,7 @@ from hpcrt.collectives.attention.lse_merge import lse_merge
 from hpcrt.collectives.attention.seq_split import prepare_attention
 from hpcrt.collectives.comm.tracing import traced
 from hpcrt.collectives.comm.transport import wait_all
-
-_TAG_K, _TAG_V = 7201, 7202
+from hpcrt.core.tags import RING_ATTENTION_K, RING_ATTENTION_V
 
 
 @traced("ring_attention")
@@ -39,11 +38,11 @@ def ring_attention(q: Any, k: Any, v: Any, *, comm: Optional[Any] = None, causal
             incoming = tuple(xp.empty((*a.shape[:-2], split.lengths[after], a.shape[-1]), dtype=a.dtype)
                              for a in (k, v))
             if split.lengths[after]:
-                pending += [transport.irecv(incoming[0], (r - 1) % p, _TAG_K),
-                            transport.irecv(incoming[1], (r - 1) % p, _TAG_V)]
+                pending += [transport.irecv(incoming[0], (r - 1) % p, RING_ATTENTION_K),
+                            transport.irecv(incoming[1], (r - 1) % p, RING_ATTENTION_V)]
             if split.lengths[owner]:
-                pending += [transport.isend(held[0], (r + 1) % p, _TAG_K),
-                            transport.isend(held[1], (r + 1) % p, _TAG_V)]
+                pending += [transport.isend(held[0], (r + 1) % p, RING_ATTENTION_K),
+                            transport.isend(held[1], (r + 1) % p, RING_ATTENTION_V)]
         if split.visible(r, owner, causal):
             part = block_attention(q, held[0], held[1], q_start=split.starts[r], k_start=split.starts[owner],
                                    causal=causal, scale=call.scale)

@@ -14,8 +14,7 @@ from hpcrt.collectives.attention.lse_merge import lse_merge
 from hpcrt.collectives.attention.seq_split import prepare_attention
 from hpcrt.collectives.comm.tracing import traced
 from hpcrt.collectives.comm.transport import wait_all
-
-_TAG_Q, _TAG_OUT, _TAG_LSE = 7301, 7302, 7303
+from hpcrt.core.tags import TOKEN_RING_LSE, TOKEN_RING_OUT, TOKEN_RING_Q
 
 
 @traced("token_ring_attention")
@@ -34,8 +33,8 @@ def token_ring_attention(q: Any, k: Any, v: Any, *, comm: Optional[Any] = None, 
         holder = (r + step) % p
         if split.visible(r, holder, causal):
             part = (xp.empty(out_shape, dtype=q.dtype), xp.empty(q.shape[:-1], dtype=q.dtype))
-            returns[step] = (*part, [transport.irecv(part[0], holder, _TAG_OUT),
-                                     transport.irecv(part[1], holder, _TAG_LSE)])
+            returns[step] = (*part, [transport.irecv(part[0], holder, TOKEN_RING_OUT),
+                                     transport.irecv(part[1], holder, TOKEN_RING_LSE)])
 
     def merge_returned(step: int) -> None:
         if step in returns:
@@ -51,16 +50,17 @@ def token_ring_attention(q: Any, k: Any, v: Any, *, comm: Optional[Any] = None, 
             after = (r - step - 1) % p
             incoming = xp.empty((*q.shape[:-2], split.lengths[after], q.shape[-1]), dtype=q.dtype)
             if split.lengths[after]:
-                forward.append(transport.irecv(incoming, (r - 1) % p, _TAG_Q))
+                forward.append(transport.irecv(incoming, (r - 1) % p, TOKEN_RING_Q))
             if split.lengths[owner]:
-                forward.append(transport.isend(visiting, (r + 1) % p, _TAG_Q))
+                forward.append(transport.isend(visiting, (r + 1) % p, TOKEN_RING_Q))
         if split.visible(owner, r, causal):
             o, part_lse = block_attention(visiting, k, v, q_start=split.starts[owner],
                                           k_start=split.starts[r], causal=causal, scale=call.scale)
             if owner == r:
                 lse_merge(out, lse, o, part_lse, out=(out, lse))
             else:
-                sent_back += [transport.isend(o, owner, _TAG_OUT), transport.isend(part_lse, owner, _TAG_LSE)]
+                sent_back += [transport.isend(o, owner, TOKEN_RING_OUT),
+                              transport.isend(part_lse, owner, TOKEN_RING_LSE)]
         merge_returned(step - 1)
         wait_all(forward)
         visiting = incoming

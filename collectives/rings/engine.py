@@ -20,9 +20,9 @@ from hpcrt.backends.arrays import get_xp
 
 from hpcrt.collectives.comm.msgpool import Borrowed
 from hpcrt.collectives.comm.transport import Transport, wait_all
+from hpcrt.core.tags import RING
 
 RING_ALGORITHMS = ("ring", "bidir_ring")
-_TAG_BASE = 7100
 
 
 @dataclass(frozen=True)
@@ -52,13 +52,13 @@ def ring_lanes(blocks: list[tuple[int, int]], algorithm: str) -> list[Lane]:
     """
     p, pieces = len(blocks), tuple(blocks)
     if algorithm == "ring" or p <= 2:
-        return [Lane(+1, pieces, pieces, p - 1, _TAG_BASE)]
+        return [Lane(+1, pieces, pieces, p - 1, RING)]
     if p % 2:
-        return [Lane(+1, pieces, pieces, p // 2, _TAG_BASE + 1), Lane(-1, pieces, pieces, p // 2, _TAG_BASE + 2)]
+        return [Lane(+1, pieces, pieces, p // 2, RING + 1), Lane(-1, pieces, pieces, p // 2, RING + 2)]
     middles = [start + (stop - start + 1) // 2 for start, stop in pieces]
     first = tuple((start, middle) for (start, _), middle in zip(pieces, middles))
     second = tuple((middle, stop) for (_, stop), middle in zip(pieces, middles))
-    return [Lane(+1, pieces, first, p // 2, _TAG_BASE + 1), Lane(-1, pieces, second, p // 2, _TAG_BASE + 2)]
+    return [Lane(+1, pieces, first, p // 2, RING + 1), Lane(-1, pieces, second, p // 2, RING + 2)]
 
 
 def ring_pass(transport: Transport, work: Any, lanes: list[Lane], *,

@@ -30,6 +30,7 @@ import numpy as np
 from mpi4py import MPI
 
 from hpcrt.core.idle_wait import idle_until_all_arrive
+from hpcrt.core.tags import LINK_PROBE
 from hpcrt.topology.table import INTRA_NODE, LinkCost, Topology
 
 SMALL_BYTES = 8
@@ -42,7 +43,6 @@ CHAIN = "chain"
 SHIFT = "shift"
 SCHEDULES = (CHAIN, SHIFT)
 """Keys of the schedule costs beside the link classes in a topology's ``link_costs``."""
-_TAG = 7301
 
 
 def representative_pairs(topology: Topology) -> dict[str, tuple[int, int]]:
@@ -71,11 +71,11 @@ def ping_pong(comm: Any, pair: tuple[int, int], nbytes: int, repetitions: int = 
     for _ in range(repetitions + 1):
         start = time.perf_counter()
         if comm.rank == pair[0]:
-            comm.Send(buf, peer, _TAG)
-            comm.Recv(buf, peer, _TAG)
+            comm.Send(buf, peer, LINK_PROBE)
+            comm.Recv(buf, peer, LINK_PROBE)
         else:
-            comm.Recv(buf, peer, _TAG)
-            comm.Send(buf, peer, _TAG)
+            comm.Recv(buf, peer, LINK_PROBE)
+            comm.Send(buf, peer, LINK_PROBE)
         samples.append((time.perf_counter() - start) / 2)
     return statistics.median(samples[1:])
 
@@ -132,11 +132,11 @@ def token_pass(comm: Any, nbytes: int, passes: int = PASSES) -> float:
     start = time.perf_counter()
     for _ in range(passes):
         if rank == 0:
-            comm.Send(step.outgoing, 1, _TAG)
-        comm.Recv(step.incoming, (rank - 1) % size, _TAG)
+            comm.Send(step.outgoing, 1, LINK_PROBE)
+        comm.Recv(step.incoming, (rank - 1) % size, LINK_PROBE)
         step.combine()
         if rank != 0:
-            comm.Send(step.outgoing, (rank + 1) % size, _TAG)
+            comm.Send(step.outgoing, (rank + 1) % size, LINK_PROBE)
     return comm.bcast((time.perf_counter() - start) / (passes * size))
 
 
@@ -148,7 +148,7 @@ def ring_shift(comm: Any, nbytes: int, passes: int = PASSES) -> float:
     comm.Barrier()
     start = time.perf_counter()
     for _ in range(passes):
-        comm.Sendrecv(step.outgoing, (rank + 1) % size, _TAG, step.incoming, (rank - 1) % size, _TAG)
+        comm.Sendrecv(step.outgoing, (rank + 1) % size, LINK_PROBE, step.incoming, (rank - 1) % size, LINK_PROBE)
         step.combine()
     return comm.allreduce((time.perf_counter() - start) / passes, op=MPI.MAX)
 
