@@ -1,13 +1,16 @@
 """Test-suite settings. MPI tests carry ``@pytest.mark.mpi(ranks=[...], timeout=...)``:
-pytest-isolate-mpi runs each in its own ``mpiexec`` and reports every rank's failure."""
+pytest-isolate-mpi runs each in its own ``mpiexec`` and reports every rank's failure; here such a
+test also fails when its mpiexec exits non-zero or outlives the timeout after every rank passed.
+Tests that need a tool CI installs call :func:`require_tool`."""
 
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -28,6 +31,74 @@ def pytest_configure(config: pytest.Config) -> None:
     # the default verbosity instead.
     if config.option.verbose < 0:
         config.option.verbose = 0
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Have every mpi-marked test also judged by how its mpiexec ended (see :class:`MpiexecEnding`)."""
+    isolate_mpi = sys.modules.get("pytest_isolate_mpi._plugin")  # absent under -p no:isolate-mpi
+    if isolate_mpi is None:
+        return
+    for plugin in session.config.pluginmanager.get_plugins():
+        if isinstance(plugin, isolate_mpi.MPIPlugin) and not isinstance(isolate_mpi.subprocess, MpiexecEnding):
+            ending = MpiexecEnding()
+            isolate_mpi.subprocess = ending
+            plugin._mpi_runtestprotocol = ending.judging(plugin._mpi_runtestprotocol)
+
+
+@dataclass
+class MpiexecEnding:
+    """Stands in for the ``subprocess`` module of pytest-isolate-mpi, which reads only the ranks'
+    report files: it remembers how the last mpiexec ended, so that a job whose ranks all passed but
+    which then exited non-zero or hung until the timeout (in MPI_Finalize, an atexit hook, a
+    checkpoint thread) fails its test."""
+
+    TimeoutExpired = subprocess.TimeoutExpired
+    returncode: int | None = None
+    output: tuple[str, str] = field(default=("", ""))
+
+    def run(self, cmd: Sequence[str], **kwargs) -> subprocess.CompletedProcess:
+        """``subprocess.run``, remembering the exit code (None: killed at the timeout) and output."""
+        try:
+            done = subprocess.run(cmd, **kwargs)
+        except subprocess.TimeoutExpired as timeout:
+            self.returncode, self.output = None, (_text(timeout.stdout), _text(timeout.stderr))
+            raise
+        self.returncode, self.output = done.returncode, (done.stdout or "", done.stderr or "")
+        return done
+
+    def judging(self, run_test: Callable[[pytest.Item], list]) -> Callable[[pytest.Item], list]:
+        """``run_test`` with one more failed report when every rank passed but mpiexec did not end well."""
+
+        def run(item: pytest.Item) -> list:
+            reports = run_test(item)
+            if self.returncode == 0 or any(report.failed for report in reports):
+                return reports
+            if self.returncode is None:
+                why = "mpiexec was killed at the test's timeout after every rank had reported (a hang at exit)"
+            else:
+                why = f"mpiexec exited with code {self.returncode} after every rank had reported"
+            failed = pytest.TestReport(nodeid=item.nodeid, location=item.location, outcome="failed", when="call",
+                                       keywords={}, longrepr=f"{why}; its output is below")
+            failed.sections += [("Captured stdout mpiexec", self.output[0]),
+                                ("Captured stderr mpiexec", self.output[1])]
+            return [*reports, failed]
+
+        return run
+
+
+def _text(output: str | bytes | None) -> str:
+    return output.decode(errors="replace") if isinstance(output, bytes) else output or ""
+
+
+def require_tool(name: str, how: str) -> None:
+    """Skip the calling test when the command ``name`` is missing, saying ``how`` to get it; under
+    CI=true (where CI installs it) fail instead, so that no test is silently skipped there."""
+    if shutil.which(name) is None:
+        missing = f"{name} is not installed: {how}"
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"{missing} (CI installs it, so this is a failure under CI=true)", pytrace=False)
+        pytest.skip(missing)
 
 
 def assert_no_failures(comm, failures: list) -> None:

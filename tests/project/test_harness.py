@@ -33,3 +33,19 @@ def test_dying_rank_fails_the_test(launch):
     assert result.returncode == 1, result.stdout
     assert "At least one MPI process has exited prematurely" in result.stdout
     assert result.seconds < 25, f"took {result.seconds:.1f}s"
+
+
+def test_rank_exiting_nonzero_after_passing_fails_the_test(launch):
+    result = _run_case(launch, "test_rank_one_exits_nonzero_after_passing")
+    assert result.returncode == 1, result.stdout
+    assert re.search(r"FAILED .*test_rank_one_exits_nonzero_after_passing\[2\] - mpiexec exited with code 7 "
+                     r"after every rank had reported", result.stdout), result.stdout
+    assert "2 passed" in result.stdout  # both ranks did pass: only the exit code fails the test
+
+
+def test_rank_hanging_at_exit_after_passing_fails_within_its_timeout(launch):
+    result = _run_case(launch, "test_rank_one_hangs_at_exit_after_passing")
+    assert result.returncode == 1, result.stdout
+    assert re.search(r"FAILED .*test_rank_one_hangs_at_exit_after_passing\[2\] - mpiexec was killed at the "
+                     r"test's timeout after every rank had reported", result.stdout), result.stdout
+    assert result.seconds < 5 + 20, f"took {result.seconds:.1f}s for a 5 s timeout"

@@ -28,3 +28,20 @@ def test_rank_one_dies(comm):
     if comm.rank == 1:
         os._exit(9)
     comm.Barrier()
+
+
+@pytest.mark.mpi(ranks=[2], timeout=30)
+def test_rank_one_exits_nonzero_after_passing(comm):
+    import atexit
+    import os
+    if comm.rank == 1:
+        atexit.register(os._exit, 7)  # after pytest has written this rank's passing report
+    comm.Barrier()
+
+
+@pytest.mark.mpi(ranks=[2], timeout=5)
+def test_rank_one_hangs_at_exit_after_passing(comm):
+    import atexit
+    if comm.rank == 1:
+        atexit.register(time.sleep, 3600)
+    comm.Barrier()
