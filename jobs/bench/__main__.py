@@ -2,4 +2,5 @@
 
 from hpcrt.jobs.bench.job import main
 
-main()
+if __name__ == "__main__":
+    main()
