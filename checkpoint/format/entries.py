@@ -99,12 +99,14 @@ def _int_tuple(key: str, what: str, value: Any) -> tuple:
 
 @dataclass
 class FlatState:
-    """A validated state: its arrays (with layout) and its JSON-able values, serialized at save time."""
+    """A validated state: its arrays (with layout) and its JSON-able values, serialized once at
+    save time (``json_keys``: their keys, sorted, so that ranks compare them without parsing)."""
 
     entries: list
     arrays: list
     json_text: str
     nbytes: int
+    json_keys: tuple = ()
 
 
 ALIGN = 64
@@ -139,7 +141,7 @@ def flatten(state: Any) -> FlatState:
         entries.append(ArrayEntry(key, dtype, shape, gshape, offsets, offset))
         arrays.append(array)
         offset += -(-nbytes // ALIGN) * ALIGN
-    return FlatState(entries, arrays, json_text, offset)
+    return FlatState(entries, arrays, json_text, offset, tuple(sorted(values)))
 
 
 def unflatten(flat: dict) -> dict:

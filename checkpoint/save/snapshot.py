@@ -19,13 +19,15 @@ from hpcrt.checkpoint.format.entries import ArrayEntry, FlatState
 
 @dataclass
 class Snapshot:
-    """A state's arrays in host memory (``buffer``), their layout and the state's JSON values."""
+    """A state's arrays in host memory (``buffer``), their layout and the state's JSON values
+    (``json_keys``: their keys, sorted; empty for a partner's copy, which only gets written)."""
 
     step: int
     entries: list
     json_text: str
     buffer: np.ndarray
     pool: Optional[PinnedPool] = field(default=None, repr=False)
+    json_keys: tuple = ()
 
     def view(self, entry: ArrayEntry) -> np.ndarray:
         raw = self.buffer[entry.buf_offset:entry.buf_offset + entry.nbytes]
@@ -52,7 +54,7 @@ def take_snapshot(step: int, flat: FlatState, pool: PinnedPool) -> Snapshot:
     """Copy every array of ``flat`` to a host buffer from ``pool`` (GPU arrays after a stream sync);
     contiguous numpy arrays go to their place in the buffer as raw bytes, without a typed view."""
     buffer = pool.acquire(max(flat.nbytes, 1))
-    snap = Snapshot(step, flat.entries, flat.json_text, buffer, pool)
+    snap = Snapshot(step, flat.entries, flat.json_text, buffer, pool, flat.json_keys)
     try:
         for entry, array in zip(flat.entries, flat.arrays):
             if type(array) is np.ndarray and array.flags.c_contiguous:
