@@ -91,14 +91,20 @@ def _text(output: str | bytes | None) -> str:
     return output.decode(errors="replace") if isinstance(output, bytes) else output or ""
 
 
-def require_tool(name: str, how: str) -> None:
-    """Skip the calling test when the command ``name`` is missing, saying ``how`` to get it; under
-    CI=true (where CI installs it) fail instead, so that no test is silently skipped there."""
+def require_tool(name: str, how: str, probe: Sequence[str] | None = None) -> None:
+    """Skip the calling test when the command ``name`` is missing (or, with ``probe``, when
+    ``name *probe`` fails, e.g. ``sinfo -h`` with no cluster up), saying ``how`` to get it; under
+    CI=true, where CI provides it, fail instead, so that no test is silently skipped there."""
     if shutil.which(name) is None:
-        missing = f"{name} is not installed: {how}"
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"{missing} (CI installs it, so this is a failure under CI=true)", pytrace=False)
-        pytest.skip(missing)
+        missing = f"{name} is not installed"
+    elif probe is not None and subprocess.run([name, *probe], capture_output=True, timeout=60).returncode != 0:
+        missing = f"{' '.join([name, *probe])} fails"
+    else:
+        return
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"{missing}: {how} (CI provides it, so under CI=true this fails instead of skipping)",
+                    pytrace=False)
+    pytest.skip(f"{missing}: {how}")
 
 
 def assert_no_failures(comm, failures: list) -> None:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from conftest import SAMPLE_TOPOLOGY
+from conftest import SAMPLE_TOPOLOGY, require_tool
 
 JOB = str(Path(__file__).parent / "cases" / "ckpt_job.py")
 TOPOLOGY = {"CKPT_TOPOLOGY": str(SAMPLE_TOPOLOGY)}
@@ -81,9 +81,7 @@ def test_plain_h5py_and_h5dump_read_the_global_arrays(launch, tmp_path):
     assert {k: out["attrs"][k] for k in ("step", "world_size", "format_version")} == \
         {"step": "2", "world_size": "4", "format_version": "1"}
     assert "hpcrt_version" in out["attrs"]
-    if shutil.which("h5dump") is None:
-        import pytest
-        pytest.skip("h5dump is not installed: apt-get install hdf5-tools (plain h5py read the arrays)")
+    require_tool("h5dump", "apt-get install hdf5-tools (plain h5py read the arrays)")
     dumped = subprocess.run(["h5dump", "-d", "/v", str(step_dir / "global.h5")], cwd="/", check=True,
                             capture_output=True, text=True, timeout=60).stdout
     numbers = [int(n) for n in re.sub(r"\(\d+\):", " ", dumped.split("DATA {")[1].split("}")[0]).replace(

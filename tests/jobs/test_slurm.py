@@ -4,7 +4,6 @@ one, except in CI, which starts it): each as shipped, and the training job's sig
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -13,6 +12,8 @@ from typing import Callable
 
 import pytest
 
+from conftest import require_tool
+
 REPO = Path(__file__).resolve().parents[2]
 TINY = ["model.vocab=11", "model.d_model=8", "model.d_k=3", "model.d_v=2", "model.d_ff=12", "model.dtype=float64",
         "train.batch=4", "train.seq_len=12", "train.steps=150", "checkpoint.every=1000", "train.log_every=1000"]
@@ -20,16 +21,12 @@ SLOW = {"HPCRT_FAULT": "delay:rank=0,step=0,ms=40"}
 """Steps slow enough (40 ms each) that the signal comes while the job runs."""
 
 
-def _slurm_up() -> bool:
-    if shutil.which("sbatch") is None:
-        return False
-    return subprocess.run(["sinfo", "-h"], capture_output=True, timeout=30).returncode == 0
-
-
-if not _slurm_up() and os.environ.get("CI") == "true":
-    pytest.fail("CI: no Slurm cluster; .ci/run starts one with slurm/start-local-cluster.sh", pytrace=False)
-pytestmark = pytest.mark.skipif(not _slurm_up(), reason="no Slurm cluster: run slurm/start-local-cluster.sh as root "
-                                "(it installs Debian's slurm-wlm and munge)")
+@pytest.fixture(autouse=True, scope="module")
+def slurm_cluster() -> None:
+    """Every test here needs a Slurm cluster up."""
+    how = "run slurm/start-local-cluster.sh as root (it installs Debian's slurm-wlm and munge)"
+    require_tool("sbatch", how)
+    require_tool("sinfo", how, probe=["-h"])
 
 
 def sbatch(tmp_path: Path, *args: str, timeout: float = 180) -> str:
