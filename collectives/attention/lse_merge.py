@@ -1,11 +1,15 @@
 """Merging two partial attention results by the log-sum-exp rule:
-lse = logaddexp(l1, l2), out = exp(l1 − lse)·o1 + exp(l2 − lse)·o2.
+lse = logaddexp(l1, l2), out = w1·o1 + w2·o2 with w_i = exp(l_i − lse), computed as
+w_i = e_i / (e1 + e2), e_i = exp(l_i − max(l1, l2)): exact weights of ½ at any equal lse.
 
-``o`` has shape [..., T, d_v] and ``l`` [..., T]. Rows whose both lse are −inf (fully masked in
-causal attention) merge to out 0 and lse −inf, never NaN. One fused pass per backend: numba on
-numpy arrays (serial: ranks already share the cores, threads per rank would oversubscribe
-them), CuPy kernels on CUDA arrays, and the numpy expression (through ``xp``) as the reference
-and for the fake GPU.
+``o`` has shape [..., T, d_v] and ``l`` [..., T]. Every kernel follows IEEE arithmetic of that
+formula, with numpy's ``logaddexp``, and one exception: a row whose both lse are −inf (fully
+masked in causal attention) merges to out 0 and lse −inf, never NaN, whatever its o holds.
+So a NaN lse gives NaN everywhere in the row; a +inf lse gives lse +inf and out NaN (inf − inf);
+a −inf lse beside a finite one weighs its o by 0 (NaN or inf there still gives NaN).
+One fused pass per backend: numba on numpy arrays (serial: ranks already share the cores,
+threads per rank would oversubscribe them), a row-wise CUDA kernel on CuPy arrays, and the numpy
+expression (through ``xp``) for the fake GPU and as the unfused baseline.
 """
 
 from __future__ import annotations
@@ -104,8 +108,12 @@ def _check_out_array(name: str, array: Any, like: Any, backend: str, kernel: str
 
 
 def lse_merge_expression(xp: Any, o1: Any, l1: Any, o2: Any, l2: Any) -> tuple[Any, Any]:
-    """The reference: the merge rule written in array operations of ``xp``."""
-    lse = xp.logaddexp(l1, l2)
-    finite = xp.where(lse == -np.inf, 0, lse)
-    w1, w2 = xp.exp(l1 - finite)[..., None], xp.exp(l2 - finite)[..., None]
-    return (w1 * o1 + w2 * o2).astype(o1.dtype), lse
+    """The merge rule written in array operations of ``xp`` (no warnings for −inf, +inf or NaN lse)."""
+    with np.errstate(invalid="ignore"):
+        lse = xp.logaddexp(l1, l2)
+        masked = lse == -np.inf
+        top = xp.where(masked, 0, xp.maximum(l1, l2))
+        e1, e2 = xp.exp(l1 - top), xp.exp(l2 - top)
+        total = xp.where(masked, 1, e1 + e2)
+        w1, w2 = (e1 / total)[..., None], (e2 / total)[..., None]
+        return xp.where(masked[..., None], 0, w1 * o1 + w2 * o2).astype(o1.dtype), lse
