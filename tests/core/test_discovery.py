@@ -1,5 +1,8 @@
 """NIC discovery from a sysfs tree built here: Ethernet, IPoIB on an HCA, RoCE, loopback and down links."""
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 from hpcrt import NIC
@@ -52,7 +55,24 @@ def test_best_kind_and_missing_sysfs(tmp_path):
 
 def test_this_machine():
     cpu = cpu_device()
-    assert cpu.kind == "cpu" and cpu.memory_bytes and cpu.memory_bytes > 0 and cpu.model
-    assert gpu_count() >= 0
+    assert cpu.kind == "cpu" and cpu.model
+    assert cpu.memory_bytes == os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")  # the kernel's total RAM
+    assert gpu_count() == _gpus_in_a_fresh_process()
     for nic in discover_nics():
         assert nic.name != "lo" and nic.kind in ("ib", "roce", "eth")
+
+
+def test_no_cupy_means_no_gpu():
+    probe = "import sys; sys.modules['cupy'] = None\nfrom hpcrt.topology.discovery import gpu_count; print(gpu_count())"
+    assert _fresh_python(probe) == "0"
+
+
+def _gpus_in_a_fresh_process() -> int:
+    """CUDA devices as a fresh interpreter sees them through CuPy directly (0 without CuPy or a driver)."""
+    return int(_fresh_python("try:\n    import cupy\n    print(cupy.cuda.runtime.getDeviceCount())\n"
+                             "except Exception:\n    print(0)"))
+
+
+def _fresh_python(code: str) -> str:
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                          check=True).stdout.strip()

@@ -19,9 +19,17 @@ def test_read_launch_env(env, size, local):
     assert (info.world_size, info.local_rank) == (size, local)
 
 
-def test_matching_world_passes():
-    check_world_matches(LaunchInfo("x", 4, 0), 4, "MPICH")
-    check_world_matches(LaunchInfo(None, None, None), 1, "MPICH")
+@pytest.mark.parametrize("launched, world, refused", [
+    (4, 4, False), (None, 1, False), (None, 7, False), (4, 3, True), (4, 8, True), (1, 2, True),
+])
+def test_only_a_world_of_the_launched_size_passes(launched, world, refused):
+    info = LaunchInfo("x" if launched else None, launched, 0 if launched else None)
+    if not refused:
+        assert check_world_matches(info, world, "MPICH") is None
+        return
+    with pytest.raises(LaunchMismatchError, match=f"x started {launched} tasks but MPI \\(MPICH\\) reports a world of "
+                       f"{world} rank\\(s\\): the launcher's environment and the MPI library disagree"):
+        check_world_matches(info, world, "MPICH")
 
 
 def test_singleton_world_names_the_likely_cause():
