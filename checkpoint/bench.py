@@ -24,25 +24,20 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import h5py
 import numpy as np
 
 import hpcrt
 from hpcrt.backends.staging import PinnedPool
+from hpcrt.costmodel.timing import timed
 
 from hpcrt.checkpoint.format.entries import flatten
 from hpcrt.checkpoint.save.checkpointer import Checkpointer
 from hpcrt.checkpoint.save.snapshot import take_snapshot
 
 MB = 1 << 20
-
-
-def _timed(run: Callable[[], Any]) -> float:
-    start = time.perf_counter()
-    run()
-    return time.perf_counter() - start
 
 
 def _state(nbytes: int) -> dict:
@@ -53,7 +48,7 @@ def bench_save_blocking(ck: Checkpointer, nbytes: int, repeats: int) -> dict:
     state = _state(nbytes)
     times = []
     for i in range(repeats):
-        times.append(_timed(lambda: ck.save(i, state)))
+        times.append(timed(lambda: ck.save(i, state), 1))
         ck.wait()
     return {"bench": "save_blocking", "bytes": nbytes, "median_ms": 1e3 * statistics.median(times),
             "max_ms": 1e3 * max(times)}
@@ -68,8 +63,8 @@ def bench_snapshot(nbytes: int, repeats: int) -> dict:
     np.copyto(dst, state["params"])
     snap_s, copy_s = [], []
     for _ in range(repeats):
-        snap_s.append(_timed(lambda: take_snapshot(0, flat, pool).release()))
-        copy_s.append(_timed(lambda: np.copyto(dst, state["params"])))
+        snap_s.append(timed(lambda: take_snapshot(0, flat, pool).release(), 1))
+        copy_s.append(timed(lambda: np.copyto(dst, state["params"]), 1))
     snap, copy = statistics.median(snap_s), statistics.median(copy_s)
     return {"bench": "snapshot", "bytes": nbytes, "gbps": nbytes / snap / 1e9, "memcpy_gbps": nbytes / copy / 1e9,
             "ratio": _paired_ratio(copy_s, snap_s)}
@@ -105,13 +100,13 @@ def bench_flush(directory: Path, local_dir: Path, level: str, nbytes: int, repea
             comm.Barrier()
             ck.save(i, state)
             ck.wait_snapshot()
-            flush_s.append(_timed(ck.wait))
+            flush_s.append(timed(ck.wait, 1))
             write_s.append(marks[f"{level}:vote"] - marks[f"{level}:write"])
             ck._reaper.drain()  # the retired step's unlink, like the baseline's, is not timed
             baseline.unlink(missing_ok=True)
             os.sync()
             comm.Barrier()
-            base_s.append(_timed(np_save_fsync))
+            base_s.append(timed(np_save_fsync, 1))
         baseline.unlink()
     flush, write, base = (statistics.median(t) for t in (flush_s, write_s, base_s))
     fixed = statistics.median(f - w for f, w in zip(flush_s, write_s))

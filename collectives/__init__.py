@@ -20,7 +20,7 @@ from hpcrt.collectives.attention.token_ring import token_ring_attention
 from hpcrt.collectives.comm.agreement import CollectiveMismatchError
 from hpcrt.collectives.comm.blocks import block_bounds
 from hpcrt.collectives.comm.linkbytes import count_link_bytes
-from hpcrt.collectives.costmodel.allscan import ScanLinks, best_blocks, choose_allscan, predict_allscan, scan_links
+from hpcrt.collectives.costmodel.allscan import ScanLinks, best_blocks, predict_allscan, scan_links
 from hpcrt.collectives.costmodel.calibration import calibrate
 from hpcrt.collectives.costmodel.groups import CommSizes, GroupCost, score_placement
 from hpcrt.collectives.costmodel.partition import inter_node_bytes, predict_step, step_link_bytes
@@ -37,7 +37,7 @@ __all__ += ["calibrate", "allreduce", "allgather", "reduce_scatter", "ring_choic
 __all__ += ["predict_ring", "ring_costs", "RingCosts", "ring_attention", "token_ring_attention", "lse_merge",
             "count_link_bytes", "CollectiveMismatchError"]
 __all__ += ["all_scan", "all_scan_start", "all_scan_choice", "AllScanHandle", "ScanOp", "flipped", "predict_allscan",
-            "best_blocks", "choose_allscan", "ScanLinks", "scan_links", "gla_forward", "gla_backward"]
+            "best_blocks", "ScanLinks", "scan_links", "gla_forward", "gla_backward"]
 __all__ += ["HierarchicalPartition", "PartitionPlan", "PartitionLevelError", "make_plan", "predict_step",
             "step_link_bytes", "inter_node_bytes", "run_partition_benchmark"]
 __all__ += ["make_groups", "plan_groups", "ProcessGroups", "GroupPlan", "CommSizes", "GroupCost", "score_placement"]

@@ -15,16 +15,16 @@ import hpcrt
 
 from hpcrt.collectives.allscan.entry import all_scan
 from hpcrt.collectives.costmodel.allscan import best_blocks, predict_allscan, scan_links
-from hpcrt.collectives.costmodel.allscan_calibration import pipeline_batch
-from hpcrt.collectives.costmodel.calibration import calibrate
+from hpcrt.collectives.costmodel.calibration import calibrate, pipeline_call
+from hpcrt.costmodel.timing import timed
 
 BATCHES = 3
 
 
 def time_pipeline(comm: Any, state: np.ndarray, blocks: int, calls: int) -> float:
-    """Median over ``BATCHES`` of :func:`pipeline_batch` after one warm-up call."""
+    """Median over ``BATCHES`` batches of ``calls`` pipeline scans after one warm-up call."""
     all_scan(state, "sum", comm=comm, algorithm="pipeline", blocks=blocks, validate=False)
-    return statistics.median(pipeline_batch(comm, state, blocks, calls) for _ in range(BATCHES))
+    return statistics.median(timed(pipeline_call(comm, state, blocks), calls, comm) for _ in range(BATCHES))
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
@@ -39,7 +39,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         if comm.size < 2:
             raise SystemExit("scan_blocks: needs at least 2 ranks")
         calibrate()
-        links = scan_links(runtime.topology)  # what algorithm="auto" weighs
+        links = scan_links(runtime.costs, runtime.topology)  # what algorithm="auto" weighs
         say = print if runtime.rank == 0 else (lambda *_: None)
         say(f"# {comm.size} ranks; chain hop α {links.chain.alpha * 1e6:.1f} µs, {1e-9 / links.chain.beta:.2f} GB/s; "
             f"shift round α {links.shift.alpha * 1e6:.1f} µs, {1e-9 / links.shift.beta:.2f} GB/s; "

@@ -19,7 +19,7 @@ from hpcrt.collectives.allscan.ops import BUILTIN_OPS, ScanOp, as_parts, check_s
 from hpcrt.collectives.comm.agreement import check_agreement
 from hpcrt.collectives.comm.tracing import enter, payload_bytes
 from hpcrt.collectives.comm.transport import Transport
-from hpcrt.collectives.costmodel.allscan import ALGORITHMS, ScanLinks, best_blocks, choose_allscan, scan_links
+from hpcrt.collectives.costmodel.allscan import ALGORITHMS, ScanLinks, auto_choice, best_blocks, ran_label, scan_links
 from hpcrt.collectives.costmodel.memo import ChoiceMemo, LinkMemo
 
 
@@ -108,8 +108,8 @@ class AllScanHandle:
 
 
 _SCAN_LINKS = LinkMemo(scan_links)
-_CHOICES = ChoiceMemo(lambda links, nbytes, size, max_blocks, blocks, builtin_op: choose_allscan(
-    nbytes, size, links, max_blocks, blocks, builtin_op))
+_CHOICES = ChoiceMemo("all_scan", lambda links, nbytes, size, max_blocks, blocks, builtin_op: auto_choice(
+    nbytes, size, links, max_blocks, blocks, builtin_op), ran_label)
 
 
 def transport_links(transport: Transport) -> ScanLinks:

@@ -8,11 +8,11 @@ sending and receiving at once. On ranks with a core each the two cost alike; wit
 cores the round waits for time slices and shares memory bandwidth, which the measured costs show
 (``hpcrt.costmodel.links``) and the formulas then charge to the algorithms that run such rounds.
 Each of the pipeline's blocks also costs hpcrt's own work per message (posting, waiting, views of
-the message, the combine call), measured beside the links as ``PIPELINE_BLOCK``: at a few µs of
+the message, the combine call), measured beside the links (the table's ``pipeline_block``): at a few µs of
 message α that work, tens of µs in Python, is what bounds the useful block count. A call also pays
 hpcrt's fixed work once (checking the operand, its layout, the result arrays, the generator that
-runs the schedule): measured per code path as ``scan_call_<path>``, it is what decides between
-algorithms at small states and few ranks, where the messages cost a few µs."""
+runs the schedule): measured per code path (the table's ``calls`` under ``all_scan/<path>``), it
+is what decides between algorithms at small states and few ranks, where the messages cost a few µs."""
 
 from __future__ import annotations
 
@@ -20,16 +20,14 @@ import math
 from dataclasses import dataclass
 from typing import Optional, Union
 
-from hpcrt.costmodel.links import CHAIN, SHIFT, schedule_link
+from hpcrt.costmodel.model import CHAIN, SHIFT, schedule_link
+from hpcrt.costmodel.table import CostTable
 from hpcrt.topology.table import LinkCost, Topology
 
 ALGORITHMS = ("pipeline", "mpi", "allgather", "ring")
 """In this order ``auto`` breaks ties: the pipeline before the ring (the same code at K = 1), MPI's
 own scan before the all-gather (at p = 2 and 3 their messages cost alike, and the all-gather also
 combines the gathered states itself)."""
-PIPELINE_BLOCK = "pipeline_block"
-"""Key, beside the link classes in a topology's ``link_costs``, of the measured time one more
-pipeline block adds beyond its bytes (a :class:`LinkCost` whose β is 0)."""
 CODE_PATHS = ("pipeline", "allgather", "mpi", "mpi_user")
 """The code paths with a call cost of their own: the ring is the pipeline's one-block case; ``mpi``
 with an op MPI has built in (sum, max on plain dtypes), ``mpi_user`` with hpcrt's combine called
@@ -45,9 +43,9 @@ def code_path(algorithm: str, builtin_op: bool = True) -> str:
     return "pipeline" if algorithm == "ring" else algorithm
 
 
-def call_cost_key(path: str) -> str:
-    """Key in a topology's ``link_costs`` of the measured fixed cost of one call down code ``path``."""
-    return f"scan_call_{path}"
+def call_name(path: str) -> str:
+    """The call in a :class:`CostTable`'s ``calls`` that prices the fixed cost of one call down code ``path``."""
+    return f"all_scan/{path}"
 
 
 @dataclass(frozen=True)
@@ -82,13 +80,12 @@ def as_scan_links(links: Union[ScanLinks, LinkCost]) -> ScanLinks:
     return links if isinstance(links, ScanLinks) else ScanLinks(links, links)
 
 
-def scan_links(topology: Topology, ranks: Optional[list] = None) -> ScanLinks:
-    """The costs a scan over ``ranks`` (default: all) pays: the chain along them, the shift round them."""
-    costs = topology.link_costs
-    block = costs.get(PIPELINE_BLOCK)
-    calls = tuple((path, costs[call_cost_key(path)].alpha) for path in CODE_PATHS if call_cost_key(path) in costs)
-    return ScanLinks(schedule_link(topology, CHAIN, ranks, ring=False), schedule_link(topology, SHIFT, ranks),
-                     block.alpha if block is not None else 0.0, calls)
+def scan_links(costs: CostTable, topology: Topology, ranks: Optional[list] = None) -> ScanLinks:
+    """The costs a scan over ``ranks`` (default: all) pays at ``costs``: the chain along them, the
+    shift round them, the pipeline block and the calls."""
+    calls = tuple((path, costs.calls[call_name(path)].alpha) for path in CODE_PATHS if call_name(path) in costs.calls)
+    return ScanLinks(schedule_link(costs, topology, CHAIN, ranks, ring=False),
+                     schedule_link(costs, topology, SHIFT, ranks), costs.pipeline_block, calls)
 
 
 def _log2_ceil(p: int) -> int:
@@ -148,11 +145,19 @@ def best_blocks(nbytes: float, p: int, links: Union[ScanLinks, LinkCost], max_bl
     return min(sorted(candidates), key=lambda k: _pipeline(nbytes, p, links, k))
 
 
-def choose_allscan(nbytes: float, p: int, links: Union[ScanLinks, LinkCost], max_blocks: Optional[int] = None,
-                   blocks: Optional[int] = None, builtin_op: bool = True) -> tuple:
-    """(algorithm, blocks) with the least predicted time; ``blocks`` fixes the pipeline's K;
-    ``builtin_op``: whether MPI has the op built in (else its scan calls hpcrt's combine back)."""
+def auto_choice(nbytes: float, p: int, links: Union[ScanLinks, LinkCost], max_blocks: Optional[int] = None,
+                blocks: Optional[int] = None, builtin_op: bool = True) -> tuple:
+    """What ``algorithm="auto"`` runs: (algorithm, blocks) with the least predicted time; ``blocks``
+    fixes the pipeline's K; ``builtin_op``: whether MPI has the op built in (else its scan calls
+    hpcrt's combine back)."""
     k = blocks if blocks is not None else best_blocks(nbytes, p, links, max_blocks)
     times = {name: predict_allscan(name, nbytes, p, links, k, builtin_op) for name in ALGORITHMS}
     best = min(ALGORITHMS, key=lambda name: times[name])
     return best, (k if best == "pipeline" else 1)
+
+
+def ran_label(choice: tuple) -> str:
+    """How an :func:`auto_choice` reads in a report: the algorithm, or the pipeline with its block
+    count (``pipeline/7``)."""
+    algorithm, blocks = choice
+    return f"pipeline/{blocks}" if algorithm == "pipeline" else algorithm

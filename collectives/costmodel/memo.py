@@ -1,44 +1,56 @@
 """Memos that let ``auto`` consult the cost model on every call for the price of a lookup: the
-costs of a rank set, worked out again only when the runtime's link costs change, and the model's
-choice per call shape at those costs."""
+costs of a rank set, worked out again only when the runtime's cost table is replaced, and the
+model's choice per call shape at those costs. Each choice handed to a call is also noted, so that
+:func:`auto_ran` can say what the calls of a block of code ran (the bench job's ``ran`` column)."""
 
 from __future__ import annotations
 
-from typing import Any, Callable, Generic, TypeVar
+import contextlib
+from collections import Counter
+from typing import Any, Callable, Generic, Iterator, TypeVar
 
 from hpcrt.core.runtime import get_runtime
+from hpcrt.costmodel.table import CostTable
 from hpcrt.topology.table import Topology
 
 _MAX_ENTRIES = 4096
 """Entries a memo keeps before it starts over."""
 Costs = TypeVar("Costs")
+_WATCHES: list[Counter] = []
+"""The open :func:`auto_ran` blocks' tallies, innermost last."""
 
 
 class LinkMemo(Generic[Costs]):
-    """Per rank set (world ranks), what ``derive(topology, ranks)`` gave for the runtime's topology."""
+    """Per rank set (world ranks), what ``derive(costs, topology, ranks)`` gave for the runtime's
+    cost table and topology."""
 
-    def __init__(self, derive: Callable[[Topology, list[int]], Costs]):
+    def __init__(self, derive: Callable[[CostTable, Topology, list[int]], Costs]):
         self._derive = derive
         self._known: dict = {}
 
     def get(self, ranks: tuple[int, ...]) -> Costs:
-        """The derived costs; the same object until the topology or its link costs change."""
-        topology = get_runtime().topology
+        """The derived costs; the same object until the runtime's cost table is replaced."""
+        runtime = get_runtime()
+        costs = runtime.costs
         known = self._known.get(ranks)
-        if known is None or known[0] is not topology or known[1] != topology.link_costs:
+        if known is None or known[0] is not costs or known[1] is not runtime.topology:
             if len(self._known) >= _MAX_ENTRIES:
                 self._known.clear()
-            known = self._known[ranks] = (topology, dict(topology.link_costs), self._derive(topology, list(ranks)))
+            known = self._known[ranks] = (costs, runtime.topology,
+                                          self._derive(costs, runtime.topology, list(ranks)))
         return known[2]
 
 
 class ChoiceMemo:
-    """``choose(costs, *shape)`` remembered. Keyed by the identity of ``costs`` (a :class:`LinkMemo`
-    hands out one object until the costs change, and hashing it on every call is a cost of its own);
-    an entry keeps its costs alive, so their id is not reused while it stands."""
+    """``choose(costs, *shape)`` remembered, for the collective ``family``. Keyed by the identity of
+    ``costs`` (a :class:`LinkMemo` hands out one object until the table changes, and hashing it on
+    every call is a cost of its own); an entry keeps its costs alive, so their id is not reused
+    while it stands. ``label(choice)`` names a choice in :func:`auto_ran`'s tally."""
 
-    def __init__(self, choose: Callable[..., Any]):
+    def __init__(self, family: str, choose: Callable[..., Any], label: Callable[[Any], str] = str):
+        self.family = family
         self._choose = choose
+        self._label = label
         self._known: dict = {}
 
     def get(self, costs: Any, *shape: Any) -> Any:
@@ -49,4 +61,18 @@ class ChoiceMemo:
             if len(self._known) >= _MAX_ENTRIES:
                 self._known.clear()
             known = self._known[key] = (costs, self._choose(costs, *shape))
+        if _WATCHES:
+            _WATCHES[-1][self.family, self._label(known[1])] += 1
         return known[1]
+
+
+@contextlib.contextmanager
+def auto_ran() -> Iterator[Counter]:
+    """Tally, per (family, algorithm), what the ``auto`` calls made inside the block ran, taken as
+    each call resolved ``auto`` (a choice that differed between calls shows as two entries)."""
+    tally: Counter = Counter()
+    _WATCHES.append(tally)
+    try:
+        yield tally
+    finally:
+        _WATCHES.remove(tally)

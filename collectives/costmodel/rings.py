@@ -8,7 +8,7 @@ ring). Where the job measured them (:class:`RingCosts`), a step
 costs what that algorithm's steps took (hpcrt's work per step, and how two lanes share a rank's
 links and cores, which a ping-pong does not show) and MPI's call what MPI's allreduce took, for
 collectives over the job's whole communicator; everything is charged no less than the slowest
-link's α-β formula; where nothing was measured, a step also pays :data:`STEP_WORK`.
+link's α-β formula; where nothing was measured, a step also pays the table's ``step_work``.
 """
 
 from __future__ import annotations
@@ -17,30 +17,17 @@ import math
 from dataclasses import dataclass
 from typing import Optional, Union
 
-from hpcrt.costmodel.links import bottleneck_link
+from hpcrt.costmodel.model import bottleneck_link
+from hpcrt.costmodel.table import CostTable
 from hpcrt.topology.table import LinkCost, Topology
 
 RING_COLLECTIVES = ("allreduce", "allgather", "reduce_scatter")
 ALGORITHMS = ("mpi", "ring", "bidir_ring")
 STEPPED = ("ring", "bidir_ring")
 """The algorithms that run hpcrt's ring engine, whose steps the job can measure."""
-STEP_WORK = 5e-6
-"""hpcrt's own work on a ring step beyond its messages' latency (posting and completing them, the
-fold), charged where the steps were not measured: at 8 B a step took about 8 µs on 8–16 ranks of
-a 16-core machine (124–265 µs for 2(p − 1) steps), messages included. Without it a link's α alone
-would price the Python rings at or below MPI's own call at any size."""
-
-
-def ring_step_key(algorithm: str) -> str:
-    """Key in a topology's ``link_costs`` of the measured α-β of one step of ``algorithm`` (β per
-    byte a lane moves per step, averaged over a phase: :func:`step_bytes`)."""
-    return f"ring_step_{algorithm}"
-
-
-def mpi_allreduce_key(p: int) -> str:
-    """Key in a topology's ``link_costs`` of the measured α-β of MPI's allreduce over the job's
-    ``p`` ranks (β per byte of the buffer)."""
-    return f"mpi_allreduce_{p}"
+MPI_ALLREDUCE = "allreduce/mpi"
+"""The call in a :class:`CostTable`'s ``calls`` that prices MPI's allreduce over the job's ranks (β per byte
+of the buffer)."""
 
 
 @dataclass(frozen=True)
@@ -53,7 +40,7 @@ class RingCosts:
     mpi_allreduce: Optional[LinkCost] = None
     """MPI's allreduce over these ranks, as measured (α-β of a whole call), or None."""
     step_work: float = 0.0
-    """Seconds added to the link's α for a step that was not measured (:data:`STEP_WORK`)."""
+    """Seconds added to the link's α for a step that was not measured (the table's ``step_work``)."""
 
     def step(self, algorithm: str) -> LinkCost:
         """One step of ``algorithm``: as measured, but never cheaper than the slowest link; where
@@ -64,17 +51,15 @@ class RingCosts:
         return LinkCost(max(measured.alpha, self.link.alpha), max(measured.beta, self.link.beta))
 
 
-def ring_costs(topology: Topology, ranks: Optional[list[int]] = None) -> RingCosts:
-    """The costs a ring collective over ``ranks`` (default: all) pays on ``topology``: the slowest
-    link of their ring, and the measured costs where the rank set is the job's whole communicator,
-    which is where they were measured (a subset's steps and MPI's call would be priced unevenly)."""
-    costs = topology.link_costs
-    link = bottleneck_link(topology, ranks)
+def ring_costs(costs: CostTable, topology: Topology, ranks: Optional[list[int]] = None) -> RingCosts:
+    """The costs a ring collective over ``ranks`` (default: all) pays on ``topology`` at ``costs``:
+    the slowest link of their ring, and the measured costs where the rank set is the communicator
+    they were measured on (a subset's steps and MPI's call would be priced unevenly)."""
+    link = bottleneck_link(costs, topology, ranks)
     if ranks is not None and len(ranks) != topology.size:
-        return RingCosts(link, step_work=STEP_WORK)
-    steps = tuple((algorithm, costs[ring_step_key(algorithm)]) for algorithm in STEPPED
-                  if ring_step_key(algorithm) in costs)
-    return RingCosts(link, steps, costs.get(mpi_allreduce_key(topology.size)), STEP_WORK)
+        return RingCosts(link, step_work=costs.step_work)
+    steps = tuple((algorithm, costs.steps[algorithm]) for algorithm in STEPPED if algorithm in costs.steps)
+    return RingCosts(link, steps, costs.call(MPI_ALLREDUCE), costs.step_work)
 
 
 def lanes(algorithm: str, p: int) -> int:
@@ -128,6 +113,6 @@ def _mpi_formula(collective: str, nbytes: float, p: int, link: LinkCost) -> floa
     return rounds * link.alpha + spread
 
 
-def choose_ring_algorithm(collective: str, nbytes: float, p: int, costs: Union[RingCosts, LinkCost]) -> str:
-    """The algorithm with the smallest prediction (ties go to mpi, then ring)."""
+def auto_choice(collective: str, nbytes: float, p: int, costs: Union[RingCosts, LinkCost]) -> str:
+    """What ``algorithm="auto"`` runs: the algorithm with the smallest prediction (ties go to mpi, then ring)."""
     return min(ALGORITHMS, key=lambda a: predict_ring(collective, a, nbytes, p, costs))

@@ -4,22 +4,22 @@ all-gathers) timed for flat ZeRO-3, hpZ and the 3-level scheme on this job's ran
 
 The model charges each link its real path plus, under link emulation, the topology file's α-β for
 links that cross nodes (the transport's hold), and γ per byte folded in during the reduce-scatter.
-The real path's α-β and γ are measured in this run with every rank at work at once, as in a ring
-step (on a machine with fewer cores than ranks an isolated ping-pong would miss the contention).
+The real path's α-β (:func:`hpcrt.costmodel.links.shift_link_cost`) and γ are measured in this run
+with every rank at work at once, as in a ring step (on a machine with fewer cores than ranks an
+isolated ping-pong would miss the contention).
 Command line: :mod:`.partition_bench_cli`.
 """
 
 from __future__ import annotations
 
 import statistics
-import time
 from typing import Any, Optional, Sequence
 
 import numpy as np
-from mpi4py import MPI
 
 from hpcrt.core.runtime import get_runtime
-from hpcrt.costmodel.links import LARGE_BYTES, SMALL_BYTES, fit_link_cost
+from hpcrt.costmodel.links import shift_link_cost
+from hpcrt.costmodel.timing import call_samples
 from hpcrt.topology.table import Device, LinkCost, RankInfo, Topology
 
 from hpcrt.collectives.comm.linkbytes import count_link_bytes
@@ -58,7 +58,7 @@ def run_partition_benchmark(numel: int = 1 << 20, *, schemes: Sequence[str] = ("
     runtime = get_runtime()
     comm = comm if comm is not None else runtime.comm
     topology = runtime.topology
-    link_cost = emulated_link_cost(topology, measure_real_link(comm))
+    link_cost = emulated_link_cost(topology, shift_link_cost(comm))
     gamma = measure_gamma(numel, dtype)
     rows = []
     for scheme in schemes:
@@ -93,16 +93,15 @@ def _measure(part: HierarchicalPartition, scheme: str, comm: Any, topology: Topo
     recorded = {}
     for part_sent in comm.allgather(window.sent):
         recorded.update(part_sent)
-    times = []
-    for i in range(warmup + iters):
+
+    def refill() -> None:
         work_grad[...] = grad
-        comm.Barrier()
-        start = time.perf_counter()
+
+    def step() -> None:
         zero_step(part, work_grad, primary, work_params, inplace=True)
-        if i >= warmup:
-            times.append(time.perf_counter() - start)
-    slowest = np.empty(len(times))
-    comm.Allreduce(np.array(times), slowest, op=MPI.MAX)
+
+    call_samples(step, warmup, comm, setup=refill)  # warm-up
+    slowest = np.array(call_samples(step, iters, comm, setup=refill))
     predicted_bytes = step_link_bytes(part.plan, part.dtype.itemsize)
     return {"scheme": scheme, "levels": list(part.plan.level_names), "ranks": p, "nodes": len(topology.nodes),
             "numel": numel, "dtype": str(part.dtype), "emulate": topology.emulate, "iters": iters,
@@ -110,22 +109,6 @@ def _measure(part: HierarchicalPartition, scheme: str, comm: Any, topology: Topo
             "predicted_s": predict_step(part.plan, part.dtype.itemsize, link_cost, gamma).seconds,
             "inter_node_bytes": inter_node_bytes(recorded, topology),
             "predicted_inter_node_bytes": inter_node_bytes(predicted_bytes, topology), "wrong": wrong}
-
-
-def measure_real_link(comm: Any, repetitions: int = 11) -> LinkCost:
-    """α-β of the real path with every rank exchanging with both ring neighbours at once (plain
-    MPI, no emulation), fitted from a small and a large message (medians)."""
-    times = {}
-    for nbytes in (SMALL_BYTES, LARGE_BYTES):
-        out, into = np.zeros(nbytes, np.uint8), np.empty(nbytes, np.uint8)
-        samples = []
-        for _ in range(repetitions + 1):
-            comm.Barrier()
-            start = time.perf_counter()
-            comm.Sendrecv(out, (comm.rank + 1) % comm.size, 7310, into, (comm.rank - 1) % comm.size, 7310)
-            samples.append(time.perf_counter() - start)
-        times[nbytes] = comm.allreduce(statistics.median(samples[1:]), op=MPI.MAX)
-    return fit_link_cost(times[SMALL_BYTES], times[LARGE_BYTES])
 
 
 def emulated_link_cost(topology: Topology, real: LinkCost) -> Any:
@@ -143,12 +126,7 @@ def measure_gamma(numel: int, dtype: str, repetitions: int = 7) -> float:
     """Seconds per byte to fold one array into another (numpy add), median of a few runs (every
     rank measures at once)."""
     a, b = np.ones(max(numel, 1), dtype=dtype), np.ones(max(numel, 1), dtype=dtype)
-    samples = []
-    for _ in range(repetitions):
-        start = time.perf_counter()
-        np.add(a, b, out=a)
-        samples.append(time.perf_counter() - start)
-    return statistics.median(samples) / a.nbytes
+    return statistics.median(call_samples(lambda: np.add(a, b, out=a), repetitions)) / a.nbytes
 
 
 def frontier_topology(nodes: int = 48) -> Topology:

@@ -26,7 +26,7 @@ from hpcrt.collectives.comm.reduce_ops import REDUCE_OPS, combine_into
 from hpcrt.collectives.comm.tracing import traced
 from hpcrt.collectives.comm.transport import Transport, unsendable
 from hpcrt.collectives.costmodel.memo import ChoiceMemo, LinkMemo
-from hpcrt.collectives.costmodel.rings import ALGORITHMS, RING_COLLECTIVES, choose_ring_algorithm, ring_costs
+from hpcrt.collectives.costmodel.rings import ALGORITHMS, RING_COLLECTIVES, auto_choice, ring_costs
 from hpcrt.collectives.rings.engine import ring_lanes, ring_pass
 from hpcrt.collectives.rings.mpi import mpi_allgather, mpi_allreduce, mpi_reduce_scatter
 
@@ -141,7 +141,7 @@ def _operand_problem(collective: str, x: Any, op: Optional[str]) -> Optional[Exc
 
 _RING_COSTS = LinkMemo(ring_costs)
 """Per rank set, its ring's slowest link and the measured step costs (symmetric: one way suffices)."""
-_RING_CHOICES = ChoiceMemo(lambda costs, collective, nbytes, p: choose_ring_algorithm(collective, nbytes, p, costs))
+_RING_CHOICES = ChoiceMemo("rings", lambda costs, collective, nbytes, p: auto_choice(collective, nbytes, p, costs))
 
 
 def _auto(collective: str, x: Any, transport: Transport) -> str:

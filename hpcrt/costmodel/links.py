@@ -31,6 +31,8 @@ from mpi4py import MPI
 
 from hpcrt.core.idle_wait import idle_until_all_arrive
 from hpcrt.core.tags import LINK_PROBE
+from hpcrt.costmodel.model import CHAIN, SCHEDULES, SHIFT
+from hpcrt.costmodel.timing import timed
 from hpcrt.topology.table import INTRA_NODE, LinkCost, Topology
 
 SMALL_BYTES = 8
@@ -39,10 +41,6 @@ REPETITIONS = 21
 BATCHES = 5
 """Timed batches per schedule and size; each ``PASSES`` passes of the token or rounds of the shift."""
 PASSES = 4
-CHAIN = "chain"
-SHIFT = "shift"
-SCHEDULES = (CHAIN, SHIFT)
-"""Keys of the schedule costs beside the link classes in a topology's ``link_costs``."""
 
 
 def representative_pairs(topology: Topology) -> dict[str, tuple[int, int]]:
@@ -93,7 +91,7 @@ def measure_link_costs(comm: Any, topology: Topology, repetitions: int = REPETIT
 
     Collective over ``comm`` (whose ranks are the topology's). At one rank, or with every rank on
     one node alone, there is no pair and the result is empty: callers keep nominal costs, e.g.
-    ``runtime.topology.link_costs.update(measure_link_costs(runtime.comm, runtime.topology))``.
+    ``runtime.costs = runtime.costs.with_measured(links=measure_link_costs(runtime.comm, runtime.topology))``.
     """
     measured: dict[str, LinkCost] = {}
     for link_class, pair in representative_pairs(topology).items():
@@ -124,33 +122,43 @@ class _ScanStep:
 
 
 def token_pass(comm: Any, nbytes: int, passes: int = PASSES) -> float:
-    """Mean seconds per hop of ``passes`` trips of a token 0 → 1 → … → p−1 → 0 (timed at rank 0),
-    each rank combining what it receives before it forwards it, as a scan's chain does."""
+    """Mean seconds per hop of ``passes`` trips of a token 0 → 1 → … → p−1 → 0, each rank
+    combining what it receives before it forwards it, as a scan's chain does (the slowest rank's)."""
     rank, size = comm.rank, comm.size
     step = _ScanStep(nbytes)
-    comm.Barrier()
-    start = time.perf_counter()
-    for _ in range(passes):
+
+    def trip() -> None:
         if rank == 0:
             comm.Send(step.outgoing, 1, LINK_PROBE)
         comm.Recv(step.incoming, (rank - 1) % size, LINK_PROBE)
         step.combine()
         if rank != 0:
             comm.Send(step.outgoing, (rank + 1) % size, LINK_PROBE)
-    return comm.bcast((time.perf_counter() - start) / (passes * size))
+
+    return timed(trip, passes, comm) / size
 
 
-def ring_shift(comm: Any, nbytes: int, passes: int = PASSES) -> float:
-    """Mean seconds per round of ``passes`` rounds in which every rank sends right, receives from
-    the left and combines, all at once, as in a pipeline's steady state (the slowest rank's)."""
+def ring_shift(comm: Any, nbytes: int, passes: int = PASSES, combine: bool = True) -> float:
+    """Mean seconds per round of ``passes`` rounds in which every rank sends right and receives from
+    the left all at once (with ``combine``, then combines, as in a pipeline's steady state): the
+    slowest rank's. Collective."""
     rank, size = comm.rank, comm.size
     step = _ScanStep(nbytes)
-    comm.Barrier()
-    start = time.perf_counter()
-    for _ in range(passes):
+
+    def round_() -> None:
         comm.Sendrecv(step.outgoing, (rank + 1) % size, LINK_PROBE, step.incoming, (rank - 1) % size, LINK_PROBE)
-        step.combine()
-    return comm.allreduce((time.perf_counter() - start) / passes, op=MPI.MAX)
+        if combine:
+            step.combine()
+
+    return timed(round_, passes, comm)
+
+
+def shift_link_cost(comm: Any, batches: int = BATCHES) -> LinkCost:
+    """α-β of the real path with every rank exchanging with its ring neighbours at once, messages
+    alone (no combine), fitted from the medians of ``batches`` batches of the small and the large
+    message. Collective."""
+    return fit_link_cost(*(statistics.median(ring_shift(comm, nbytes, combine=False) for _ in range(batches))
+                           for nbytes in (SMALL_BYTES, LARGE_BYTES)))
 
 
 _SCHEDULE_TIMERS = {CHAIN: token_pass, SHIFT: ring_shift}
@@ -189,27 +197,3 @@ def measure_schedule_costs(comm: Any, topology: Topology, batches: int = BATCHES
     chain, shift = (fit_link_cost(statistics.median(times[schedule, SMALL_BYTES]),
                                   statistics.median(times[schedule, LARGE_BYTES])) for schedule in SCHEDULES)
     return {CHAIN: chain, SHIFT: _no_faster_than(shift, shared_core_hops(comm, topology), chain)}
-
-
-def schedule_link(topology: Topology, schedule: str, ranks: list[int] | None = None, ring: bool = True) -> LinkCost:
-    """The α-β a hop of ``schedule`` (CHAIN or SHIFT) pays among ``ranks`` (default: all): no less
-    than the slowest link alone (:meth:`Topology.slowest_link`) nor than the schedule as measured.
-
-    A job without schedule measurements (nominal costs, one rank) gets the slowest link alone.
-    """
-    ranks = list(range(topology.size)) if ranks is None else ranks
-    alone = topology.slowest_link(ranks, ring=ring) or topology.link_costs[INTRA_NODE]
-    measured = topology.link_costs.get(schedule)
-    if measured is None:
-        return alone
-    return LinkCost(max(alone.alpha, measured.alpha), max(alone.beta, measured.beta))
-
-
-def bottleneck_link(topology: Topology, ranks: list[int] | None = None) -> LinkCost:
-    """The slowest α and the slowest β among the links of a ring over ``ranks`` (default: all).
-
-    A ring or chain collective runs at the pace of its slowest hop; one rank alone is charged
-    the intra-node cost.
-    """
-    ranks = list(range(topology.size)) if ranks is None else ranks
-    return topology.slowest_link(ranks) or topology.link_costs[INTRA_NODE]

@@ -8,7 +8,6 @@ import statistics
 import tempfile
 from collections import defaultdict
 from contextlib import nullcontext
-from time import perf_counter
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, Callable, Optional
@@ -16,18 +15,12 @@ from typing import Any, Callable, Optional
 import numpy as np
 
 from hpcrt.core import trace_hook as trace
+from hpcrt.costmodel.timing import timed
 from hpcrt.monitor.agent import Monitor
 from hpcrt.monitor.progress import map_progress
 from hpcrt.monitor.recorder import FlightRecorder
 
 BLOCK_CALLS = 2000
-
-
-def _per_call(fn: Callable[[], None], n: int) -> float:
-    start = perf_counter()
-    for _ in range(n):
-        fn()
-    return (perf_counter() - start) / n
 
 
 def _interleaved(blocks: int, **variants: tuple) -> dict:
@@ -38,7 +31,7 @@ def _interleaved(blocks: int, **variants: tuple) -> dict:
     for _ in range(blocks):
         for name, (prepare, fn) in variants.items():
             prepare()
-            best[name] = min(best[name], _per_call(fn, BLOCK_CALLS))
+            best[name] = min(best[name], timed(fn, BLOCK_CALLS))
     return best
 
 
@@ -92,7 +85,7 @@ def measure_recorder_overhead(records: int = 200_000, steps: int = 20, step_ms: 
         host._sections.clear()
 
         a = np.random.default_rng(0).random((128, 128))
-        matmuls = max(1, round(step_ms / 1e3 / min(_per_call(lambda: a @ a, 100) for _ in range(repeats))))
+        matmuls = max(1, round(step_ms / 1e3 / min(timed(lambda: a @ a, 100) for _ in range(repeats))))
         send, recv = np.ones(1), np.empty(1)
 
         def step(mark: Callable[[], None]) -> None:
@@ -108,9 +101,9 @@ def measure_recorder_overhead(records: int = 200_000, steps: int = 20, step_ms: 
         untraced, ratios = [], []
         for _ in range(rounds):  # paired blocks, so that a noisy neighbour slows both alike
             trace.set_recorder(None)
-            untraced.append(_per_call(lambda: step(untraced_section), steps))
+            untraced.append(timed(lambda: step(untraced_section), steps))
             trace.set_recorder(recorder)
-            ratios.append(_per_call(lambda: step(section), steps) / untraced[-1])
+            ratios.append(timed(lambda: step(section), steps) / untraced[-1])
     finally:
         trace.set_recorder(previous)
     step_s = statistics.median(untraced)

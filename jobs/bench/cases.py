@@ -17,9 +17,9 @@ from typing import Any, Callable, Optional
 import numpy as np
 from mpi4py import MPI
 
-from hpcrt import Topology, backend_of, to_fake_gpu
-from hpcrt.collectives import (all_scan, all_scan_choice, allgather, allreduce, lse_merge, predict_allscan,
-                               predict_ring, reduce_scatter, ring_choice, ring_costs, scan_links)
+from hpcrt import Topology, backend_of, get_runtime, to_fake_gpu
+from hpcrt.collectives import (all_scan, allgather, allreduce, lse_merge, predict_allscan, predict_ring,
+                               reduce_scatter, ring_costs, scan_links)
 
 MPI_OPS = {"sum": MPI.SUM, "max": MPI.MAX, "min": MPI.MIN}
 UFUNCS = {"sum": np.add, "max": np.maximum, "min": np.minimum}
@@ -68,8 +68,6 @@ class Algorithm:
     """The ops it runs, when fewer than its collective's (MPI has no affine op)."""
     buffers: Optional[tuple] = None
     """The buffer kinds it runs on, when not all (numba takes numpy arrays only)."""
-    choice: Optional[Callable[[tuple, Optional[str]], str]] = None
-    """For ``auto``: what it runs on (operand, op), as the collective's cost model chooses."""
 
     def runs(self, op: Optional[str]) -> bool:
         return self.ops is None or op in self.ops
@@ -243,16 +241,18 @@ def _no_prediction(nbytes: int, p: int, topology: Topology, op: Optional[str]) -
 
 
 def _ring_predictor(collective: str, algorithm: str) -> Callable[[int, int, Topology, Optional[str]], float]:
-    """The ring collectives' model over all ranks, as ``auto`` sees it: the ring's slowest link and
-    the measured step costs."""
-    return lambda nbytes, p, topology, op: predict_ring(collective, algorithm, nbytes, p, ring_costs(topology))
+    """The ring collectives' model over all ranks at the runtime's cost table, as ``auto`` sees it:
+    the ring's slowest link and the measured step costs."""
+    return lambda nbytes, p, topology, op: predict_ring(collective, algorithm, nbytes, p,
+                                                        ring_costs(get_runtime().costs, topology))
 
 
 def _scan_predictor(algorithm: str, hpcrt_calls: bool = True) -> Callable[[int, int, Topology, Optional[str]], float]:
-    """The All-Scan model at the chain and shift costs of all ranks, as ``auto`` sees them; without
+    """The All-Scan model at the runtime's cost table for all ranks, as ``auto`` sees it; without
     ``hpcrt_calls`` the messages alone (MPI's own call, which pays none of hpcrt's work)."""
     def predict(nbytes: int, p: int, topology: Topology, op: Optional[str]) -> float:
-        links = scan_links(topology) if hpcrt_calls else dataclasses.replace(scan_links(topology), calls=())
+        links = scan_links(get_runtime().costs, topology)
+        links = links if hpcrt_calls else dataclasses.replace(links, calls=())
         return predict_allscan(algorithm, nbytes, p, links, builtin_op=op in MPI_OPS)
     return predict
 
@@ -262,33 +262,25 @@ SCAN_ALGORITHMS = ("mpi", "pipeline", "allgather", "ring")
 
 
 def _hpcrt_algorithms(function: Callable, names: tuple, predictor: Callable[[str], Callable],
-                      takes_op: bool, choice: Callable[[Any, Optional[str]], str]) -> dict:
-    """Each named algorithm of an hpcrt collective, and ``auto`` predicted as the cheapest of them,
-    with ``choice(x, op)`` naming what it runs."""
+                      takes_op: bool) -> dict:
+    """Each named algorithm of an hpcrt collective, and ``auto`` predicted as the cheapest of them
+    (what it ran, the run takes from the calls: :func:`hpcrt.collectives.costmodel.memo.auto_ran`)."""
     found = {name: Algorithm(name, _hpcrt_call(function, name, takes_op), predictor(name)) for name in names}
     found["auto"] = Algorithm("auto", _hpcrt_call(function, "auto", takes_op),
-                              lambda nbytes, p, topology, op: min(predictor(a)(nbytes, p, topology, op) for a in names),
-                              choice=lambda operand, op: choice(_collective_input(operand, op), op))
+                              lambda nbytes, p, topology, op: min(predictor(a)(nbytes, p, topology, op) for a in names))
     return found
 
 
 def _ring_algorithms(collective: str, function: Callable, baseline: Callable) -> dict:
     predictor = functools.partial(_ring_predictor, collective)
     return {"mpi4py": Algorithm("mpi4py", baseline, predictor("mpi")),
-            **_hpcrt_algorithms(function, RING_ALGORITHMS, predictor, collective != "allgather",
-                                lambda x, op: ring_choice(collective, x))}
-
-
-def _scan_choice(x: Any, op: Optional[str]) -> str:
-    """What the All-Scan's ``auto`` runs, the pipeline with its block count (``pipeline/7``)."""
-    algorithm, blocks = all_scan_choice(x, op)
-    return f"pipeline/{blocks}" if algorithm == "pipeline" else algorithm
+            **_hpcrt_algorithms(function, RING_ALGORITHMS, predictor, collective != "allgather")}
 
 
 def _scan_algorithms() -> dict:
     baseline = _staged_mpi("Exscan", lambda layout, p: layout.count_in)
     return {"mpi4py": Algorithm("mpi4py", baseline, _scan_predictor("mpi", hpcrt_calls=False), ops=tuple(MPI_OPS)),
-            **_hpcrt_algorithms(all_scan, SCAN_ALGORITHMS, _scan_predictor, True, _scan_choice)}
+            **_hpcrt_algorithms(all_scan, SCAN_ALGORITHMS, _scan_predictor, True)}
 
 
 def _lse_algorithms() -> dict:

@@ -5,14 +5,16 @@ across ranks."""
 
 from __future__ import annotations
 
-import time
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 
 from hpcrt import Topology, backend_of
+from hpcrt.costmodel.timing import rank_times
 
+from hpcrt.collectives.costmodel.memo import auto_ran
 from hpcrt.jobs.bench.cases import Algorithm, BenchContext, Collective
 from hpcrt.jobs.bench.config import BenchSettings
 from hpcrt.jobs.bench.report import Row
@@ -47,22 +49,16 @@ def time_calls(comm: Any, call: Callable[[], Any], warmup: int, iters: int, per_
     which hides the chain's latency that a scan between two compute phases pays."""
     for _ in range(warmup):
         call()
-    comm.Barrier()
-    total = 0.0
-    start = time.perf_counter()
-    for _ in range(iters):
-        if per_call:
-            comm.Barrier()
-            start = time.perf_counter()
-        result = call()
-        if per_call:
-            _synchronize(result)
-            total += time.perf_counter() - start
-    if not per_call:
-        _synchronize(result)
-        total = time.perf_counter() - start
-    times = comm.allgather(total / iters)
+    times = rank_times(call, iters, comm, finish=_synchronize, each=per_call)
     return Timing(sum(times) / len(times), min(times), max(times))
+
+
+def ran_label(tally: Counter) -> str:
+    """What the ``auto`` calls of a timed loop ran, as they resolved it (``ChoiceMemo``): one name
+    when all ran the same, else each with its count (``mpi ×20, ring ×14``)."""
+    if len(tally) == 1:
+        return next(iter(tally))[1]
+    return ", ".join(f"{algorithm} ×{count}" for (_, algorithm), count in tally.most_common())
 
 
 def count_wrong(result: Any, expected: Optional[tuple], dtype: str) -> int:
@@ -104,14 +100,15 @@ def run_collective(ctx: BenchContext, collective: Collective, algorithms: Sequen
                 call = algorithm.prepare(operand, op, ctx, layout)
                 wrong = comm.allreduce(count_wrong(call(), expected, settings.dtype)) if settings.validate else None
                 warmup, iters = settings.warmup_for(layout.nbytes), settings.iters_for(layout.nbytes)
-                timing = time_calls(comm, call, warmup, iters, settings.timing == "per_call")
+                with auto_ran() as tally:
+                    timing = time_calls(comm, call, warmup, iters, settings.timing == "per_call")
                 algbw = layout.nbytes / timing.avg / 1e9
                 predicted = algorithm.predict(layout.nbytes, p, topology, op)
                 row = Row(collective.name, algorithm.name, op or "none", settings.dtype, layout.nbytes, layout.count,
                           timing.avg * 1e6, timing.min * 1e6, timing.max * 1e6, algbw,
                           algbw * collective.busbw_factor(p), wrong,
                           None if predicted is None else predicted * 1e6, warmup, iters,
-                          None if algorithm.choice is None else algorithm.choice(operand, op))
+                          ran_label(tally) if tally else None)
                 rows.append(row)
                 emit(row)
     return rows

@@ -341,8 +341,8 @@ def test_scans_waited_out_of_order_or_never(comm):
 
 
 @pytest.mark.mpi(ranks=[1, 2], timeout=60)
-def test_auto_follows_the_topologys_costs_as_they_change(comm):
-    """``auto`` remembers the model's links per rank set, but sees measured costs once they land."""
+def test_auto_follows_the_runtimes_cost_table_as_it_changes(comm):
+    """``auto`` remembers the model's links per rank set, but sees measured costs once a new table lands."""
     import hpcrt
     from hpcrt import LinkCost
     from hpcrt.collectives import ScanLinks, scan_links
@@ -351,15 +351,14 @@ def test_auto_follows_the_topologys_costs_as_they_change(comm):
     runtime = hpcrt.init({"log_files": False})
     try:
         transport = Transport(runtime.comm)
-        assert transport_links(transport) == scan_links(runtime.topology)
+        assert transport_links(transport) == scan_links(runtime.costs, runtime.topology)
         busy = {"chain": LinkCost(40e-6, 1e-9), "shift": LinkCost(160e-6, 4e-9)}
-        runtime.topology.link_costs.update(busy)
+        runtime.costs = runtime.costs.with_measured(**busy)
         # both measured schedules are slower than the nominal intra-node link alone
         assert transport_links(transport) == ScanLinks(busy["chain"], busy["shift"])
-        assert transport_links(transport) == scan_links(runtime.topology)
-        # costs rewritten with equal values: the same object, so auto's memo of choices still holds
+        assert transport_links(transport) == scan_links(runtime.costs, runtime.topology)
+        # the same table: the same object, so auto's memo of choices still holds
         links = transport_links(transport)
-        runtime.topology.link_costs.update({key: LinkCost(c.alpha, c.beta) for key, c in busy.items()})
         assert transport_links(transport) is links
     finally:
         hpcrt.finalize()
@@ -375,7 +374,7 @@ def test_auto_prices_mpis_scan_by_whether_mpi_has_the_op(comm):
     from hpcrt.collectives.comm.linkbytes import count_link_bytes
     runtime = hpcrt.init({"log_files": False})
     try:
-        runtime.topology.link_costs.update({f"scan_call_{path}": LinkCost(cost, 0.0) for path, cost in (
+        runtime.costs = runtime.costs.with_measured(calls={f"all_scan/{path}": LinkCost(cost, 0.0) for path, cost in (
             ("pipeline", 100e-6), ("allgather", 300e-6), ("mpi", 10e-6), ("mpi_user", 1.0))})
         x = np.full(64, comm.rank + 1.0)
         pair = (np.full(64, 0.5), np.full(64, comm.rank + 1.0))
@@ -386,7 +385,7 @@ def test_auto_prices_mpis_scan_by_whether_mpi_has_the_op(comm):
         assert all_scan_choice(x, pairwise, blocks=4) == ("pipeline", 1)
         # a slow chain and fast rounds: many blocks pay; a block count is priced (and named) as the
         # pipeline runs it, at most one block per row
-        runtime.topology.link_costs.update({"chain": LinkCost(1e-6, 1e-8), "shift": LinkCost(1e-6, 1e-10)})
+        runtime.costs = runtime.costs.with_measured(chain=LinkCost(1e-6, 1e-8), shift=LinkCost(1e-6, 1e-10))
         wide = (np.full((64, 1), 0.5), np.ones((64, 512)))
         assert all_scan_choice(wide, "affine", blocks=1000) == ("pipeline", 64)
         with count_link_bytes() as sent:  # the pipeline sends n bytes down the chain, MPI's scan sends none

@@ -8,13 +8,10 @@ import numpy as np
 import pytest
 
 from hpcrt import LinkCost, to_fake_gpu
-from hpcrt.collectives import ScanLinks, ScanOp, best_blocks, choose_allscan, flipped, predict_allscan, scan_links
+from hpcrt.collectives import ScanLinks, ScanOp, best_blocks, flipped, predict_allscan
 from hpcrt.collectives.allscan.layout import ScanLayout, assign, complete
 from hpcrt.collectives.allscan.ops import AFFINE, resolve_op
-from hpcrt.topology.table import Device
-from hpcrt.topology.yaml_file import load_topology_file
-
-from conftest import SAMPLE_TOPOLOGY
+from hpcrt.collectives.costmodel.allscan import auto_choice
 
 LINK = LinkCost(alpha=2e-6, beta=1 / 25e9)
 
@@ -215,42 +212,22 @@ def test_call_costs_add_to_each_code_path_and_can_turn_the_choice():
     # messages alone favour the one-hop chain at 2 ranks (the pipeline at K = 1, the ring's code, wins
     # the tie); with the call costs MPI's scan is cheaper
     slow_rounds = ScanLinks(LINK, LinkCost(LINK.alpha, 2 * LINK.beta))
-    assert choose_allscan(n, p, slow_rounds)[0] == "pipeline"
-    assert choose_allscan(n, p, ScanLinks(slow_rounds.chain, slow_rounds.shift, calls=costly.calls))[0] == "mpi"
+    assert auto_choice(n, p, slow_rounds)[0] == "pipeline"
+    assert auto_choice(n, p, ScanLinks(slow_rounds.chain, slow_rounds.shift, calls=costly.calls))[0] == "mpi"
     # an op MPI lacks runs MPI's scan down another path, with its own cost (not measured: the builtin path's)
     assert predict_allscan("mpi", n, p, costly, builtin_op=False) == predict_allscan("mpi", n, p, costly)
     user = ScanLinks(LINK, LINK, calls=(*costly.calls, ("mpi_user", 500e-6)))
-    assert choose_allscan(n, p, user)[0] == "mpi" and choose_allscan(n, p, user, builtin_op=False)[0] == "pipeline"
+    assert auto_choice(n, p, user)[0] == "mpi" and auto_choice(n, p, user, builtin_op=False)[0] == "pipeline"
 
 
 def test_auto_choice_follows_the_model():
     # Large state over many ranks: the pipeline; a tiny state: MPI's log-p rounds; one rank: free.
-    assert choose_allscan(64 << 20, 64, LINK, max_blocks=4096)[0] == "pipeline"
-    assert choose_allscan(64, 64, LINK, max_blocks=1) == ("mpi", 1)
-    assert choose_allscan(1 << 20, 1, LINK) == ("pipeline", 1)
-    assert choose_allscan(64 << 20, 64, LINK, blocks=512) == ("pipeline", 512)
-    assert choose_allscan(64 << 20, 64, LINK, blocks=8)[0] == "mpi"  # too few blocks to pay off
+    assert auto_choice(64 << 20, 64, LINK, max_blocks=4096)[0] == "pipeline"
+    assert auto_choice(64, 64, LINK, max_blocks=1) == ("mpi", 1)
+    assert auto_choice(1 << 20, 1, LINK) == ("pipeline", 1)
+    assert auto_choice(64 << 20, 64, LINK, blocks=512) == ("pipeline", 512)
+    assert auto_choice(64 << 20, 64, LINK, blocks=8)[0] == "mpi"  # too few blocks to pay off
     # At 2 and 3 ranks the all-gather's messages cost what MPI's rounds cost: MPI's call wins the tie.
-    assert all(choose_allscan(4096, p, ScanLinks(LINK, LINK, block=50 * LINK.alpha))[0] == "mpi" for p in (2, 3))
+    assert all(auto_choice(4096, p, ScanLinks(LINK, LINK, block=50 * LINK.alpha))[0] == "mpi" for p in (2, 3))
     # Rounds with every rank at work cost more than hops (oversubscribed cores): the one-block chain.
-    assert all(choose_allscan(n, 4, BUSY, max_blocks=n) == ("pipeline", 1) for n in (4096, 1 << 20, 64 << 20))
-
-
-def test_scan_links_take_the_measured_schedules_but_never_less_than_a_link_alone():
-    topology = load_topology_file(SAMPLE_TOPOLOGY, 4, [Device("cpu")] * 4, ["host"] * 4)
-    intra, eth = LinkCost(1e-6, 1e-10), LinkCost(5e-6, 2e-10)
-    topology.link_costs.update({"intra": intra, "eth": eth})
-    assert scan_links(topology, [0, 1]) == ScanLinks(intra, intra)  # nothing measured: the link alone
-    topology.link_costs.update({"chain": LinkCost(3e-6, 1e-10), "shift": LinkCost(9e-6, 4e-10)})
-    assert scan_links(topology, [0, 1]) == ScanLinks(LinkCost(3e-6, 1e-10), LinkCost(9e-6, 4e-10))
-    # across the nodes the eth link alone is slower than the measured chain hop in β and α
-    assert scan_links(topology) == ScanLinks(LinkCost(5e-6, 2e-10), LinkCost(9e-6, 4e-10))
-    topology.link_costs["pipeline_block"] = LinkCost(40e-6, 0.0)
-    assert scan_links(topology).block == 40e-6 and scan_links(topology).block_alpha == 40e-6
-    assert scan_links(topology).calls == ()
-    topology.link_costs.update({"scan_call_mpi": LinkCost(30e-6, 0.0), "scan_call_pipeline": LinkCost(60e-6, 0.0),
-                                "scan_call_mpi_user": LinkCost(200e-6, 0.0)})
-    assert scan_links(topology).calls == (("pipeline", 60e-6), ("mpi", 30e-6), ("mpi_user", 200e-6))
-    assert scan_links(topology).call("ring") == 60e-6 and scan_links(topology).call("allgather") == 0.0
-    assert scan_links(topology).call("mpi", builtin_op=False) == 200e-6
-    assert scan_links(topology).call("pipeline", builtin_op=False) == 60e-6
+    assert all(auto_choice(n, 4, BUSY, max_blocks=n) == ("pipeline", 1) for n in (4096, 1 << 20, 64 << 20))

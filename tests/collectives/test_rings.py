@@ -8,9 +8,10 @@ import hpcrt
 from hpcrt import LinkCost
 from hpcrt.collectives import (CollectiveMismatchError, RingCosts, allgather, allreduce, block_bounds, calibrate,
                                count_link_bytes, predict_ring, reduce_scatter, ring_choice, ring_costs)
-from hpcrt.collectives.costmodel.rings import STEP_WORK, choose_ring_algorithm
+from hpcrt.collectives.costmodel.rings import auto_choice
 from hpcrt.collectives.rings.engine import ring_lanes
-from hpcrt.costmodel.links import bottleneck_link
+from hpcrt.costmodel.model import bottleneck_link
+from hpcrt.costmodel.table import UNMEASURED_STEP_WORK
 
 from array_backends import BACKENDS, to_host as host
 
@@ -197,9 +198,9 @@ def test_ring_choice_names_what_auto_runs(comm):
     rings' already."""
     rt = hpcrt.init({"log_files": False})
     try:
-        rt.topology.link_costs.update({"intra": LinkCost(alpha=1e-6, beta=1 / 1e9),
-                                       "ring_step_ring": LinkCost(alpha=10e-6, beta=1 / 1e9),
-                                       "ring_step_bidir_ring": LinkCost(alpha=12e-6, beta=1 / 1e9)})
+        rt.costs = rt.costs.with_measured(links={"intra": LinkCost(alpha=1e-6, beta=1 / 1e9)},
+                                          steps={"ring": LinkCost(alpha=10e-6, beta=1 / 1e9),
+                                                 "bidir_ring": LinkCost(alpha=12e-6, beta=1 / 1e9)})
         small, mid, large = np.ones(8), np.ones(4096), np.ones(16384)
         expected = [("allreduce", small, "mpi"), ("allreduce", large, "bidir_ring"), ("allgather", small, "mpi"),
                     ("allgather", mid, "bidir_ring"), ("reduce_scatter", small, "mpi"),
@@ -212,10 +213,10 @@ def test_ring_choice_names_what_auto_runs(comm):
                 run[collective](x, comm=rt.comm)
             assert set(sent.sent) == (set() if algorithm == "mpi" else neighbours), (collective, x.nbytes)
         # priced at the input alone, 32 KiB would have gone to MPI's allgather
-        assert choose_ring_algorithm("allgather", mid.nbytes, 4, ring_costs(rt.topology)) == "mpi"
+        assert auto_choice("allgather", mid.nbytes, 4, ring_costs(rt.costs, rt.topology)) == "mpi"
         # nothing measured: a step costs the link plus hpcrt's nominal work on it, and MPI's call wins
         # the small sizes, although ⌊p/2⌋ bidirectional steps pay no more link α than its rounds
-        del rt.topology.link_costs["ring_step_ring"], rt.topology.link_costs["ring_step_bidir_ring"]
+        rt.costs = rt.costs.with_measured(steps={})
         for collective in ("allreduce", "allgather", "reduce_scatter"):
             assert ring_choice(collective, small, comm=rt.comm) == "mpi", collective
         assert ring_choice("allreduce", np.ones(1 << 20), comm=rt.comm) == "bidir_ring"
@@ -324,9 +325,9 @@ def test_predictions_and_auto_choice():
     assert predict_ring("allreduce", "ring", n, 1, link) == 0.0
     # at p = 2 both halves share the one neighbour: no gain
     assert predict_ring("allreduce", "bidir_ring", n, 2, link) == predict_ring("allreduce", "ring", n, 2, link)
-    assert choose_ring_algorithm("allreduce", 8, 8, link) == "mpi"  # latency-bound
-    assert choose_ring_algorithm("allreduce", n, 8, link) == "bidir_ring"  # bandwidth-bound
-    assert choose_ring_algorithm("allgather", n, 2, link) == "mpi"
+    assert auto_choice("allreduce", 8, 8, link) == "mpi"  # latency-bound
+    assert auto_choice("allreduce", n, 8, link) == "bidir_ring"  # bandwidth-bound
+    assert auto_choice("allgather", n, 2, link) == "mpi"
     with pytest.raises(ValueError):
         predict_ring("allreduce", "tree", n, 8, link)
     with pytest.raises(ValueError):
@@ -346,9 +347,9 @@ def test_measured_costs_price_each_algorithm():
     assert predict_ring("allreduce", "bidir_ring", n, p, costs) == pytest.approx(8 * (45e-6 + 7 * n / 64 * 2.5 / 5e9))
     assert predict_ring("allreduce", "mpi", n, p, costs) == pytest.approx(50e-6 + n / 2e9)
     assert predict_ring("reduce_scatter", "mpi", n, p, costs) == pytest.approx((50e-6 + n / 2e9) / 2)
-    assert choose_ring_algorithm("allreduce", n, p, link) == "bidir_ring"
-    assert choose_ring_algorithm("allreduce", n, p, costs) == "ring"
-    assert choose_ring_algorithm("allreduce", n, p, RingCosts(link, costs.steps)) == "mpi"  # MPI at the link alone
+    assert auto_choice("allreduce", n, p, link) == "bidir_ring"
+    assert auto_choice("allreduce", n, p, costs) == "ring"
+    assert auto_choice("allreduce", n, p, RingCosts(link, costs.steps)) == "mpi"  # MPI at the link alone
     # Measurements below the link's formula (noise) are charged the formula; what was not measured, the link.
     fast = RingCosts(link, (("ring", LinkCost(1e-7, 1e-12)),), LinkCost(1e-7, 1e-12))
     assert predict_ring("allgather", "ring", n, p, fast) == pytest.approx(7 * link.time(n / 8))
@@ -358,25 +359,24 @@ def test_measured_costs_price_each_algorithm():
 
 @pytest.mark.mpi(ranks=[2, 3], timeout=90)
 def test_calibrate_measures_what_ring_auto_weighs(comm):
-    """calibrate() puts every ring algorithm's step and MPI's allreduce into the topology, the same
-    on every rank; ring_choice then follows the model at those costs, and a subset of the ranks,
+    """calibrate() puts every ring algorithm's step and MPI's allreduce into the runtime's cost
+    table, the same on every rank; ring_choice then follows the model at those costs, and a subset of the ranks,
     where nothing was measured, is priced at its links alone."""
     rt = hpcrt.init({"log_files": False})
     try:
-        measured = calibrate()
-        keys = {"ring_step_ring", "ring_step_bidir_ring", f"mpi_allreduce_{comm.size}"}
-        assert keys <= set(measured) and all(rt.topology.link_costs[k] == measured[k] for k in keys)
-        assert all(measured[k].alpha > 0 and measured[k].beta > 0 for k in keys), measured
-        assert comm.allgather(measured) == [measured] * comm.size
-        costs = ring_costs(rt.topology)
-        assert dict(costs.steps) == {"ring": measured["ring_step_ring"], "bidir_ring": measured["ring_step_bidir_ring"]}
-        assert costs.mpi_allreduce == measured[f"mpi_allreduce_{comm.size}"]
+        table = calibrate()
+        assert rt.costs is table and set(table.steps) == {"ring", "bidir_ring"}
+        measured = [*table.steps.values(), table.calls["allreduce/mpi"]]
+        assert all(cost.alpha > 0 and cost.beta > 0 for cost in measured), measured
+        assert comm.allgather(table) == [table] * comm.size
+        costs = ring_costs(rt.costs, rt.topology)
+        assert dict(costs.steps) == table.steps and costs.mpi_allreduce == table.calls["allreduce/mpi"]
         subset = list(range(comm.size - 1))  # measured over all ranks: a subset pays its links (and
         # hpcrt's nominal work per step) alone
-        assert ring_costs(rt.topology, subset) == RingCosts(bottleneck_link(rt.topology, subset), step_work=STEP_WORK)
+        assert ring_costs(rt.costs, rt.topology, subset) == RingCosts(bottleneck_link(rt.costs, rt.topology, subset),
+                                                                      step_work=UNMEASURED_STEP_WORK)
         for nbytes in (8, 1 << 16, 1 << 22):
             x = np.ones(nbytes // 8)
-            assert ring_choice("allreduce", x, comm=rt.comm) == choose_ring_algorithm("allreduce", nbytes, comm.size,
-                                                                                      costs)
+            assert ring_choice("allreduce", x, comm=rt.comm) == auto_choice("allreduce", nbytes, comm.size, costs)
     finally:
         hpcrt.finalize()
