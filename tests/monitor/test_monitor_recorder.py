@@ -54,8 +54,9 @@ def test_records_collectives_and_sections(recorder):
     trace.trace_done(blocked + 1)
     assert recorder.depth == 1
     assert recorder.counts_by_label() == {records[1]["comm"]: 2, records[3]["comm"]: 1}
-    assert recorder.coll_time > 0
     array = recorder.to_array()
+    done = array[(array["kind"] == COLLECTIVE) & (array["t_exit"] > 0)]  # the allreduce and the bcast
+    assert len(done) == 2 and recorder.coll_time == pytest.approx(float(np.sum(done["t_exit"] - done["t_enter"])))
     assert array.dtype == RECORD_DTYPE and list(array["op"]) == ["forward", "allreduce", "allgather", "bcast"]
 
 
@@ -127,10 +128,18 @@ def test_arrival_analysis_needs_no_common_clock():
     assert out["bcast"]["wait_ms"] == [2000.0, 0.0] and out["bcast"]["late_ms"] == [0.0, 2000.0]
 
 
-def test_measure_recorder_overhead_reports_every_figure():
+def test_measure_recorder_overhead_figures_add_up_and_leave_the_callers_recorder_alone():
     from hpcrt.monitor import measure_recorder_overhead
-    figures = measure_recorder_overhead(records=2000, steps=3, step_ms=2.0, repeats=1, rounds=2)
+    mine = FlightRecorder(8)
+    trace.set_recorder(mine)
+    try:
+        figures = measure_recorder_overhead(records=2000, steps=3, step_ms=2.0, collectives_per_step=3,
+                                            sections_per_step=2, repeats=1, rounds=2)
+        assert trace._recorder is mine and mine.records() == []
+    finally:
+        trace.set_recorder(None)
     assert set(figures) == {"collective_record_s", "section_record_s", "untraced_hook_s", "python_call_s",
                             "step_s", "records_per_step", "estimated_step_overhead", "measured_step_overhead"}
-    assert figures["step_s"] > 0 and figures["records_per_step"] == 12
-    assert trace._recorder is None
+    assert figures["records_per_step"] == 3 + 2
+    per_step = 3 * figures["collective_record_s"] + 2 * figures["section_record_s"]
+    assert figures["estimated_step_overhead"] == pytest.approx(per_step / figures["step_s"])
