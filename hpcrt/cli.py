@@ -10,12 +10,17 @@ from typing import Optional, Sequence
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
+    """A bad topology file, setting or launcher is said once, by rank 0, and every rank exits with 2."""
+    from hpcrt.core.abort import USER_MISTAKES, say_once_and_exit
     from hpcrt.core.info import collect_info, format_info
     from hpcrt.core.runtime import finalize, init
     config = {"log_files": False, "abort_on_error": True}
     if args.topology:
         config["topology_file"] = args.topology
-    runtime = init(config)
+    try:
+        runtime = init(config)
+    except USER_MISTAKES as error:
+        say_once_and_exit("hpcrt info", error, debug=os.environ.get("HPCRT_LOG_LEVEL", "").upper() == "DEBUG")
     try:
         info = collect_info(runtime)
         if runtime.rank == 0:

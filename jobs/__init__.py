@@ -1,4 +1,7 @@
 """hpcrt.jobs: Hydra applications — ``train`` (the GLA language model on dp × sp ranks, the main
-job), ``bench`` (collective microbenchmarks) — and ``make_tokens`` for the train job's token files."""
+job), ``bench`` (collective microbenchmarks) — ``make_tokens`` for the train job's token files, and
+:func:`main`, the kit for writing one's own Hydra job on hpcrt (see docs/examples/)."""
 
-__all__: list = []
+from hpcrt.jobs.hydra_mpi import main
+
+__all__ = ["main"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import traceback
 from pathlib import Path
 from typing import Optional
 
@@ -23,6 +24,24 @@ class _RankFilter(logging.Filter):
         return True
 
 
+def rank_log_file(log_dir: Path, rank: int) -> Path:
+    """The log file of ``rank`` in ``log_dir``."""
+    return log_dir / f"rank-{rank:05d}.log"
+
+
+def record_traceback(log_dir: Optional[Path], rank: int, error: BaseException) -> None:
+    """Append ``error``'s traceback to the rank's log file (none without ``log_dir``): a user mistake
+    is said in one line on the console, its traceback kept here for whoever needs it."""
+    if log_dir is None:
+        return
+    try:
+        log_dir.mkdir(parents=True, exist_ok=True)
+        with open(rank_log_file(log_dir, rank), "a") as log:
+            log.write("".join(traceback.format_exception(type(error), error, error.__traceback__)))
+    except OSError:
+        pass  # the console still has the one line
+
+
 def setup_logging(rank: int, size: int, node: str, level: str, log_dir: Optional[Path]) -> list:
     """Attach hpcrt's handlers to the ``hpcrt`` logger; returns them so finalize can remove them."""
     logger = logging.getLogger(LOGGER_NAME)
@@ -34,7 +53,7 @@ def setup_logging(rank: int, size: int, node: str, level: str, log_dir: Optional
     handlers: list = [console]
     if log_dir is not None:
         log_dir.mkdir(parents=True, exist_ok=True)
-        handlers.append(logging.FileHandler(log_dir / f"rank-{rank:05d}.log"))
+        handlers.append(logging.FileHandler(rank_log_file(log_dir, rank)))
     for handler in handlers:
         handler.addFilter(rank_filter)
         handler.setFormatter(logging.Formatter(_FORMAT))

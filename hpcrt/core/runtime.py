@@ -8,21 +8,20 @@ import socket
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Optional
+from typing import Any, Callable, Mapping, Optional
 
 from hpcrt.backends.cuda_aware import CudaAwareDecision, decide_cuda_aware
 from hpcrt.backends.staging import PinnedPool, Staging
-from hpcrt.core.abort import AbortHook
+from hpcrt.core.abort import USER_MISTAKES, AbortHook, prepare_agreement
 from hpcrt.core.config import ConfigError, RuntimeConfig, resolve_config
 from hpcrt.core.heap import heap_kept, keep_freed_memory
 from hpcrt.core.launcher import LaunchInfo, check_world_matches, read_launch_env
-from hpcrt.core.logs import setup_logging, teardown_logging
+from hpcrt.core.logs import rank_log_file, setup_logging, teardown_logging
 from hpcrt.core.rundir import agree_run_dir
 from hpcrt.core.ulfm import abort_world, skip_finalize_fence
-from hpcrt.costmodel.table import CostTable
 from hpcrt.topology.discovery import best_nic_kind, cpu_device, discover_nics, gpu_count, gpu_device
 from hpcrt.topology.table import Device, RankInfo, Topology, nominal_link_costs
-from hpcrt.topology.yaml_file import load_topology_file
+from hpcrt.topology.yaml_file import TopologyFileError, load_topology_file
 
 log = logging.getLogger("hpcrt.runtime")
 THREAD_LEVEL_NAMES = {0: "MPI_THREAD_SINGLE", 1: "MPI_THREAD_FUNNELED", 2: "MPI_THREAD_SERIALIZED",
@@ -51,8 +50,6 @@ class Runtime:
     thread_level: int
     heap_kept: bool = False
     """Whether malloc keeps freed memory for reuse (``keep_freed_mb``; once set, for the process's life)."""
-    costs: Optional[CostTable] = None
-    """The cost model's table that ``auto`` weighs: the topology's link costs until ``calibrate()`` measures."""
     run_dir: Optional[Path] = None
     _abort_hook: Optional[AbortHook] = field(default=None, repr=False)
     _log_handlers: list = field(default_factory=list, repr=False)
@@ -89,6 +86,7 @@ def init(config: RuntimeConfig | Mapping[str, Any] | None = None) -> Runtime:
         keep_freed_memory(cfg.keep_freed_mb << 20)
     MPI = _import_mpi(cfg.thread_level)
     world = MPI.COMM_WORLD
+    prepare_agreement(world)
     launch = read_launch_env()
     check_world_matches(launch, world.size, MPI.Get_library_version())
     comm = world.Clone()
@@ -96,6 +94,21 @@ def init(config: RuntimeConfig | Mapping[str, Any] | None = None) -> Runtime:
     if cfg.abort_on_error:
         hook = AbortHook(abort_world, f"rank {comm.rank} of {comm.size} on {socket.gethostname()}")
         hook.install()
+    try:
+        runtime = _start(cfg, comm, launch, MPI.Query_thread(), hook)
+    except USER_MISTAKES:
+        # A bad topology file or setting is raised to the caller, who says it once; no crash report.
+        if hook is not None:
+            hook.uninstall()
+        comm.Free()
+        raise
+    _RUNTIME.append(runtime)
+    log.debug("initialized: %s", runtime)
+    return runtime
+
+
+def _start(cfg: RuntimeConfig, comm: Any, launch: LaunchInfo, thread_level: int, hook: Optional[AbortHook]) -> Runtime:
+    """The runtime on ``comm``: device, topology, CUDA-awareness, run directory and logs."""
     real_local_rank = _local_rank(comm, launch)
     device, xp = _select_device(cfg.device, real_local_rank)
     topology = build_topology(comm, cfg.topology_file, device, real_local_rank)
@@ -104,14 +117,13 @@ def init(config: RuntimeConfig | Mapping[str, Any] | None = None) -> Runtime:
     staging = Staging(decision.enabled, PinnedPool(cfg.staging_pool_mb << 20))
     me = topology.ranks[comm.rank]
     runtime = Runtime(comm, comm.rank, comm.size, me.local_rank, me.node, device, xp, topology, cfg,
-                      decision, staging, launch, MPI.Query_thread(), heap_kept(), CostTable.of(topology), _abort_hook=hook)
+                      decision, staging, launch, thread_level, heap_kept(), _abort_hook=hook)
     if cfg.log_files or cfg.run_dir:
         runtime.run_dir = agree_run_dir(comm, cfg.run_dir)
-    runtime._log_handlers = setup_logging(
-        comm.rank, comm.size, me.node, cfg.log_level,
-        runtime.run_dir / "logs" if cfg.log_files and runtime.run_dir else None)
-    _RUNTIME.append(runtime)
-    log.debug("initialized: %s", runtime)
+    log_dir = runtime.run_dir / "logs" if cfg.log_files and runtime.run_dir else None
+    runtime._log_handlers = setup_logging(comm.rank, comm.size, me.node, cfg.log_level, log_dir)
+    if hook is not None and log_dir is not None:
+        hook.log_file = rank_log_file(log_dir, comm.rank)  # a crash's report is kept with the rank's log
     return runtime
 
 
@@ -180,7 +192,22 @@ def build_topology(comm: Any, topology_file: Optional[str], device: Device, loca
     rows = comm.allgather((host, local_rank, device, discover_nics()))
     hosts = [r[0] for r in rows]
     if topology_file:
-        return load_topology_file(topology_file, comm.size, [r[2] for r in rows], hosts)
+        return _agreed(comm, lambda: load_topology_file(topology_file, comm.size, [r[2] for r in rows], hosts))
     ranks = tuple(RankInfo(rank, h, lr, dev, nics, best_nic_kind(nics), h)
                   for rank, (h, lr, dev, nics) in enumerate(rows))
     return Topology(ranks, nominal_link_costs())
+
+
+def _agreed(comm: Any, load: Callable[[], Topology]) -> Topology:
+    """``load()`` on every rank; a :class:`TopologyFileError` on any rank is raised on every rank
+    (collective), naming the rank when not all found it, so that no rank goes on alone."""
+    try:
+        topology, error = load(), None
+    except TopologyFileError as exc:
+        topology, error = None, str(exc)
+    errors = comm.allgather(error)
+    failed = [rank for rank, text in enumerate(errors) if text is not None]
+    if not failed:
+        return topology
+    first = errors[failed[0]]
+    raise TopologyFileError(first if len(failed) == comm.size else f"on rank {failed[0]}: {first}")

@@ -41,6 +41,11 @@ def resolve_topology_path(name: str | Path) -> Path:
     return path if path.exists() or path.parent != Path(".") or not shipped.exists() else shipped
 
 
+def shipped_topologies() -> list[str]:
+    """The names of the topology files shipped in ``hpcrt/topologies``."""
+    return sorted(p.stem for p in SHIPPED.glob("*.yaml"))
+
+
 class TopologyFileError(ValueError):
     """An invalid topology file; the message names the file, the key and what was expected."""
 
@@ -85,7 +90,8 @@ def load_topology_file(path: str | Path, world_size: int, devices: Sequence, hos
     try:
         raw = yaml.safe_load(Path(path).read_text())
     except OSError as exc:
-        raise TopologyFileError(f"topology file {path}: cannot be read: {exc.strerror}") from None
+        raise TopologyFileError(f"topology file {path}: cannot be read: {exc.strerror}; expected a path or the "
+                                f"name of a shipped topology: {', '.join(shipped_topologies())}") from None
     except yaml.YAMLError as exc:
         raise TopologyFileError(f"topology file {path}: not valid YAML: {exc}") from None
     doc = check.mapping("", raw, _TOP_KEYS, {"nodes", "links"})
@@ -118,8 +124,10 @@ def load_topology_file(path: str | Path, world_size: int, devices: Sequence, hos
         if "groups" in node:
             groups += _parse_groups(check, f"{key}.groups", node["groups"], ranks)
     if sorted(node_of_rank) != list(range(world_size)):
+        placed = len(node_of_rank)
+        hint = f"; run it on {placed} ranks" if sorted(node_of_rank) == list(range(placed)) else ""
         check.fail("nodes", f"the nodes' ranks to cover exactly ranks 0..{world_size - 1} of this "
-                   f"{world_size}-rank job", f"{len(node_of_rank)} rank(s): {sorted(node_of_rank)}")
+                   f"{world_size}-rank job{hint}", f"{placed} rank(s): {sorted(node_of_rank)}")
     mixed = doc.get("mixed")
     if mixed is not None and mixed not in links:
         check.fail("mixed", f"a link class defined under 'links' ({', '.join(sorted(links))})", mixed)

@@ -26,7 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 import hpcrt
 from hpcrt import ConfigError
 from hpcrt.collectives import RingCosts, calibrate, ring_costs, scan_links
-from hpcrt.costmodel.model import SCHEDULES, bottleneck_link
+from hpcrt.costmodel.links import SCHEDULES, bottleneck_link
 
 from hpcrt.jobs.bench.cases import COLLECTIVES, DEFAULT_EXCLUDED, KNOWN_OPS, Algorithm, BenchContext, Collective
 from hpcrt.jobs.bench.config import BenchSettings, parse_settings
@@ -96,7 +96,7 @@ def _ring_costs_entry(costs: RingCosts) -> dict:
 
 def metadata(runtime: hpcrt.Runtime, cfg: DictConfig, nominal: dict, measured: dict, started: str) -> dict:
     """What a reader needs to trust and reproduce the numbers."""
-    scan = scan_links(runtime.costs, runtime.topology)
+    scan = scan_links(runtime.topology)
     return {
         "started": started,
         "finished": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -116,8 +116,8 @@ def metadata(runtime: hpcrt.Runtime, cfg: DictConfig, nominal: dict, measured: d
         "ranks_on_host": sum(r.host == runtime.topology.ranks[runtime.rank].host for r in runtime.topology.ranks),
         "nominal_link_costs": _link_table(nominal),
         "measured_link_costs": _link_table(measured),
-        "prediction_link": _link_entry(bottleneck_link(runtime.costs, runtime.topology)),
-        "prediction_ring_costs": _ring_costs_entry(ring_costs(runtime.costs, runtime.topology)),
+        "prediction_link": _link_entry(bottleneck_link(runtime.topology)),
+        "prediction_ring_costs": _ring_costs_entry(ring_costs(runtime.topology)),
         "prediction_scan_links": {**{schedule: _link_entry(getattr(scan, schedule)) for schedule in SCHEDULES},
                                   "pipeline_block_us": scan.block_alpha * 1e6,
                                   "call_us": {path: seconds * 1e6 for path, seconds in scan.calls}},
@@ -129,15 +129,11 @@ def metadata(runtime: hpcrt.Runtime, cfg: DictConfig, nominal: dict, measured: d
 def run(cfg: DictConfig) -> None:
     """One job of the app (one point of a sweep): check the config, measure, report."""
     started = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
-    try:
-        settings = parse_settings(OmegaConf.to_container(cfg.bench, resolve=True),
-                                  {name: tuple(c.algorithms) for name, c in COLLECTIVES.items()}, KNOWN_OPS, SUITES)
-        algorithms, skipped = select_algorithms(settings) if settings.collectives else ({}, {})
-    except ConfigError as error:
-        # The same config, so the same error, on every rank: said once, by rank 0, with no traceback.
-        if MPI.COMM_WORLD.rank == 0:
-            print(f"bench: {error}", file=sys.stderr, flush=True)
-        sys.exit(2)
+    # A ConfigError here, or a bad topology file in init, is the same on every rank: the app says it
+    # once (hydra_mpi.CheckedTask) and every rank exits with 2.
+    settings = parse_settings(OmegaConf.to_container(cfg.bench, resolve=True),
+                              {name: tuple(c.algorithms) for name, c in COLLECTIVES.items()}, KNOWN_OPS, SUITES)
+    algorithms, skipped = select_algorithms(settings) if settings.collectives else ({}, {})
     runtime = hpcrt.init(cfg.runtime)
     for name, why in skipped.items():
         log.info("%s skipped: %s", name, why)
@@ -161,14 +157,14 @@ def _measure_and_report(runtime: hpcrt.Runtime, cfg: DictConfig, settings: Bench
     # Under link emulation the topology file's costs are what messages pay: measuring the real
     # path beneath would predict the wrong thing.
     measure = settings.link_costs == "measured" and not runtime.topology.emulate
-    measured = calibrate().entries() if measure else {}
-    link, scan = bottleneck_link(runtime.costs, runtime.topology), scan_links(runtime.costs, runtime.topology)
+    measured = calibrate() if measure else {}
+    link, scan = bottleneck_link(runtime.topology), scan_links(runtime.topology)
     source = "emulated, from the topology file" if runtime.topology.emulate else settings.link_costs
     log.info("run directory %s; prediction link alpha %.2f us, %.2f GB/s; ring steps %s; All-Scan chain hop "
              "alpha %.2f us, %.2f GB/s, shift round alpha %.2f us, %.2f GB/s, pipeline block %.2f us, call %s (%s)",
              runtime.run_dir, link.alpha * 1e6, 1e-9 / link.beta,
              ", ".join(f"{algorithm} alpha {step.alpha * 1e6:.1f} us, {1e-9 / step.beta:.2f} GB/s"
-                       for algorithm, step in ring_costs(runtime.costs, runtime.topology).steps) or "not measured",
+                       for algorithm, step in ring_costs(runtime.topology).steps) or "not measured",
              scan.chain.alpha * 1e6, 1e-9 / scan.chain.beta, scan.shift.alpha * 1e6, 1e-9 / scan.shift.beta,
              scan.block_alpha * 1e6,
              ", ".join(f"{path} {seconds * 1e6:.1f} us" for path, seconds in scan.calls) or "not measured", source)
