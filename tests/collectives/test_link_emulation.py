@@ -32,16 +32,18 @@ def test_crossing_messages_take_their_link_time(comm, mpi_tmp_path, monkeypatch)
     monkeypatch.setattr(transport_module, "hold_for", lambda s: (held.append(s), real_hold(s)))
     try:
         t = transport_module.Transport()
-        data, out = np.ones(125_000), np.empty(125_000)   # 1 MB: 3 ms + 10 ms on the ib link
+        payload = [np.arange(125_000) + 1e6 * r for r in range(comm.size)]  # 1 MB each, one per rank
+        data, out = payload[rt.rank], np.empty(125_000)     # 1 MB: 3 ms + 10 ms on the ib link
         cross, same = rt.rank ^ 1, rt.rank ^ 2              # 0<->1 crosses nodes, 0<->2 stays on node a
         start = time.perf_counter()
         t.sendrecv(data, cross, out, cross)
         elapsed = time.perf_counter() - start
         assert held == [pytest.approx(3e-3 + 1e6 / 0.1e9)]
         assert elapsed >= 0.013
+        np.testing.assert_array_equal(out, payload[cross])
         held.clear()
         t.sendrecv(data, same, out, same)
         assert held == []
-        np.testing.assert_array_equal(out, data)
+        np.testing.assert_array_equal(out, payload[same])
     finally:
         hpcrt.finalize()
