@@ -24,27 +24,21 @@ WARNING naming the step skipped and why).
 
 from __future__ import annotations
 
-import collections
-import json
 import logging
-import math
-from typing import Any, Optional
+from typing import Optional
 
 import numpy as np
 
 from hpcrt.checkpoint.errors import CheckpointError, CheckpointNotFoundError
 from hpcrt.checkpoint.files.levels import DISK_LEVELS, Places
 from hpcrt.checkpoint.format import manifest
-from hpcrt.checkpoint.format.entries import Shard
-from hpcrt.checkpoint.format.hdf5 import (JSON_ATTR, check_rank_file, dataset_view, open_image, packed_base,
-                                          read_verified)
+from hpcrt.checkpoint.format.hdf5 import check_rank_file, open_image, read_verified
+from hpcrt.checkpoint.restore.assemble import assemble
+from hpcrt.checkpoint.restore.plan import all_owners, choose_loader, files_needed, plain_source, plan_boxes
 from hpcrt.checkpoint.save.collective import Collectives
 from hpcrt.core.tags import CHECKPOINT_RESTORE
 
 log = logging.getLogger("hpcrt.checkpoint")
-VIEW_SHARE = 0.5
-"""Whole datasets come back as views of their file image only when this rank takes at least this
-share of the image's bytes as such; below it they are copied, so that the image can be freed."""
 
 
 def candidates(found: dict) -> list:
@@ -108,82 +102,6 @@ def restore(coll: Collectives, places: Places, nodes: list, step: Optional[int],
                                   + (" — " + "; ".join(failures) if failures else " (none committed)"))
 
 
-def plan_boxes(layouts: list, new_size: int, requests: list) -> list:
-    """Per current rank, ``{key: (offset, shape)}`` of each sharded key it will get."""
-    shard_entries = [e for e in layouts[0] if e.global_shape is not None]
-    keyed = [{e.key: e for e in entries} for entries in layouts] if new_size == len(layouts) else []
-    plans = []
-    for rank in range(new_size):
-        request, plan = requests[rank], {}
-        for entry in shard_entries:
-            if entry.key in request:
-                offset, shape = (tuple(int(n) for n in v) for v in request[entry.key])
-            elif new_size == len(layouts):
-                mine = keyed[rank][entry.key]
-                offset, shape = mine.offset, mine.shape
-            else:
-                offset, shape = even_split(entry.global_shape, rank, new_size)
-            if len(offset) != len(entry.global_shape) or len(shape) != len(offset) or any(
-                    o < 0 or n < 0 or o + n > g for o, n, g in zip(offset, shape, entry.global_shape)):
-                raise CheckpointError(f"restore: rank {rank} asked for offset {offset} shape {shape} of key "
-                                      f"{entry.key!r}, which does not fit its global shape {entry.global_shape}")
-            plan[entry.key] = (offset, shape)
-        unknown = set(request) - {e.key for e in shard_entries}
-        if unknown:
-            raise CheckpointError(f"restore: rank {rank} asked for shards of {sorted(unknown)}, which are not "
-                                  f"sharded keys of the checkpoint")
-        plans.append(plan)
-    return plans
-
-
-def even_split(global_shape: tuple, rank: int, size: int) -> tuple:
-    """Rank ``rank``'s block of an even split along axis 0 (the first ``n % size`` ranks get one more row)."""
-    rows, extra = divmod(global_shape[0], size)
-    start = rank * rows + min(rank, extra)
-    return (start,) + (0,) * (len(global_shape) - 1), (rows + (rank < extra),) + tuple(global_shape[1:])
-
-
-def all_owners(layouts: list) -> dict:
-    """Per sharded key, (old rank, entry) per distinct non-empty box (the lowest rank of each replica set)."""
-    keyed = [{e.key: e for e in entries} for entries in layouts]
-    owners = {}
-    for first in layouts[0]:
-        if first.global_shape is None:
-            continue
-        seen, owners[first.key] = set(), []
-        for rank, entries in enumerate(keyed):
-            entry = entries[first.key]
-            if 0 not in entry.shape and (entry.offset, entry.shape) not in seen:
-                seen.add((entry.offset, entry.shape))
-                owners[first.key].append((rank, entry))
-    return owners
-
-
-def _intersection(offset_a: tuple, shape_a: tuple, offset_b: tuple, shape_b: tuple) -> Optional[tuple]:
-    lo = tuple(max(a, b) for a, b in zip(offset_a, offset_b))
-    hi = tuple(min(a + m, b + n) for a, m, b, n in zip(offset_a, shape_a, offset_b, shape_b))
-    return None if any(h <= low for low, h in zip(lo, hi)) else (lo, hi)
-
-
-def _needs(layouts: list, plans: list, owners: dict) -> list:
-    old_size = len(layouts)
-    needs = []
-    for rank, plan in enumerate(plans):
-        need = {rank % old_size}
-        for key, (offset, shape) in plan.items():
-            need.update(r for r, e in owners[key] if _intersection(offset, shape, e.offset, e.shape))
-        needs.append(need)
-    return needs
-
-
-def _loader(level: str, record: dict, needers: list, nodes: list, old_rank: int) -> Optional[int]:
-    if level == "global":
-        return needers[0]
-    on_node = [r for r, n in enumerate(nodes) if n == record["node"]]
-    candidates = [r for r in on_node if r in needers] or on_node
-    return candidates[old_rank % len(candidates)] if candidates else None
-
-
 def _try_step(coll: Collectives, places: Places, nodes: list, step: int, manifests: dict,
               requests: list) -> tuple:
     """``(flat state, {old rank: level})`` or ``(None, why)``, identical on every rank. Each file
@@ -193,7 +111,7 @@ def _try_step(coll: Collectives, places: Places, nodes: list, step: int, manifes
     layouts = manifest.layouts_of(next(iter(manifests.values())))
     plans = plan_boxes(layouts, coll.size, requests)
     owners = all_owners(layouts)
-    needs = _needs(layouts, plans, owners)
+    needs = files_needed(layouts, plans, owners)
     needers = {r: [j for j in range(coll.size) if r in needs[j]] for r in set().union(*needs)}
     images, resolved, problems = {}, {}, []
     for level in (lv for lv in DISK_LEVELS if lv in manifests):
@@ -201,7 +119,7 @@ def _try_step(coll: Collectives, places: Places, nodes: list, step: int, manifes
         mine_ok, mine_bad = [], []
         for old in sorted(set(needers) - set(resolved)):
             record = records.get(old)
-            loader = None if record is None else _loader(level, record, needers[old], nodes, old)
+            loader = None if record is None else choose_loader(level, record, needers[old], nodes, old)
             if loader == coll.rank:
                 try:
                     path = places.confined(level, record["node"], record["path"])
@@ -221,7 +139,8 @@ def _try_step(coll: Collectives, places: Places, nodes: list, step: int, manifes
                       + (" (" + "; ".join(problems) + ")" if problems else ""))
     _distribute(coll, needers, resolved, images)
     try:
-        flat, error = _assemble(layouts, plans[coll.rank], coll.rank % len(layouts), images, owners), None
+        flat, error = assemble(layouts, plans[coll.rank], plain_source(coll.rank, len(layouts)), images,
+                               owners), None
     except Exception as exc:  # a verified image that h5py cannot read: try an older step everywhere
         flat, error = None, f"rank {coll.rank}: {type(exc).__name__}: {exc}"
     errors = [e for e in coll.allgather(error, "ckpt_restore_done") if e]
@@ -246,77 +165,3 @@ def _distribute(coll: Collectives, needers: dict, resolved: dict, images: dict) 
     coll.traced_wait(requests, "ckpt_restore_files", nbytes, keep=dict(images))
     for old in [o for o in images if comm.rank not in needers[o]]:
         del images[old]
-
-
-def _assemble(layouts: list, plan: dict, source: int, images: dict, owners: Optional[dict] = None) -> dict:
-    """This rank's flat state: JSON values and plain arrays of old rank ``source``, shards sliced
-    out of every old file that overlaps the planned boxes. A whole dataset (or packed array) comes
-    back as a view of its verified image when this rank takes at least ``VIEW_SHARE`` of that
-    image's bytes so (a small array must not keep a large image alive), else as a copy; other
-    boxes are assembled, and must be covered whole by the saved shards."""
-    owners = all_owners(layouts) if owners is None else owners
-    files = {old: open_image(data) for old, data in images.items()}
-    try:
-        packs = {old: packed_base(f) for old, f in files.items()}
-        flat: dict = json.loads(files[source].attrs[JSON_ATTR])
-        whole, boxes = {}, []
-        for entry in layouts[source]:
-            if entry.global_shape is None:
-                whole[entry.key] = (source, entry)
-                continue
-            box = plan[entry.key]
-            exact = [(old, owned) for old, owned in owners[entry.key] if (owned.offset, owned.shape) == box]
-            if exact:
-                whole[entry.key] = exact[0]
-            else:
-                boxes.append(entry)
-        taken: dict = collections.Counter()
-        for old, owned in whole.values():
-            taken[old] += owned.nbytes
-        for entry in layouts[source]:
-            if entry.key in whole:
-                old, owned = whole[entry.key]
-                as_view = taken[old] >= VIEW_SHARE * images[old].nbytes
-                if packs[old] is not None and owned.packed:
-                    start = packs[old] + owned.buf_offset
-                    array = images[old][start:start + owned.nbytes].view(owned.dtype).reshape(owned.shape)
-                    array = array if as_view and array.flags.aligned else array.copy()
-                else:
-                    array = _read(files[old], images[old], owned, as_view)
-                flat[entry.key] = array if entry.global_shape is None else \
-                    Shard(array, entry.global_shape, plan[entry.key][0])
-        for entry in boxes:
-            offset, shape = plan[entry.key]
-            out = np.empty(shape, dtype=entry.dtype)
-            covered = 0
-            for old, owned in owners[entry.key]:
-                box = _intersection(offset, shape, owned.offset, owned.shape)
-                if box is not None:
-                    lo, hi = box
-                    covered += math.prod(b - a for a, b in zip(lo, hi))
-                    source_box = tuple(slice(a - o, b - o) for a, b, o in zip(lo, hi, owned.offset))
-                    target_box = tuple(slice(a - o, b - o) for a, b, o in zip(lo, hi, offset))
-                    part = dataset_view(files[old], images[old], entry.key)
-                    if part is not None:
-                        out[target_box] = part[source_box]
-                    else:
-                        files[old][entry.key].read_direct(out, source_box, target_box)
-            if covered != out.size:
-                raise ValueError(f"key {entry.key!r}: the saved shards cover {covered} of the {out.size} elements "
-                                 f"asked for at offset {offset}")
-            flat[entry.key] = Shard(out, entry.global_shape, offset)
-        return flat
-    finally:
-        for f in files.values():
-            f.close()
-
-
-def _read(f: Any, image: np.ndarray, entry: Any, as_view: bool) -> np.ndarray:
-    """A whole dataset: a view of the image (``as_view``, and aligned), a copy of it, or read by HDF5."""
-    view = dataset_view(f, image, entry.key)
-    if view is not None:
-        return view if as_view and view.flags.aligned else view.copy()
-    out = np.empty(entry.shape, dtype=entry.dtype)
-    if out.size:
-        f[entry.key].read_direct(out)
-    return out

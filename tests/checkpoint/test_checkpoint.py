@@ -98,7 +98,7 @@ def test_restore_views_images_it_mostly_uses_and_copies_from_others(tmp_path):
     from hpcrt.backends.staging import PinnedPool
     from hpcrt.checkpoint.format.entries import flatten
     from hpcrt.checkpoint.format.hdf5 import ALIGNMENT, file_attrs, open_image, read_verified, write_rank_file
-    from hpcrt.checkpoint.restore.restore import _assemble
+    from hpcrt.checkpoint.restore.assemble import assemble as _assemble
     from hpcrt.checkpoint.save.snapshot import take_snapshot
     images, layouts, N = {}, [], 100_000
     for rank in range(2):  # two saved ranks: a shard of a global array, and small per-rank arrays

@@ -296,7 +296,7 @@ def test_many_small_arrays_are_packed_into_one_dataset(tmp_path):
     from hpcrt.checkpoint.format import manifest
     from hpcrt.checkpoint.format.entries import flatten
     from hpcrt.checkpoint.format.hdf5 import file_attrs, read_verified, write_rank_file
-    from hpcrt.checkpoint.restore.restore import _assemble
+    from hpcrt.checkpoint.restore.assemble import assemble as _assemble
     from hpcrt.checkpoint.save.snapshot import take_snapshot
     state = {f"layer{i:04d}": {"bias": np.full(8, i, dtype=np.float64)} for i in range(10_000)}
     state["big"] = np.arange(1 << 16, dtype=np.float32)
