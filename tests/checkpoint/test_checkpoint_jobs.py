@@ -45,14 +45,16 @@ def test_sigkill_in_every_phase_restores_a_committed_step(launch, tmp_path):
 
 def test_restart_on_other_rank_counts(launch, tmp_path):
     """4 → 2 and 4 → 3 ranks on one (real) node, where only the global level is reachable, and
-    2 → 3; every rank's shard equals the global array at its offset."""
+    2 → 3: every rank gets the rows of numpy's even split, the shards of all ranks tile each
+    global array once, and plain values are those of saved rank ``rank % 4`` (or ``% 2``)."""
     for saved, restored in ((4, (2, 3)), (2, (3,))):
         directory, local = tmp_path / f"from{saved}", tmp_path / f"local{saved}"
         env = TOPOLOGY if saved == 4 else {}
         assert launch([JOB, "save", str(directory), str(local), "3"], ranks=saved, timeout=60,
                       env=env).returncode == 0
         for ranks in restored:
-            (row,) = results(launch([JOB, "check", str(directory), str(local)], ranks=ranks, timeout=60))
+            (row,) = results(launch([JOB, "check", str(directory), str(local)], ranks=ranks, timeout=60,
+                                    env={"CKPT_SAVED_SIZE": str(saved)}))
             assert row["ok"] and row["step"] == 3, row
 
 

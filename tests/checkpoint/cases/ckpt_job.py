@@ -6,6 +6,7 @@
                                             Checkpointer and save step 2 again with other data;
                                             the last rank SIGKILLs itself in PHASE of that save
     ckpt_job.py check DIR LOCAL [DIR LOCAL ...]   restore each, compare with what was saved
+                                            ($CKPT_SAVED_SIZE: the rank count that saved it)
 
 The saved state is a pure function of (step, rank, world size), so a fresh job knows what every
 committed step must hold, bit for bit, whatever the rank count."""
@@ -106,7 +107,7 @@ def resave(directory, local, phase):
         ck.wait()
     ck = Checkpointer(directory, local_dir=local, keep=1)
     step, got = ck.restore()
-    assert step == 2 and compare(got, 2, rt.rank, rt.size), "the restore before the re-save"
+    assert step == 2 and not compare(got, 2, rt.rank, rt.size), "the restore before the re-save"
 
     def hook(name):
         if name == phase:
@@ -133,27 +134,59 @@ def check(pairs):
             except CheckpointNotFoundError:
                 results.append({"dir": directory, "step": None, "committed": committed, "ok": True})
                 continue
-            ok = compare(got, step, rt.rank, rt.size)
+            saved_size = int(os.environ.get("CKPT_SAVED_SIZE", rt.size))
+            wrong = compare(got, step, rt.rank, rt.size, saved_size) + tiling(rt.comm, got)
             tmp_left = [str(p) for root in (ck.places.directory, ck.places.local_root)
                         for p in root.rglob("*.tmp")]
-            oks = rt.comm.allgather(ok)
-            results.append({"dir": directory, "step": step, "committed": committed, "ok": all(oks),
+            everyone = rt.comm.allgather(wrong)
+            results.append({"dir": directory, "step": step, "committed": committed, "ok": not any(everyone),
+                            "wrong": [w for ws in everyone for w in ws],
                             "sources": sorted(set(ck.restored_from.values())), "tmp_left": tmp_left})
     if rt.rank == 0:
         print("RESULTS " + json.dumps(results), flush=True)
 
 
-def compare(got, step, rank, size):
-    """This rank's restored shards equal the global arrays of ``step`` at their offsets; plain
-    values are those of old rank ``rank % old size`` (checked through their own content)."""
-    arrays = full(step)
+def expected_rows(n, rank, size, saved_size):
+    """Rows ``[start, stop)`` of axis 0 that ``rank`` must get back, worked out here, not asked of
+    the restore: the saved cut on the saved rank count, else numpy's even split (the first
+    ``n % size`` ranks one row more)."""
+    if size == saved_size:
+        return bounds(n, size)[rank]
+    rows = np.array_split(np.arange(n), size)[rank]
+    return int(rows[0]), int(rows[-1]) + 1
+
+
+def compare(got, step, rank, size, saved_size=None):
+    """What is wrong with this rank's restore of ``step`` (empty: nothing): each shard holds exactly
+    the rows :func:`expected_rows` gives, at that offset, equal to the global array; plain values
+    are saved rank ``rank % saved_size``'s, computed from that rank number, not read back."""
+    saved_size = size if saved_size is None else saved_size
+    arrays, wrong = full(step), []
     for name, shard in (("w", got["model"]["w"]), ("v", got["v"])):
-        box = tuple(slice(o, o + n) for o, n in zip(shard.offset, shard.array.shape))
-        if shard.array.dtype != arrays[name].dtype or not np.array_equal(shard.array, arrays[name][box]):
-            return False
-    old_rank = got["meta"]["rank"]
-    return (got["meta"]["step"] == step and np.array_equal(got["mine"], np.full(3, old_rank * 100 + step))
-            and got["rng"] == np.random.default_rng([step, old_rank]).bit_generator.state)
+        start, stop = expected_rows(arrays[name].shape[0], rank, size, saved_size)
+        want = arrays[name][start:stop]
+        if shard.offset != (start,) + (0,) * (want.ndim - 1) or shard.global_shape != arrays[name].shape:
+            wrong.append(f"{name}: offset {shard.offset} of {shard.global_shape}, want rows {start}:{stop}")
+        elif shard.array.dtype != want.dtype or not np.array_equal(shard.array, want):
+            wrong.append(f"{name}: the data of rows {start}:{stop} differ")
+    old = rank % saved_size
+    if got["meta"] != {"step": step, "rank": old} or not np.array_equal(got["mine"], np.full(3, old * 100 + step)) \
+            or got["rng"] != np.random.default_rng([step, old]).bit_generator.state:
+        wrong.append(f"plain values are not saved rank {old}'s: meta {got['meta']}, mine {got['mine'].tolist()}")
+    return wrong
+
+
+def tiling(comm, got):
+    """What is wrong with the shards of all ranks together: each global element exactly once."""
+    wrong = []
+    for name, shard in (("w", got["model"]["w"]), ("v", got["v"])):
+        count = np.zeros(shard.global_shape, dtype=np.int64)
+        for offset, shape in comm.allgather((shard.offset, shard.array.shape)):
+            count[tuple(slice(o, o + n) for o, n in zip(offset, shape))] += 1
+        if not (count == 1).all():
+            wrong.append(f"{name}: {int((count == 0).sum())} elements on no rank, {int((count > 1).sum())} on "
+                         f"more than one")
+    return wrong
 
 
 if __name__ == "__main__":
