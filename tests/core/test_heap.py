@@ -45,3 +45,13 @@ def test_kept_heap_stops_refaulting_below_its_bound(launch):
     assert max(on["32 MiB"][1:]) <= PAGES_32_MIB // 100, on  # the first round's pages, reused
     # 512 MiB freed at once is more than the 128 MiB bound: handed back, faulted in again next round.
     assert min(on["256 MiB"][1:]) >= 8 * PAGES_32_MIB // 2, on
+
+
+@pytest.mark.parametrize("keep_freed_mb, bound", [(2047, 2047 << 20), (2048, 2**31 - 1), (5000, 2**31 - 1)])
+def test_a_bound_above_2047_mb_counts_as_the_largest_malloc_takes(launch, keep_freed_mb, bound):
+    script = ("import hpcrt; from hpcrt.core import heap; "
+              f"rt = hpcrt.init({{'log_files': False, 'keep_freed_mb': {keep_freed_mb}}}); "
+              "print(rt.heap_kept, heap._KEPT)")  # the bound handed to mallopt, which takes a C int
+    result = launch(["-c", script])
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["True", f"[{bound}]"]
