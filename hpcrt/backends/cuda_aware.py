@@ -1,11 +1,37 @@
-"""Whether GPU buffers go to MPI directly: explicit setting > probe hint > host staging."""
+"""Whether GPU buffers go to MPI directly: explicit setting > probe hint, confirmed > host staging.
+
+``MPIX_Query_cuda_support`` is wrong in both directions on some builds, so a probe's yes holds only
+once every rank's probe said yes and a device-buffer exchange, checked numerically, passed on every
+rank: first each rank alone in a child process (a library that reads device memory as host memory
+kills the child, not the job), then between the ranks with a bounded wait. Run as
+``python -m hpcrt.backends.cuda_aware DEVICE`` it is that child (DEVICE: a GPU index or ``cpu``).
+"""
 
 from __future__ import annotations
 
 import ctypes
+import os
 import re
-from dataclasses import dataclass
-from typing import Optional
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, replace
+from typing import Any, Optional
+
+import numpy as np
+
+EXCHANGE_SIZES = (8, 1 << 17)
+"""Float64 values per exchange: an eager message and a 1 MiB one (rendezvous, GPU IPC paths)."""
+EXCHANGE_TIMEOUT_S = 20.0
+"""Bound on each exchange between the ranks; a transport that never delivers fails the check."""
+CHILD_TIMEOUT_S = 60.0
+"""Bound on the child process's check (its interpreter, MPI and CUDA start-up included)."""
+EXCHANGE_TAG = 7
+_ABANDONED: list = []
+"""Buffers and requests of exchanges that timed out: MPI may still write them, so they are never freed."""
+_LAUNCHER_VARIABLES = re.compile(r"^(PMI_|PMIX_|PRTE_|HYDRA_|HYDI_|MPI_LOCAL|OMPI_(?!MCA_)|OMPI_MCA_(ess|pmix|orte))")
+"""What tells MPI it runs under a launcher: the child must start a singleton, not join the job."""
 
 
 @dataclass(frozen=True)
@@ -14,6 +40,10 @@ class CudaAwareDecision:
 
     enabled: bool
     reason: str
+    probed: Optional[bool] = None
+    """``MPIX_Query_cuda_support``'s answer (None: not asked, or the library has no such function)."""
+    confirmed: Optional[bool] = None
+    """Whether the device-buffer exchange passed on every rank (None: not run)."""
 
 
 def loaded_mpi_library() -> Optional[str]:
@@ -58,5 +88,130 @@ def decide_cuda_aware(setting: str, env_setting: Optional[str] = None,
         return CudaAwareDecision(False, f"set to no by {source}; GPU buffers are staged through pinned host memory")
     answer, how = probe if probe is not None else probe_cuda_support()
     if answer:
-        return CudaAwareDecision(True, f"probe: {how}")
-    return CudaAwareDecision(False, f"probe: {how}; GPU buffers are staged through pinned host memory")
+        return CudaAwareDecision(True, f"probe: {how}", probed=True)
+    return CudaAwareDecision(False, f"probe: {how}; {STAGED}", probed=answer)
+
+
+STAGED = "GPU buffers are staged through pinned host memory"
+
+
+def confirm_cuda_aware(comm: Any, decision: CudaAwareDecision, device: Optional[int]) -> CudaAwareDecision:
+    """Collective over ``comm``: keep a probe's yes only if every rank's probe said yes and the device-buffer
+    exchange passed on every rank, else stage on every rank; the reason names the ranks that failed.
+
+    ``device`` is the rank's GPU index, or None on a CPU rank (whose device buffers are fake GPU arrays).
+    """
+    wants = comm.allgather(decision.enabled and decision.probed is True)
+    if not decision.enabled or decision.probed is not True:
+        return decision
+    if not all(wants):
+        return _staged(decision, None, f"the probe did not say yes on rank(s) {_ranks(wants, False)}")
+    for check in (lambda: isolated_self_exchange(device), lambda: ring_exchange(comm, device)):
+        failures = comm.allgather(check())
+        if any(failures):
+            first = next(r for r, text in enumerate(failures) if text)
+            return _staged(decision, False, f"the device-buffer exchange failed on rank(s) "
+                                            f"{_ranks(failures, True)} (rank {first}: {failures[first]})")
+    return replace(decision, reason=f"{decision.reason}; confirmed by a device-buffer exchange on every rank, "
+                                    f"checked value by value", confirmed=True)
+
+
+def _staged(decision: CudaAwareDecision, confirmed: Optional[bool], why: str) -> CudaAwareDecision:
+    return replace(decision, enabled=False, confirmed=confirmed, reason=f"{decision.reason}, but {why}; {STAGED}")
+
+
+def _ranks(values: list, which: bool) -> str:
+    return ", ".join(str(rank) for rank, value in enumerate(values) if bool(value) == which)
+
+
+def payload(rank: int, count: int) -> np.ndarray:
+    """What ``rank`` sends: values no stale or zeroed buffer holds by chance."""
+    return np.arange(count, dtype=np.float64) * 3.0 + rank * 1e6 + 0.5
+
+
+def _device_array(values: np.ndarray, device: Optional[int]) -> Any:
+    """``values`` on the GPU ``device`` (synchronized, ready for MPI), or on the fake GPU for None."""
+    if device is None:
+        from hpcrt.backends.fakegpu import to_fake_gpu
+        return to_fake_gpu(values)
+    import cupy
+    with cupy.cuda.Device(device):
+        array = cupy.asarray(values)
+        cupy.cuda.Device(device).synchronize()
+    return array
+
+
+def ring_exchange(comm: Any, device: Optional[int], timeout_s: Optional[float] = None) -> Optional[str]:
+    """Send device buffers to the next rank and receive from the previous one, within ``timeout_s`` each;
+    None when every value arrived right, else what went wrong first. Every size is exchanged even after
+    wrong values, so that no other rank waits for this one; the caller agrees on the outcome."""
+    timeout_s = EXCHANGE_TIMEOUT_S if timeout_s is None else timeout_s
+    private = comm.Dup()
+    left, right = (comm.rank - 1) % comm.size, (comm.rank + 1) % comm.size
+    wrong = []
+    for count in EXCHANGE_SIZES:
+        try:
+            send = _device_array(payload(comm.rank, count), device)
+            received = _device_array(np.zeros(count), device)
+            requests = [private.Irecv(received, source=left, tag=EXCHANGE_TAG),
+                        private.Isend(send, dest=right, tag=EXCHANGE_TAG)]
+        except Exception as exc:  # an MPI that refuses device buffers may say so
+            private.Free()
+            return f"MPI refused a device buffer: {exc}"
+        if not _completed(requests, timeout_s):
+            _ABANDONED.append((private, send, received, requests))
+            return f"{count} values to rank {right} and from rank {left} not delivered within {timeout_s:g} s"
+        errors = int(np.count_nonzero(received.get() != payload(left, count)))
+        wrong += [f"{errors} of {count} values received from rank {left} were wrong"] if errors else []
+    private.Free()
+    return wrong[0] if wrong else None
+
+
+def _completed(requests: list, timeout_s: float) -> bool:
+    """Whether all ``requests`` completed within ``timeout_s`` (polled: MPI has no wait with a timeout)."""
+    from mpi4py import MPI
+    deadline = time.monotonic() + timeout_s
+    while not MPI.Request.Testall(requests):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.001)
+    return True
+
+
+def self_exchange_command(device: Optional[int]) -> list[str]:
+    """The child's command line (runpy's warning that hpcrt imported this module already is silenced)."""
+    return [sys.executable, "-W", "ignore::RuntimeWarning:runpy", "-m", "hpcrt.backends.cuda_aware",
+            "cpu" if device is None else str(device)]
+
+
+def isolated_self_exchange(device: Optional[int]) -> Optional[str]:
+    """The exchange of a singleton MPI process with itself, in a child process: None when it passed."""
+    return run_check(self_exchange_command(device), CHILD_TIMEOUT_S)
+
+
+def run_check(command: list[str], timeout_s: float) -> Optional[str]:
+    """Run ``command`` outside the job (launcher variables removed): None on exit status 0, else why not
+    (a crash by signal, a timeout, or its last line of output)."""
+    env = {key: value for key, value in os.environ.items() if not _LAUNCHER_VARIABLES.match(key)}
+    try:
+        done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        return f"the check in a child process did not finish within {timeout_s:g} s"
+    if done.returncode == 0:
+        return None
+    last = (done.stdout + done.stderr).strip().splitlines()[-1:] or ["no output"]
+    if done.returncode < 0:
+        return f"the check in a child process was killed by {signal.Signals(-done.returncode).name} ({last[0]})"
+    return f"the check in a child process failed with exit status {done.returncode}: {last[0]}"
+
+
+def _self_exchange_main(argv: list[str]) -> int:
+    """The child: a singleton MPI process exchanging device buffers with itself."""
+    from mpi4py import MPI
+    failure = ring_exchange(MPI.COMM_SELF, None if argv[0] == "cpu" else int(argv[0]))
+    print(failure or "device-buffer self-exchange passed", flush=True)
+    return 1 if failure else 0
+
+
+if __name__ == "__main__":
+    sys.exit(_self_exchange_main(sys.argv[1:]))

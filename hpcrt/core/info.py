@@ -25,6 +25,8 @@ def collect_info(runtime: Runtime) -> dict:
         "launcher": runtime.launch.launcher or "none (singleton)",
         "cuda_aware": runtime.cuda_aware.enabled,
         "cuda_aware_reason": runtime.cuda_aware.reason,
+        "cuda_aware_probed": runtime.cuda_aware.probed,
+        "cuda_aware_confirmed": runtime.cuda_aware.confirmed,
         "topology_source": topo.source,
         "link_emulation": topo.emulate,
         "nodes": topo.nodes,
@@ -43,6 +45,8 @@ def format_info(info: dict) -> str:
         f"launcher         : {info['launcher']}",
         f"thread level     : {info['thread_level']} (requested {info['thread_level_requested']})",
         f"CUDA-aware MPI   : {'yes' if info['cuda_aware'] else 'no'} — {info['cuda_aware_reason']}",
+        f"  probed         : {_answer(info['cuda_aware_probed'], 'yes', 'no', 'not asked')}",
+        f"  confirmed      : {_answer(info['cuda_aware_confirmed'], 'yes', 'no', 'not tested')}",
         f"topology         : {info['topology_source']}"
         + (" (link emulation on)" if info["link_emulation"] else ""),
         f"ranks            : {len(info['ranks'])} on {len(nodes)} node(s): {', '.join(nodes)}",
@@ -55,6 +59,10 @@ def format_info(info: dict) -> str:
     lines += [f"  {name:<6} {c['alpha_us']:8.2f} us {c['bandwidth_gbytes_s']:9.2f} GB/s"
               for name, c in info["link_costs"].items()]
     return "\n".join(lines)
+
+
+def _answer(value: Any, yes: str, no: str, unknown: str) -> str:
+    return unknown if value is None else yes if value else no
 
 
 def _rank_row(rank: dict) -> tuple:

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Optional
 
-from hpcrt.backends.cuda_aware import CudaAwareDecision, decide_cuda_aware
+from hpcrt.backends.cuda_aware import CudaAwareDecision, confirm_cuda_aware, decide_cuda_aware
 from hpcrt.backends.staging import PinnedPool, Staging
 from hpcrt.core.abort import USER_MISTAKES, AbortHook, prepare_agreement
 from hpcrt.core.config import ConfigError, RuntimeConfig, resolve_config
@@ -114,6 +114,7 @@ def _start(cfg: RuntimeConfig, comm: Any, launch: LaunchInfo, thread_level: int,
     topology = build_topology(comm, cfg.topology_file, device, real_local_rank)
     env_set = "environment variable HPCRT_CUDA_AWARE" if "HPCRT_CUDA_AWARE" in os.environ else None
     decision = decide_cuda_aware(cfg.cuda_aware, env_set)
+    decision = confirm_cuda_aware(comm, decision, device.index)  # collective: a probe's yes is tested
     staging = Staging(decision.enabled, PinnedPool(cfg.staging_pool_mb << 20))
     me = topology.ranks[comm.rank]
     runtime = Runtime(comm, comm.rank, comm.size, me.local_rank, me.node, device, xp, topology, cfg,

@@ -5,6 +5,7 @@ import os
 import socket
 import subprocess
 import sys
+import textwrap
 
 from mpi4py import MPI
 
@@ -18,8 +19,34 @@ def test_single_process_table(launch):
     library = MPI.Get_library_version().splitlines()[0].strip()
     assert library in out and "thread level     : MPI_THREAD_" in out
     assert "CUDA-aware MPI   : no" in out and "staged" in out
+    assert "  probed         : no\n  confirmed      : not tested\n" in out  # the wheel's MPICH answers 0
     assert f"1 on 1 node(s): {socket.gethostname()}" in out
     assert "rank  node" in out
+
+
+PROBE_SAYS_YES_RANK_0_SENDS_WRONG_NUMBERS = textwrap.dedent("""
+    import sys
+    from mpi4py import MPI
+    from hpcrt.backends import cuda_aware
+    from hpcrt.cli import main
+    cuda_aware.probe_cuda_support = lambda library=None: (True, "a test probe saying 1")
+    if MPI.COMM_WORLD.rank == 0:
+        right = cuda_aware.payload
+        cuda_aware.payload = lambda rank, count: right(rank, count) * (2 if rank == 0 else 1)
+    sys.exit(main(sys.argv[1:]))
+""")
+
+
+def test_info_shows_what_was_probed_and_what_was_confirmed(launch, tmp_path):
+    (tmp_path / "info.py").write_text(PROBE_SAYS_YES_RANK_0_SENDS_WRONG_NUMBERS)
+    result = launch([str(tmp_path / "info.py"), "info"], ranks=2, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert ("CUDA-aware MPI   : no — probe: a test probe saying 1, but the device-buffer exchange failed on rank(s) 1 "
+            "(rank 1: 8 of 8 values received from rank 0 were wrong); GPU buffers are staged through pinned host "
+            "memory\n  probed         : yes\n  confirmed      : no\n") in result.stdout
+    as_json = json.loads(launch([str(tmp_path / "info.py"), "info", "--json"], ranks=2, timeout=120).stdout)
+    cuda = (as_json["cuda_aware"], as_json["cuda_aware_probed"], as_json["cuda_aware_confirmed"])
+    assert cuda == (False, True, False)
 
 
 def test_four_ranks_on_the_real_machine(launch):
