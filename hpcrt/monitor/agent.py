@@ -89,6 +89,8 @@ class Monitor:
         self._fired: set = set()
         self._window = 0
         self._window_start = 0
+        self.last_window: Optional[dict] = None
+        """The newest straggler window's report (the same on every rank), for callers that act on it."""
         self._t_step = perf_counter()
         self._coll_at_step = 0.0
         self._faults = FaultInjector(faults, self.rank, lambda: self.watchdog.heartbeat("running"))
@@ -135,6 +137,11 @@ class Monitor:
         self._t_step = perf_counter()
         self._coll_at_step = rec.coll_time
 
+    @property
+    def faults(self) -> FaultInjector:
+        """This rank's injected faults (a job's compute sections call its ``stretch``)."""
+        return self._faults
+
     def on(self, event: str, callback: Callable[[dict], None]) -> None:
         """Register ``callback(event_dict)`` for ``straggler`` (main thread, every rank alike),
         ``hang`` or ``death`` (the watchdog thread: the main thread may be blocked in MPI)."""
@@ -166,6 +173,7 @@ class Monitor:
         if self.rank == self.members[0]:
             with open(self.mdir.stragglers, "a") as f:
                 f.write(json.dumps(report) + "\n")
+        self.last_window = report
         self._window += 1
         self._window_start = rec.step
         self._sections = defaultdict(list)

@@ -11,21 +11,25 @@ from typing import Any, List, Mapping, Optional
 from hpcrt.core.config import ConfigError, check_env_names, config_as_dict, is_finite_number, parse_env
 
 ACTIONS = ("log", "callback", "dump", "abort", "shrink")
-FAULT_KINDS = ("delay", "stop", "kill", "raise")
+FAULT_KINDS = ("delay", "slow", "stop", "kill", "raise")
+FAULT_ITEMS = {"rank": int, "step": int, "ms": float, "factor": float}
 
 
 @dataclass(frozen=True)
 class FaultSpec:
-    """One injected fault: ``kind`` on ``rank`` from ``step`` on (``delay`` sleeps ``ms`` every step)."""
+    """One injected fault: ``kind`` on ``rank`` from ``step`` on (``delay`` sleeps ``ms`` every step,
+    ``slow`` stretches each compute section to ``factor`` times its measured time)."""
 
     kind: str
     rank: int
     step: int
     ms: float = 0.0
+    factor: float = 1.0
 
     @classmethod
     def parse(cls, text: str, key: str = "faults") -> "FaultSpec":
-        """``delay:rank=2,step=10,ms=5``, ``stop:rank=1,step=20``, ``kill:...``, ``raise:...``."""
+        """``delay:rank=2,step=10,ms=5``, ``slow:rank=1,factor=2``, ``stop:rank=1,step=20``, ``kill:...``,
+        ``raise:...``."""
         kind, _, rest = text.strip().partition(":")
         if kind not in FAULT_KINDS:
             raise ConfigError(f"hpcrt monitor config key '{key}': fault {text!r} must start with one of "
@@ -33,11 +37,11 @@ class FaultSpec:
         values: dict = {}
         for item in filter(None, (part.strip() for part in rest.split(","))):
             name, sep, raw = item.partition("=")
-            if not sep or name not in ("rank", "step", "ms"):
+            if not sep or name not in FAULT_ITEMS:
                 raise ConfigError(f"hpcrt monitor config key '{key}': bad item {item!r} in fault {text!r} "
-                                  "(expected rank=, step= and, for delay, ms=)")
+                                  "(expected rank=, step= and, for delay, ms= or, for slow, factor=)")
             try:
-                values[name] = float(raw) if name == "ms" else int(raw)
+                values[name] = FAULT_ITEMS[name](raw)
             except ValueError:
                 raise ConfigError(f"hpcrt monitor config key '{key}': {name}={raw!r} in fault {text!r} "
                                   "is not a number") from None
@@ -46,7 +50,9 @@ class FaultSpec:
                               "and a non-negative step")
         if kind == "delay" and not (is_finite_number(values.get("ms")) and values["ms"] > 0):
             raise ConfigError(f"hpcrt monitor config key '{key}': delay fault {text!r} needs a finite ms > 0")
-        return cls(kind, values["rank"], values.get("step", 0), values.get("ms", 0.0))
+        if kind == "slow" and not (is_finite_number(values.get("factor")) and values["factor"] > 1):
+            raise ConfigError(f"hpcrt monitor config key '{key}': slow fault {text!r} needs a finite factor > 1")
+        return cls(kind, values["rank"], values.get("step", 0), values.get("ms", 0.0), values.get("factor", 1.0))
 
 
 def parse_faults(text: str, key: str = "faults") -> List[FaultSpec]:

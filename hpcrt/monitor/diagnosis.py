@@ -67,9 +67,14 @@ def diagnose(run_dir: str | Path) -> dict:
         "ranks": [_rank_state(r, node_of[r], dumps.get(r), heartbeats.get(r), exits.get(r)) for r in ranks],
         "deaths": _deaths(exits, heartbeats, node_of, alarm),
         "events": read_lines(mdir.root / "events.jsonl", "event", problems),
-        "stragglers": [s for report in read_lines(mdir.stragglers, "straggler report", problems)
-                       for s in report.get("stragglers", [])],
+        **_straggler_log(read_lines(mdir.stragglers, "straggler report", problems)),
     }
+
+
+def _straggler_log(lines: List[dict]) -> dict:
+    """The stragglers the windows named, and what a job did about them (its rebalance records)."""
+    return {"stragglers": [s for report in lines for s in report.get("stragglers", [])],
+            "rebalances": [report["rebalance"] for report in lines if isinstance(report.get("rebalance"), dict)]}
 
 
 def _unfinished_collectives(size: int, dumps: Dict[int, dict], heartbeats: Dict[int, dict]) -> List[dict]:
@@ -215,6 +220,8 @@ def format_diagnosis(d: dict) -> str:
     for s in d.get("stragglers", [])[-5:]:
         lines.append(f"straggler: rank {s['rank']} on node {s.get('node')}, section '{s['section']}', "
                      f"score {s['score']:.2f}")
+    for r in d.get("rebalances", [])[-5:]:
+        lines.append(describe_rebalance(r))
     lines.append("rank  node  step  last completed / stuck in")
     for r in d.get("ranks", []):
         source = "dump" if r["dump"] else (f"heartbeat {r['heartbeat']}" if r["heartbeat"] else "no data")
@@ -230,6 +237,22 @@ def format_diagnosis(d: dict) -> str:
         for frame in r["stack"] or []:
             lines.append("        | " + frame.rstrip().replace("\n", "\n        | "))
     return "\n".join(lines)
+
+
+def describe_rebalance(record: dict) -> str:
+    """A job's rebalance decision (a ``rebalance`` line of the straggler log): which rank was slow
+    in its compute and the shares it got, or which slow ranks were only reported."""
+    if not record.get("changed"):
+        held = (f"; ranks {record['held']} slow in compute keep shares {record.get('shares')} (no whole split "
+                "closer to their speed)"
+                if record.get("held") else "")
+        outside = (f"; ranks {record['reported_not_rebalanced']} slow outside compute (links or waiting): "
+                   "reported, not rebalanced" if record.get("reported_not_rebalanced") else "")
+        return f"rebalance at step {record.get('step')}: no change{held}{outside}"
+    slowdown = record.get("slowdown") or [1.0]
+    slowest = max(range(len(slowdown)), key=lambda r: slowdown[r])
+    return (f"rebalance at step {record.get('step')}: rank {slowest} computed {slowdown[slowest]:.2f}x slower; "
+            f"shares [sequences, tokens] per rank from step {record.get('applies_from')}: {record.get('shares')}")
 
 
 def run_diagnose(run_dir: str, as_json: bool = False) -> int:

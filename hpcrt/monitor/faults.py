@@ -1,4 +1,4 @@
-"""Fault injection for tests and demos: at a given step, delay, stop, kill or fail one rank."""
+"""Fault injection for tests and demos: at a given step, delay, slow down, stop, kill or fail one rank."""
 
 from __future__ import annotations
 
@@ -25,17 +25,28 @@ class FaultInjector:
         self._faults = [f for f in faults if f.rank == rank]
         self._rank = rank
         self._before_fatal = before_fatal
+        self._step = 0
+        """The step running now (counted like ``at_step``'s, from 0)."""
 
     def __bool__(self) -> bool:
         return bool(self._faults)
 
     def at_step(self, step: int) -> None:
+        """The end of ``step`` (from 0): delays sleep, fatal faults of this step fire."""
+        self._step = step + 1
         for fault in self._faults:
             if fault.kind == "delay" and step >= fault.step:
                 time.sleep(fault.ms / 1000)
-            elif step == fault.step and fault.kind != "delay":
+            elif step == fault.step and fault.kind not in ("delay", "slow"):
                 log.warning("fault injection: %s on rank %d at step %d", fault.kind, self._rank, step)
                 self._fatal(fault.kind, step)
+
+    def stretch(self, seconds: float) -> None:
+        """After a compute section that took ``seconds``: a ``slow`` fault sleeps (factor - 1) × that,
+        so the section takes factor times as long, whatever the share of work it had."""
+        for fault in self._faults:
+            if fault.kind == "slow" and self._step >= fault.step:
+                time.sleep((fault.factor - 1.0) * seconds)
 
     def _fatal(self, kind: str, step: int) -> None:
         if kind == "raise":

@@ -9,7 +9,7 @@ import json
 import math
 from dataclasses import asdict, dataclass
 from numbers import Integral, Real
-from typing import Any, Mapping
+from typing import Any, Mapping, Optional
 
 from hpcrt import ConfigError, signal_name
 
@@ -19,6 +19,7 @@ DTYPES = ("float32", "float64")
 SCANS = ("auto", "pipeline", "allgather", "ring", "mpi")
 ZEROS = ("none", "flat", "hpz", "3level")
 ALLREDUCES = ("auto", "ring", "bidir_ring", "mpi")
+BALANCES = ("none", "static", "monitor")
 DATA_KINDS = ("markov", "tokens")
 SIGNALS = ("SIGUSR1", "SIGUSR2", "SIGTERM", "SIGINT", "SIGHUP", "SIGQUIT", "SIGXCPU")
 NODES = ("model", "data", "parallel", "train", "checkpoint", "stop", "slurm")
@@ -26,13 +27,20 @@ NODES = ("model", "data", "parallel", "train", "checkpoint", "stop", "slurm")
 
 @dataclass(frozen=True)
 class Parallel:
-    """The dp × sp layout and the algorithms that join it."""
+    """The dp × sp layout, the algorithms that join it, and how the batch is shared among ranks."""
 
     dp: int
     sp: int
     scan: str
     zero: str
     allreduce: str
+    balance: str
+    """none: equal shares; static: by ``weights`` (else GPU ranks ``gpu_weight``); monitor: online."""
+    weights: Optional[tuple]
+    gpu_weight: float
+    rebalance_every: int
+    rebalance_threshold: float
+    rebalance_max_factor: float
 
 
 @dataclass(frozen=True)
@@ -146,25 +154,59 @@ def parse_settings(config: Mapping[str, Any], world: int) -> Settings:
                        layers=model.integer("layers", 1), d_ff=model.integer("d_ff", 1))
     dtype = model.choice("dtype", DTYPES)
     data = _data(config)
-    par = _Node(config, "parallel", ("sp", "scan", "zero", "allreduce"))
-    sp = par.integer("sp", 1)
-    if world % sp:
-        raise par.fail("sp", f"a divisor of the job's {world} ranks (dp = ranks / sp)")
-    parallel = Parallel(dp=world // sp, sp=sp, scan=par.choice("scan", SCANS), zero=par.choice("zero", ZEROS),
-                        allreduce=par.choice("allreduce", ALLREDUCES))
+    parallel = _parallel(config, world)
     tr = _Node(config, "train", ("steps", "batch", "seq_len", "lr", "beta1", "beta2", "eps", "seed", "log_every",
                                  "resume", "monitor"))
     train = Train(steps=tr.integer("steps", 1), batch=tr.integer("batch", 1), seq_len=tr.integer("seq_len", 1),
                   lr=tr.number("lr", 0.0), beta1=tr.number("beta1", 0.0, 1.0), beta2=tr.number("beta2", 0.0, 1.0),
                   eps=tr.number("eps", 0.0), seed=tr.integer("seed", 0), log_every=tr.integer("log_every", 1),
                   resume=tr.text("resume"), monitor=tr.flag("monitor"))
-    if train.seq_len < sp:
-        raise tr.fail("seq_len", f"at least parallel.sp = {sp} tokens, one per sequence-parallel rank")
+    if train.seq_len < parallel.sp:
+        raise tr.fail("seq_len", f"at least parallel.sp = {parallel.sp} tokens, one per sequence-parallel rank")
     if train.batch < parallel.dp:
         raise tr.fail("batch", f"at least dp = {parallel.dp} sequences, one per data-parallel group")
+    if parallel.balance == "monitor" and not train.monitor:
+        raise ConfigError("train config key 'parallel.balance': monitor needs train.monitor=true (the monitor's "
+                          "straggler windows measure each rank's compute), got train.monitor=false")
     ck = _Node(config, "checkpoint", ("every", "keep", "blocking"))
     checkpoint = Checkpointing(every=ck.integer("every", 0), keep=ck.integer("keep", 1), blocking=ck.flag("blocking"))
     return Settings(shape, dtype, data, parallel, train, checkpoint, _stopping(config))
+
+
+def _parallel(config: Mapping[str, Any], world: int) -> Parallel:
+    """The ``parallel`` node: the dp × sp layout and the balance of shares."""
+    par = _Node(config, "parallel", ("sp", "scan", "zero", "allreduce", "balance", "weights", "gpu_weight",
+                                     "rebalance_every", "rebalance_threshold", "rebalance_max_factor"))
+    sp = par.integer("sp", 1)
+    if world % sp:
+        raise par.fail("sp", f"a divisor of the job's {world} ranks (dp = ranks / sp)")
+    balance = par.choice("balance", BALANCES)
+    weights = par.raw.get("weights")
+    if weights is not None:
+        if (not isinstance(weights, (list, tuple)) or len(weights) != world
+                or not all(not isinstance(w, bool) and isinstance(w, Real) and 0 < w < math.inf for w in weights)):
+            raise par.fail("weights", f"null or a list of {world} positive numbers, one per rank")
+        if balance == "none":
+            raise par.fail("weights", "null with parallel.balance=none (weights need static or monitor)")
+        weights = tuple(float(w) for w in weights)
+    return Parallel(dp=world // sp, sp=sp, scan=par.choice("scan", SCANS), zero=par.choice("zero", ZEROS),
+                    allreduce=par.choice("allreduce", ALLREDUCES), balance=balance, weights=weights,
+                    gpu_weight=par.number("gpu_weight", 1e-6), rebalance_every=par.integer("rebalance_every", 1),
+                    rebalance_threshold=par.number("rebalance_threshold", 0.0),
+                    rebalance_max_factor=par.number("rebalance_max_factor", 1.0))
+
+
+def check_rebalance(parallel: Parallel, report_every: Optional[int]) -> None:
+    """With balance=monitor, a rebalance falls at the end of a straggler window: ``rebalance_every``
+    must be a multiple of the monitor's ``report_every`` (None: the monitor is off)."""
+    if parallel.balance != "monitor":
+        return
+    if report_every is None:
+        raise ConfigError("train config key 'parallel.balance': monitor needs the monitor on (train.monitor=true)")
+    if parallel.rebalance_every % report_every:
+        raise ConfigError(f"train config key 'parallel.rebalance_every': expected a multiple of "
+                          f"monitor.report_every = {report_every} (a rebalance reads a straggler window), "
+                          f"got {parallel.rebalance_every}")
 
 
 def _stopping(config: Mapping[str, Any]) -> Stopping:

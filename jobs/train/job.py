@@ -23,13 +23,15 @@ from hpcrt.checkpoint import Checkpointer
 from hpcrt.collectives import allreduce
 
 from hpcrt.jobs.hydra_mpi import say_once_and_exit
-from hpcrt.jobs.train.config import Settings, parse_settings
+from hpcrt.jobs.train.balance import initial_weights
+from hpcrt.jobs.train.config import Settings, check_rebalance, parse_settings
 from hpcrt.jobs.train.data import Source, make_source
 from hpcrt.jobs.train.ending import record_end, requeue_after_shutdown
 from hpcrt.jobs.train.layout import Layout, format_table, make_layout
 from hpcrt.jobs.train.metrics import MetricsLog, StepTimer, read_metrics
 from hpcrt.jobs.train.model import init_params, loss_and_grad
 from hpcrt.jobs.train.optim import Adam, make_sync
+from hpcrt.jobs.train.rebalance import OnlineBalance
 from hpcrt.jobs.train.report import params_digest, plot, write_summary
 from hpcrt.jobs.train.state import open_and_resume, training_state
 
@@ -83,23 +85,31 @@ def train(settings: Settings, source: Source, run_dir: Path, monitor_config: Any
     runtime = hpcrt.get_runtime()
     hpcrt.share_cores(runtime)
     leader, train, par = runtime.rank == 0, settings.train, settings.parallel
-    layout = make_layout(runtime, par, train.batch, train.seq_len)
+    check_rebalance(par, None if monitor_config is None else monitor_config.report_every)
+    devices = [info.device.kind for info in runtime.topology.ranks]
+    layout = make_layout(runtime, par, train.batch, train.seq_len,
+                         initial_weights(par.balance, par.weights, par.gpu_weight, devices))
     if leader:
-        log.info("run directory %s\nlayout dp=%d x sp=%d, zero=%s, scan=%s\n%s", run_dir, par.dp, par.sp,
-                 par.zero, par.scan, format_table(layout.table))
+        log.info("run directory %s\nlayout dp=%d x sp=%d, zero=%s, scan=%s, balance=%s\n%s", run_dir, par.dp,
+                 par.sp, par.zero, par.scan, par.balance, format_table(layout.table))
         if source.entropy_floor is not None:
             log.info("data: Markov chain, entropy rate %.4f nats/token (the loss floor)", source.entropy_floor)
     params = init_params(settings.shape, train.seed, settings.dtype, runtime.xp)
     sync = make_sync(par.zero, params.size, runtime.comm, par.allreduce, params)
     adam = Adam(sync.owned.stop - sync.owned.start, params, train.lr, train.beta1, train.beta2, train.eps)
     result = Result()
-    checkpointer, result.resumed_from = open_and_resume(run_dir, train.resume, settings.checkpoint.keep, params,
-                                                        adam, sync.owned, settings.model_hash())
+    checkpointer, result.resumed_from, in_force = open_and_resume(run_dir, train.resume, settings.checkpoint.keep,
+                                                                  params, adam, sync.owned, settings.model_hash())
+    if par.balance == "monitor" and in_force is not None and len(in_force) == runtime.size:
+        layout.reshard(in_force, train.batch, train.seq_len)  # the shares a rebalance had put in force
     if leader and result.resumed_from < train.steps:
         hpcrt.clear_done(run_dir)  # more steps asked of a finished run: it may stop and requeue again
     monitor = _start_monitor(monitor_config, run_dir)
     metrics = MetricsLog(run_dir / "metrics.jsonl", leader, result.resumed_from, train.steps, train.log_every)
-    timer = StepTimer(monitor.section if monitor is not None else None)
+    timer = StepTimer(*((monitor.section, monitor.faults.stretch) if monitor is not None else (None,)))
+    online = (OnlineBalance(par, layout, monitor, runtime.comm, train.batch, train.seq_len)
+              if par.balance == "monitor" else None)
+    shares_changed = True
     deadline = hpcrt.environment_deadline(settings.stop.grace_s, settings.stop.max_minutes)
     if leader and deadline is not None and deadline <= time.time():
         log.warning("the time budget is spent before the first step (Slurm's end time minus stop.grace_s = %s s, "
@@ -108,15 +118,19 @@ def train(settings: Settings, source: Source, run_dir: Path, monitor_config: Any
     try:
         for step in range(result.resumed_from + 1, train.steps + 1):
             row = _step(step, runtime, settings, source, layout, params, sync, adam, checkpointer, timer)
+            if shares_changed:
+                row.update(shares=layout.shards.per_rank(), weights=layout.weights)
             metrics.record(row)
             result.rows.append(row)
             if monitor is not None:
                 monitor.step(step)
+            decided = online.after_step(step) if online is not None else None
+            shares_changed = decided is not None and decided["changed"]
             reason = stopper.requested(runtime.comm) if step < train.steps else None
             if reason is not None:
                 result.stopped = (reason, step)
                 if not row["checkpointed"]:
-                    _save(checkpointer, step, settings, params, adam, sync)
+                    _save(checkpointer, step, settings, params, adam, sync, layout)
                 break
         metrics.close()
         checkpointer.wait()
@@ -147,10 +161,11 @@ def _start_monitor(config: Any, run_dir: Path) -> Any:
     return monitor
 
 
-def _save(checkpointer: Checkpointer, step: int, settings: Settings, params: Any, adam: Adam, sync: Any) -> None:
-    """Start the asynchronous checkpoint of the state after ``step``."""
+def _save(checkpointer: Checkpointer, step: int, settings: Settings, params: Any, adam: Adam, sync: Any,
+          layout: Layout) -> None:
+    """Start the asynchronous checkpoint of the state after ``step`` (with the weights in force)."""
     checkpointer.save(step, training_state(step, params, adam, sync.owned, sync.saved, settings.model_hash(),
-                                           asdict(settings.parallel)))
+                                           {**asdict(settings.parallel), "in_force": layout.weights}))
 
 
 def _step(step: int, runtime: hpcrt.Runtime, settings: Settings, source: Source, layout: Layout, params: Any,
@@ -177,7 +192,7 @@ def _step(step: int, runtime: hpcrt.Runtime, settings: Settings, source: Source,
     saving = step == train.steps or (settings.checkpoint.every and step % settings.checkpoint.every == 0)
     if saving:
         with timer.section("checkpoint"):
-            _save(checkpointer, step, settings, params, adam, sync)
+            _save(checkpointer, step, settings, params, adam, sync, layout)
             if settings.checkpoint.blocking:
                 checkpointer.wait()
     seconds = time.perf_counter() - started

@@ -11,16 +11,21 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, ContextManager, Iterator, Optional
 
+from hpcrt.jobs.train.balance import COMPUTE_SECTIONS
+
 log = logging.getLogger("hpcrt.jobs.train")
 
 SECTIONS = ("forward", "scan", "backward", "grad_sync", "optimizer", "checkpoint")
 
 
 class StepTimer:
-    """Seconds per section of the current step, each section also recorded by the monitor."""
+    """Seconds per section of the current step, each section also recorded by the monitor;
+    ``stretch(seconds)`` runs at the end of each compute section, inside it (an injected slowdown)."""
 
-    def __init__(self, monitor_section: Optional[Callable[[str], ContextManager]]):
+    def __init__(self, monitor_section: Optional[Callable[[str], ContextManager]],
+                 stretch: Optional[Callable[[float], None]] = None):
         self._monitor_section = monitor_section
+        self._stretch = stretch
         self.seconds: dict = dict.fromkeys(SECTIONS, 0.0)
 
     @contextmanager
@@ -32,6 +37,8 @@ class StepTimer:
         else:
             with self._monitor_section(name):
                 yield
+                if self._stretch is not None and name in COMPUTE_SECTIONS:
+                    self._stretch(time.perf_counter() - start)
         self.seconds[name] += time.perf_counter() - start
 
     def take(self) -> dict:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import numpy as np
 
@@ -36,8 +36,9 @@ MARKER = "hpcrt-checkpoint.json"
 
 
 def open_and_resume(run_dir: Path, resume: str, keep: int, params: Any, adam: Adam, owned: slice,
-                    model_hash: str) -> tuple[Checkpointer, int]:
-    """The run's own checkpointer, and the step restored into ``params`` and ``adam`` (0: none).
+                    model_hash: str) -> tuple[Checkpointer, int, Optional[list]]:
+    """The run's own checkpointer, the step restored into ``params`` and ``adam`` (0: none) and the
+    per-rank weights in force when it was saved (None: none saved).
 
     The run's own newest committed step comes first, whatever ``train.resume`` says (except
     ``never``): a requeued run that once started from another run's checkpoint goes on from its
@@ -47,16 +48,16 @@ def open_and_resume(run_dir: Path, resume: str, keep: int, params: Any, adam: Ad
     except DirectoryLockedError as error:  # raised on every rank alike
         raise ConfigError(f"run directory {run_dir} is in use by another job: {error}") from None
     if resume == "never":
-        return checkpointer, 0
+        return checkpointer, 0, None
     if checkpointer.latest() is not None:
-        return checkpointer, restore_into(checkpointer, params, adam, owned, model_hash)
+        return (checkpointer, *restore_into(checkpointer, params, adam, owned, model_hash))
     source = None if resume == "auto" else _resume_source(resume)
     if source is None or source.resolve() == (run_dir / "checkpoints").resolve():
-        return checkpointer, 0  # nothing of its own to resume from
+        return checkpointer, 0, None  # nothing of its own to resume from
     with Checkpointer(source) as other:
         if other.latest() is None:
             raise ConfigError(f"train config key 'train.resume': {resume!r} holds no committed checkpoint")
-        return checkpointer, restore_into(other, params, adam, owned, model_hash)
+        return (checkpointer, *restore_into(other, params, adam, owned, model_hash))
 
 
 def _resume_source(resume: str) -> Path:
@@ -69,9 +70,10 @@ def _resume_source(resume: str) -> Path:
     return source
 
 
-def restore_into(checkpointer: Checkpointer, params: Any, adam: Adam, owned: slice, model_hash: str) -> int:
+def restore_into(checkpointer: Checkpointer, params: Any, adam: Adam, owned: slice,
+                 model_hash: str) -> tuple[int, Optional[list]]:
     """Load the newest committed step into ``params`` (all of it) and ``adam`` (the owned slice);
-    the step (collective)."""
+    the step and the weights then in force (collective)."""
     numel = params.size
     boxes = {"params": ((0,), (numel,)),
              "adam_m": ((owned.start,), (owned.stop - owned.start,)),
@@ -85,4 +87,4 @@ def restore_into(checkpointer: Checkpointer, params: Any, adam: Adam, owned: sli
     for key, target in zip(ARRAYS, (params, adam.m, adam.v)):
         target[...] = xp.asarray(np.asarray(state[key].array, dtype=target.dtype))
     log.info("resumed from step %d (saved on %s)", step, state.get("layout"))
-    return step
+    return step, (state.get("layout") or {}).get("in_force")

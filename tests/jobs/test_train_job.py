@@ -1,6 +1,7 @@
-"""The training job end to end, against the single-rank run: every layout gives its losses and
-parameters; a killed and restarted run ends bit-identical to an uninterrupted one; a checkpoint
-saved on 4 ranks resumes on 2; the monitor names a slowed rank; bad configs stop every rank."""
+"""The training job end to end, against the single-rank run: every layout, with even or uneven
+shares, gives its losses and parameters; a killed and restarted run ends bit-identical to an
+uninterrupted one; a checkpoint saved on 4 ranks resumes on 2; the monitor names a slowed rank;
+bad configs stop every rank."""
 
 from __future__ import annotations
 
@@ -63,6 +64,11 @@ def test_every_layout_zero_level_and_scan_matches_the_single_rank_run(launch, tm
     assert {name.split("-")[1] for name in runs} == levels
     assert {name.split("-")[2] for name in runs if not name.startswith("sp1-")} == {"pipeline", "allgather", "ring"}
     assert {name.split("-")[3] for name in runs} == {"auto", "ring", "bidir_ring"}
+    uneven = [name for name in runs if name.endswith("-uneven")]
+    assert {name.split("-")[0] for name in uneven} == {name.split("-")[0] for name in runs}
+    for name in uneven:  # the weights [1, 3, 2, 5] cut unequal sequences or tokens
+        shares = json.loads((tmp_path / name / "metrics.jsonl").read_text().splitlines()[0])["shares"]
+        assert len({tuple(share) for share in shares}) > 1, (name, shares)
     for name, losses in runs.items():
         np.testing.assert_allclose(losses, expected, rtol=RTOL, err_msg=name)
         np.testing.assert_allclose(np.load(tmp_path / f"{name}.npy"), params, rtol=RTOL, atol=1e-12, err_msg=name)

@@ -1,0 +1,133 @@
+"""Speed-weighted shards: whole-item shares of any weights, the rebalance's hysteresis, and the
+training job with ``parallel.balance=monitor`` on real MPI ranks — a rank slowed in its compute
+gets a smaller share, a clean run keeps equal shares, a rank slow outside compute is only
+reported, a resume keeps the shares in force — each against a single-rank run's parameters."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from hpcrt.jobs.train.balance import Rebalancer, Shards, apportion, compute_seconds, shard
+from test_train_job import RTOL, _saved_params, _summary, _train
+
+# Big enough that a step's compute (milliseconds) dwarfs sleep's granularity; float64 to compare exactly.
+MODEL = ["model.vocab=16", "model.d_model=32", "model.d_k=8", "model.d_v=8", "model.d_ff=64", "model.dtype=float64",
+         "train.batch=8", "train.seq_len=48", "train.log_every=1000", "checkpoint.every=0"]
+MONITOR = ["parallel.balance=monitor", "monitor.report_every=5", "parallel.rebalance_every=5",
+           "monitor.heartbeat_timeout_s=60"]
+
+
+def _rows(tmp_path: Path, run: str) -> list[dict]:
+    return [json.loads(line) for line in (tmp_path / run / "metrics.jsonl").read_text().splitlines()]
+
+
+def _rebalances(tmp_path: Path, run: str) -> list[dict]:
+    lines = (tmp_path / run / "monitor" / "stragglers.jsonl").read_text().splitlines()
+    return [report["rebalance"] for report in map(json.loads, lines) if "rebalance" in report]
+
+
+def _shares_by_step(rows: list[dict]) -> dict:
+    """The shares in force at each step (a row carries them when they change)."""
+    found, current = {}, None
+    for row in rows:
+        current = row.get("shares", current)
+        found[row["step"]] = current
+    return found
+
+
+def test_apportion_gives_whole_items_in_proportion_at_least_one_each():
+    assert apportion(9, [1, 3, 2, 5]) == [1, 2, 2, 4]
+    assert apportion(8, [2, 1, 1]) == [4, 2, 2]
+    assert apportion(7, [1, 1, 1]) == [3, 2, 2]  # the even split: the first ones one longer
+    assert apportion(4, [1000, 1, 1, 1]) == [1, 1, 1, 1]  # nobody gets none
+    with pytest.raises(ValueError):
+        apportion(2, [1, 1, 1])
+
+
+def test_shard_splits_sequences_by_group_weight_and_tokens_by_rank_weight():
+    table = [{"rank": r, "dp": r // 2, "sp": r % 2} for r in range(4)]
+    got = shard([1.0, 3.0, 2.0, 2.0], table, batch=8, seq_len=12)
+    assert got.rows == ((0, 4), (0, 4), (4, 8), (4, 8))  # groups weigh 4 and 4
+    assert got.tokens == ((0, 3), (3, 12), (0, 6), (6, 12))
+
+
+def test_rebalancer_keeps_shares_inside_the_threshold_and_bounds_each_change():
+    rebalancer = Rebalancer(threshold=0.15, max_factor=2.0)
+    even = Shards(((0, 4), (4, 8)), ((0, 12), (0, 12)))
+    assert rebalancer.propose(even, [1.0, 1.1]) is None  # 10 % noise: no change
+    new = rebalancer.propose(even, [1.0, 2.0])
+    assert new == pytest.approx([2 / 3, 1 / 3])  # half the speed, half the share
+    capped = rebalancer.propose(even, [1.0, 10.0])
+    assert capped == pytest.approx([0.75, 0.25])  # a tenth the speed: halved only
+    uneven = Shards(((0, 6), (6, 8)), ((0, 12), (0, 12)))  # weights drifted: it starts from the shares
+    assert rebalancer.propose(uneven, [3.0, 3.0]) is None  # balanced: equal compute times
+
+
+def test_compute_seconds_adds_forward_and_backward_not_waiting():
+    window = {"ranks": [{"sections": {"forward": {"median_ms": 2.0}, "backward": {"median_ms": 3.0},
+                                      "scan": {"median_ms": 50.0}, "work": {"median_ms": 99.0}}}]}
+    assert compute_seconds(window) == [pytest.approx(0.005)]
+
+
+def test_a_rank_slowed_in_compute_gets_a_smaller_share_and_diagnose_says_so(launch, tmp_path):
+    done = _train(launch, tmp_path, "slow", 2, *MODEL, *MONITOR, "train.steps=20",
+                  env={"HPCRT_FAULT": "slow:rank=1,factor=3"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    shares = _shares_by_step(_rows(tmp_path, "slow"))
+    assert shares[1] == [[4, 48], [4, 48]]
+    rows_of = {step: [rank[0] for rank in value] for step, value in shares.items()}
+    assert rows_of[16][1] < rows_of[16][0], shares  # within 3 windows of 5 steps
+    changes = [r for r in _rebalances(tmp_path, "slow") if r["changed"]]
+    assert changes and all(max(range(2), key=lambda r: c["slowdown"][r]) == 1 for c in changes), changes
+    report = launch(["-m", "hpcrt", "diagnose", str(tmp_path / "slow")], timeout=60)
+    assert "rebalance at step 5: rank 1 computed" in report.stdout, report.stdout
+    single = _train(launch, tmp_path, "one", 1, *MODEL, "train.steps=20", "checkpoint.every=0")
+    assert single.returncode == 0, single.stderr[-3000:]
+    np.testing.assert_allclose(_saved_params(tmp_path, "slow"), _saved_params(tmp_path, "one"), rtol=RTOL,
+                               atol=1e-12)
+
+
+def test_a_clean_run_keeps_equal_shares(launch, tmp_path):
+    done = _train(launch, tmp_path, "clean", 2, *MODEL, *MONITOR, "train.steps=40")
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = _rows(tmp_path, "clean")
+    assert [row["step"] for row in rows if "shares" in row] == [1]
+    assert not [r for r in _rebalances(tmp_path, "clean") if r["changed"]]
+
+
+def test_a_rank_slow_outside_compute_is_reported_not_rebalanced(launch, tmp_path):
+    done = _train(launch, tmp_path, "late", 2, *MODEL, *MONITOR, "train.steps=20",
+                  env={"HPCRT_FAULT": "delay:rank=1,step=0,ms=60"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert [row["step"] for row in _rows(tmp_path, "late") if "shares" in row] == [1]
+    records = _rebalances(tmp_path, "late")
+    assert records and all(not r["changed"] and r["reported_not_rebalanced"] == [1] for r in records), records
+
+
+def test_balance_monitor_without_the_monitor_is_one_config_error(launch, tmp_path):
+    done = _train(launch, tmp_path, "bad", 2, "parallel.balance=monitor", "train.monitor=false", timeout=60)
+    assert done.returncode == 2, done.stderr[-3000:]
+    message = "train config key 'parallel.balance': monitor needs train.monitor=true"
+    assert done.stderr.count(message) == 1 and "train.monitor=false" in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_a_resume_after_a_rebalance_keeps_the_shares_in_force(launch, tmp_path):
+    slow = {"HPCRT_FAULT": "slow:rank=1,factor=3"}
+    common = [*MODEL, *MONITOR, "checkpoint.every=10"]
+    whole = _train(launch, tmp_path, "whole", 2, *common, "train.steps=20", env=slow)
+    assert whole.returncode == 0, whole.stderr[-3000:]
+    first = _train(launch, tmp_path, "split", 2, *common, "train.steps=10", env=slow)
+    assert first.returncode == 0, first.stderr[-3000:]
+    in_force = _shares_by_step(_rows(tmp_path, "split"))[10]
+    assert in_force != [[4, 48], [4, 48]], "no rebalance before the checkpoint"
+    again = _train(launch, tmp_path, "split", 2, *common, "train.steps=20", env=slow)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert _summary(tmp_path, "split")["resumed_from"] == 10
+    assert _shares_by_step(_rows(tmp_path, "split"))[11] == in_force
+    np.testing.assert_allclose(_saved_params(tmp_path, "split"), _saved_params(tmp_path, "whole"), rtol=RTOL,
+                               atol=1e-12)
