@@ -1,7 +1,8 @@
-"""``hpcrt ckpt list|verify|inspect DIR``: the checkpoint directory from the command line.
+"""``hpcrt ckpt list|verify|inspect|gc DIR``: the checkpoint directory from the command line.
 
-Exit codes: 0 all good; 1 ``verify`` found a bad or missing data file; 2 the directory is not a
-checkpoint directory, a manifest is damaged or of a newer format, or the arguments are wrong.
+Exit codes: 0 all good (``gc`` also when a live job holds DIR and it removed nothing); 1
+``verify`` found a bad or missing data file; 2 the directory is not a checkpoint directory, a
+manifest is damaged or of a newer format, or the arguments are wrong.
 Every error is one line on stderr naming the file (never a traceback); a damaged manifest is
 named and skipped, and the rest is still reported."""
 
@@ -29,6 +30,13 @@ def register(subparsers: Any) -> None:
                                 "(default: $SLURM_TMPDIR or the system temporary directory)")
         action.add_argument("--json", action="store_true", help="print JSON")
         action.set_defaults(func=run)
+    gc = actions.add_parser("gc", help="remove this node's local copies of DIR that no committed checkpoint "
+                            "references and no live job holds (hpcrt-ckpt-* folders)")
+    gc.add_argument("directory", metavar="DIR", help="the checkpoint directory (it may be gone)")
+    gc.add_argument("--local-dir", metavar="PATH", help="node-local directory the job used "
+                    "(default: $SLURM_TMPDIR or the system temporary directory)")
+    gc.add_argument("--dry-run", action="store_true", help="list what would be removed, remove nothing")
+    gc.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -45,9 +53,12 @@ def run(args: argparse.Namespace) -> int:
         elif args.ckpt_action == "verify":
             checks, problems = verify(places, args.step)
             code = _verify(checks, args.json)
-        else:
+        elif args.ckpt_action == "inspect":
             info, problems = describe(places, args.step)
             code = _inspect(info, args.json)
+        else:
+            from hpcrt.checkpoint.cli.gc import collect
+            problems, code = [], _gc(collect(places, args.dry_run), args.dry_run)
     except BrokenPipeError:  # the reader went away (``| head``): hpcrt's main exits quietly
         raise
     except CheckpointError as exc:
@@ -106,4 +117,16 @@ def _inspect(info: dict, as_json: bool) -> int:
     for level, lv in info["levels"].items():
         nodes = f" on {', '.join(lv['nodes'])}" if lv["nodes"] else ""
         print(f"  level {level:<8} {lv['files']} files, {lv['bytes']} bytes{nodes}")
+    return 0
+
+
+def _gc(done: Any, dry_run: bool) -> int:
+    if done.held is not None:
+        print(f"{done.folder}: nothing removed: {_one_line(done.held)}")
+        return 0
+    for path, why in done.refused:
+        print(f"refused {path}: {why}")
+    for path in done.removed:
+        print(f"{'would remove' if dry_run else 'removed'} {path}")
+    print(f"{len(done.removed)} leftover(s) {'would be removed' if dry_run else 'removed'} in {done.folder}")
     return 0

@@ -111,14 +111,22 @@ def _is_ours(name: str) -> bool:
     return bool(RANK_FILE_RE.match(name) or GLOBAL_FILE_RE.match(name))
 
 
-def _remove_unreferenced(folder: Path, keep: Optional[set]) -> None:
-    """Delete the files hpcrt names in ``folder`` that ``keep`` does not list (nothing if None)."""
+def _unreferenced(folder: Path, keep: Optional[set]) -> list:
+    """The files hpcrt names in ``folder`` that ``keep`` does not list (none if None)."""
     if keep is None:
-        return
-    for entry in os.scandir(folder):
-        if _is_ours(entry.name) and entry.name not in keep and not entry.is_dir(follow_symlinks=False):
+        return []
+    return [Path(entry.path) for entry in os.scandir(folder)
+            if _is_ours(entry.name) and entry.name not in keep and not entry.is_dir(follow_symlinks=False)]
+
+
+def _remove(paths: list) -> None:
+    """Unlink each file (a symbolic link itself, never its target); a folder goes whole, its links unfollowed."""
+    for path in paths:
+        if is_real_dir(path):
+            shutil.rmtree(path, ignore_errors=True)  # never follows a symbolic link
+        else:
             with contextlib.suppress(FileNotFoundError):
-                os.unlink(entry.path)
+                os.unlink(path)
 
 
 def clean_shared(places: Places) -> list:
@@ -132,21 +140,29 @@ def clean_shared(places: Places) -> list:
         left += remove_temporaries(places.step_dir(step), recurse=False)
     for step in places.steps():
         step_dir = places.step_dir(step)
-        _remove_unreferenced(step_dir, referenced(places, step, "global", None))
+        _remove(_unreferenced(step_dir, referenced(places, step, "global", None)))
         with contextlib.suppress(OSError):
             step_dir.rmdir()
     return left
 
 
 def clean_node(places: Places, node: str) -> list:
-    """A node's first rank at start-up: temporaries, step folders no manifest covers, and files
-    no manifest lists, in its node's folder (a real folder, checked private by the caller)."""
-    root = places.node_root(node)
-    if not is_real_dir(root):
+    """A node's first rank at start-up: temporaries and :func:`node_leftovers` in its node's
+    folder (a real folder, checked private by the caller). Returns what could not be removed."""
+    if not is_real_dir(places.node_root(node)):
         return []
-    left = remove_temporaries(root)
+    left = remove_temporaries(places.node_root(node))
+    _remove(node_leftovers(places, node))
+    return left
+
+
+def node_leftovers(places: Places, node: str) -> list:
+    """In ``node``'s folder: the step folders of the node levels that no manifest covers, and the
+    files hpcrt names there that their step's manifest does not list (nothing of a step whose
+    manifest cannot be read). Real folders only, symbolic links never followed."""
+    found: list = []
     for level in NODE_LEVELS:
-        level_dir = root / level
+        level_dir = places.node_root(node) / level
         if not is_real_dir(level_dir):
             continue
         for entry in os.scandir(level_dir):
@@ -154,11 +170,8 @@ def clean_node(places: Places, node: str) -> list:
             if not match or entry.name != step_name(int(match.group(1))) or not entry.is_dir(follow_symlinks=False):
                 continue
             keep = referenced(places, int(match.group(1)), level, node)
-            if keep == set():
-                shutil.rmtree(entry.path, ignore_errors=True)  # never follows a symbolic link
-            else:
-                _remove_unreferenced(Path(entry.path), keep)
-    return left
+            found += [Path(entry.path)] if keep == set() else _unreferenced(Path(entry.path), keep)
+    return found
 
 
 def is_node_leader(nodes: list, rank: int) -> bool:
