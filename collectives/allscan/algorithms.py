@@ -192,15 +192,15 @@ def allgather(call: ScanCall) -> Steps:
     return result
 
 
-def _reversed_comm(comm: Any) -> Any:
+def reversed_comm(comm: Any) -> Any:
     """``comm`` with its ranks in reverse order (made once per communicator, kept as an attribute)."""
     if not _REVERSED_KEYVAL:
         _REVERSED_KEYVAL.append(MPI.Comm.Create_keyval())
-    reversed_comm = comm.Get_attr(_REVERSED_KEYVAL[0])
-    if reversed_comm is None:
-        reversed_comm = comm.Split(0, comm.size - 1 - comm.rank)
-        comm.Set_attr(_REVERSED_KEYVAL[0], reversed_comm)
-    return reversed_comm
+    flipped_ranks = comm.Get_attr(_REVERSED_KEYVAL[0])
+    if flipped_ranks is None:
+        flipped_ranks = comm.Split(0, comm.size - 1 - comm.rank)
+        comm.Set_attr(_REVERSED_KEYVAL[0], flipped_ranks)
+    return flipped_ranks
 
 
 def mpi_builtin_op(op: ScanOp, layout: ScanLayout) -> Any:
@@ -217,7 +217,7 @@ def mpi(call: ScanCall) -> Steps:
     the reversed communicator, where the op applies its operands in flipped order. A user op that
     raises inside MPI is not called again in this scan, and its error is raised after the wait."""
     layout = call.layout
-    comm = _reversed_comm(call.transport.comm) if call.reverse else call.transport.comm
+    comm = reversed_comm(call.transport.comm) if call.reverse else call.transport.comm
     start = comm.Iscan if call.inclusive else comm.Iexscan
     builtin = mpi_builtin_op(call.op, layout)
     keys = key_dtype(layout.dtypes[0]) if builtin is MPI.MAX else None
@@ -269,6 +269,21 @@ def mpi(call: ScanCall) -> Steps:
     result = call.empty()
     for target, host in zip(result, layout.views(recvbuf, 0, layout.rows, True)):
         backend_of(target).copy_from_host(target, host)
+    return result
+
+
+def mpi_scan_now(comm: Any, x: np.ndarray, mpi_op: Any, identity: Any, inclusive: bool) -> np.ndarray:
+    """MPI_Iscan / MPI_Iexscan of one contiguous host array under MPI's own op, waited at once (the
+    common small call, with nothing around MPI's; non-blocking as :func:`mpi`'s, which a rank with
+    another backend runs, since MPI never matches a blocking collective with a non-blocking one):
+    rank 0's exclusive result is ``identity``."""
+    result = np.empty(x.shape, x.dtype)
+    if inclusive:
+        comm.Iscan(x, result, mpi_op).Wait()
+    else:
+        comm.Iexscan(x, result, mpi_op).Wait()
+        if comm.rank == 0:
+            result.fill(identity)
     return result
 
 

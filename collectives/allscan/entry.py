@@ -4,26 +4,30 @@ associative, not necessarily commutative op, by a chosen algorithm or the cost m
 from __future__ import annotations
 
 import threading
+from dataclasses import dataclass
 from numbers import Integral
 from typing import Any, Optional
 
 import numpy as np
 from mpi4py import MPI
 
-from hpcrt.core.trace_hook import trace_done
+from hpcrt.core.trace_hook import trace_collective, trace_done
 
 from hpcrt.collectives.allscan import algorithms as allscan_algos
 from hpcrt.collectives.allscan.algorithms import ScanCall, Steps
 from hpcrt.collectives.allscan.layout import ScanLayout
 from hpcrt.collectives.allscan.ops import BUILTIN_OPS, ScanOp, as_parts, check_sendable, from_parts, resolve_op
-from hpcrt.collectives.comm.agreement import check_agreement
-from hpcrt.collectives.comm.tracing import enter, payload_bytes
+from hpcrt.collectives.comm.entry import CallCache, begin, signature, transport_for
+from hpcrt.collectives.comm.tracing import payload_bytes
 from hpcrt.collectives.comm.transport import Transport
 from hpcrt.collectives.costmodel.allscan import ALGORITHMS, ScanLinks, auto_choice, best_blocks, ran_label, scan_links
 from hpcrt.collectives.costmodel.memo import ChoiceMemo, LinkMemo
 
 
 _QUEUE_KEYVAL: list = []
+_IN_FLIGHT = [0]
+"""Started scans not finished yet, on any communicator: while there are some, a blocking scan takes
+the queue (it finishes them first) instead of going straight to MPI."""
 _ORPHANS: list = []
 """Scans never finished on communicators freed since: held for the process's life, since their
 messages may still land in their buffers."""
@@ -74,6 +78,7 @@ class AllScanHandle:
         next(steps)  # posts what the algorithm can post before its first wait
         self._queue = _Outstanding.of(comm)
         self._queue.handles.append(self)
+        _IN_FLIGHT[0] += 1
 
     def wait(self) -> Any:
         """Complete the scan (blocking) and return the result; later calls return it again, or
@@ -104,6 +109,7 @@ class AllScanHandle:
             self._error = RuntimeError("an All-Scan algorithm yielded more than once")
         finally:
             self._queue.handles.remove(self)
+            _IN_FLIGHT[0] -= 1
             trace_done(self._trace_token)
 
 
@@ -152,8 +158,8 @@ def all_scan_start(x: Any, op: Any, *, comm: Any = None, inclusive: bool = False
     wait order is safe), and ``x`` must not change until ``wait()`` returns (MPI and the pipeline
     read it meanwhile).
     """
-    transport = Transport(comm, "all_scan")
-    token = enter("all_scan", transport.comm, payload_bytes(x))
+    transport = transport_for(comm, "all_scan")
+    token = trace_collective("all_scan", transport.comm, payload_bytes(x))
     try:
         return _start(transport, token, x, op, inclusive, reverse, algorithm, blocks, validate)
     except BaseException:
@@ -180,16 +186,66 @@ def _start(transport: Transport, token: int, x: Any, op: Any, inclusive: bool, r
         scan_op, parts, layout = _prepare(x, op, algorithm, blocks)
     except (TypeError, ValueError) as error:
         problem = error
-    if validate:
-        ok = problem is None
-        check_agreement(transport.comm, "all_scan", input_error=None if ok else str(problem),
-                        op=_op_label(scan_op) if ok else None, shape=layout.shapes if ok else None,
-                        dtype=tuple(str(d) for d in layout.dtypes) if ok else None,
-                        inclusive=inclusive, reverse=reverse, algorithm=algorithm, blocks=blocks)
-    if problem is not None:
-        raise problem
+    ok = problem is None
+    fields = _fields(scan_op if ok else None, layout if ok else None, inclusive, reverse, algorithm, blocks)
+    begin(transport.comm, "all_scan", problem, fields, validate)
     call = ScanCall(transport, scan_op, layout, parts, x, inclusive, reverse)
     return AllScanHandle(_steps(call, algorithm, blocks), x, token, transport.comm)
+
+
+def _fields(scan_op: Optional[ScanOp], layout: Optional[ScanLayout], inclusive: bool, reverse: bool,
+            algorithm: str, blocks: Any) -> dict:
+    """What the ranks of one scan agree on (besides their input errors)."""
+    return {"op": None if scan_op is None else _op_label(scan_op), "shape": None if layout is None else layout.shapes,
+            "dtype": None if layout is None else tuple(str(d) for d in layout.dtypes),
+            "inclusive": inclusive, "reverse": reverse, "algorithm": algorithm, "blocks": blocks}
+
+
+@dataclass(frozen=True)
+class _DirectPlan:
+    """A scan of one host array under a builtin op MPI has (sum, or max of integers): what its
+    repeated calls share, so that each goes to MPI's own scan with little around it."""
+
+    scan_op: ScanOp
+    layout: ScanLayout
+    mpi_op: Any
+    identity: Any
+    fields: dict
+    signed: Any
+
+
+def _direct_plan(x: Any, op: Any, inclusive: bool, reverse: bool, algorithm: str,
+                 blocks: Optional[int]) -> Optional[_DirectPlan]:
+    """The plan of a call that may go straight to MPI's scan, or None (made on first use)."""
+    if type(x) is not np.ndarray or algorithm not in ("mpi", "auto") or blocks is not None or type(op) is not str:
+        return None
+    return _DIRECT_PLANS.get((x.shape, x.dtype, op, inclusive, reverse, algorithm), x, op, inclusive, reverse,
+                             algorithm)
+
+
+def _make_direct_plan(x: np.ndarray, op: str, inclusive: bool, reverse: bool, algorithm: str) -> Optional[_DirectPlan]:
+    try:
+        scan_op, parts, layout = _prepare(x, op, algorithm, None)
+    except (TypeError, ValueError):
+        return None  # the general path reports it
+    mpi_op = allscan_algos.mpi_builtin_op(scan_op, layout)
+    if mpi_op is None or (mpi_op is MPI.MAX and x.dtype.kind == "f") or not layout.nbytes:
+        return None  # float max travels as integer keys (NaN), and an empty scan has nothing to send
+    fields = _fields(scan_op, layout, inclusive, reverse, algorithm, None)
+    return _DirectPlan(scan_op, layout, mpi_op, scan_op.identity(x.reshape(-1)[:1])[0], fields,
+                       signature("all_scan", {"input_error": None, **fields}))
+
+
+_DIRECT_PLANS = CallCache(_make_direct_plan)
+
+
+def _scan_directly(transport: Transport, plan: _DirectPlan, x: np.ndarray, inclusive: bool, reverse: bool,
+                   validate: bool) -> np.ndarray:
+    """The scan by MPI's own call, after the agreement where ``validate``."""
+    if validate:
+        begin(transport.comm, "all_scan", None, plan.fields, True, plan.signed)
+    comm = allscan_algos.reversed_comm(transport.comm) if reverse else transport.comm
+    return allscan_algos.mpi_scan_now(comm, x, plan.mpi_op, plan.identity, inclusive)
 
 
 def _max_blocks(layout: ScanLayout, scan_op: Any) -> int:
@@ -257,5 +313,14 @@ def all_scan(x: Any, op: Any, *, comm: Any = None, inclusive: bool = False, reve
     raises there and makes every other rank raise a RuntimeError naming it (no rank waits forever).
     The result has x's structure and lives on x's backend.
     """
+    plan = _direct_plan(x, op, inclusive, reverse, algorithm, blocks)
+    if plan is not None and not _IN_FLIGHT[0] and x.flags.c_contiguous:
+        transport = transport_for(comm, "all_scan")
+        if algorithm == "mpi" or _auto(transport, plan.scan_op, plan.layout, None)[0] == "mpi":
+            token = trace_collective("all_scan", transport.comm, x.nbytes)
+            try:
+                return _scan_directly(transport, plan, x, inclusive, reverse, validate)
+            finally:
+                trace_done(token)
     return all_scan_start(x, op, comm=comm, inclusive=inclusive, reverse=reverse, algorithm=algorithm,
                           blocks=blocks, validate=validate).wait()

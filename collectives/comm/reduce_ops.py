@@ -1,5 +1,6 @@
 """The reduction ops of the ring collectives: an element-wise function on any backend and the
-matching MPI op for the ``mpi`` baseline."""
+matching MPI op for the ``mpi`` baseline. ``avg`` reduces as ``sum`` and is divided by the number
+of ranks after (:data:`AVERAGING_OPS`; the ring collectives take it, the hierarchical partition does not)."""
 
 from __future__ import annotations
 
@@ -10,8 +11,9 @@ from mpi4py import MPI
 from hpcrt.backends.arrays import get_xp
 
 REDUCE_OPS = ("sum", "max", "min")
-_UFUNCS = {"sum": "add", "max": "maximum", "min": "minimum"}
-_MPI_OPS = {"sum": MPI.SUM, "max": MPI.MAX, "min": MPI.MIN}
+AVERAGING_OPS = ("avg",)
+_UFUNCS = {"sum": "add", "max": "maximum", "min": "minimum", "avg": "add"}
+_MPI_OPS = {"sum": MPI.SUM, "max": MPI.MAX, "min": MPI.MIN, "avg": MPI.SUM}
 
 
 def check_op(op: str) -> None:

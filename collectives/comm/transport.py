@@ -11,6 +11,7 @@ from typing import Any, Optional
 import numpy as np
 from mpi4py import MPI
 
+from hpcrt.backends.arrays import ArrayBackend
 from hpcrt.core.runtime import get_runtime
 
 from hpcrt.collectives.comm.linkbytes import LINK_BYTES
@@ -144,17 +145,19 @@ class Transport:
         with self.staging.readable(send_array) as sbuf, self.staging.writable(recv_array) as rbuf:
             self.comm.Sendrecv(sbuf, dest, tag, rbuf, source, tag)
 
-    def isend(self, array: Any, dest: int, tag: int = 0) -> Pending:
+    def isend(self, array: Any, dest: int, tag: int = 0, backend: Optional[ArrayBackend] = None) -> Pending:
+        """Start sending ``array`` (``backend``: the array's, where the caller already knows it)."""
         self._account(dest, array.nbytes)
         if host_ready(array):
             return Pending(self.comm.Isend(array, dest, tag))
         stack = contextlib.ExitStack()
-        buf = stack.enter_context(self.staging.readable(array))
+        buf = stack.enter_context(self.staging.readable(array, backend))
         return Pending(self.comm.Isend(buf, dest, tag), stack)
 
-    def irecv(self, array: Any, source: int, tag: int = 0) -> Pending:
+    def irecv(self, array: Any, source: int, tag: int = 0, backend: Optional[ArrayBackend] = None) -> Pending:
+        """Start receiving into ``array`` (``backend`` as in :meth:`isend`)."""
         if host_ready(array):
             return Pending(self.comm.Irecv(array, source, tag))
         stack = contextlib.ExitStack()
-        buf = stack.enter_context(self.staging.writable(array))
+        buf = stack.enter_context(self.staging.writable(array, backend))
         return Pending(self.comm.Irecv(buf, source, tag), stack)

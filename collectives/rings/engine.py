@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
-from hpcrt.backends.arrays import get_xp
+from hpcrt.backends.arrays import ArrayBackend, backend_of
 
 from hpcrt.collectives.comm.msgpool import Borrowed
 from hpcrt.collectives.comm.transport import Transport, wait_all
@@ -62,7 +62,7 @@ def ring_lanes(blocks: list[tuple[int, int]], algorithm: str) -> list[Lane]:
 
 
 def ring_pass(transport: Transport, work: Any, lanes: list[Lane], *,
-              combine: Optional[Callable[[Any, Any], None]] = None) -> None:
+              combine: Optional[Callable[[Any, Any], None]] = None, backend: Optional[ArrayBackend] = None) -> None:
     """Run every lane's steps over ``work`` (a flat array) at once (lanes share their hop count, as
     :func:`ring_lanes` makes them).
 
@@ -70,11 +70,12 @@ def ring_pass(transport: Transport, work: Any, lanes: list[Lane], *,
     its ``far`` part only), and each rank on the way folds the piece it receives into its own and
     passes it on, so rank r ends holding piece r fully reduced. Without, it is an all-gather: rank
     r sends its own piece r, receives in place and passes on, so every rank ends holding every
-    piece. Empty parts are skipped on both sides.
+    piece. Empty parts are skipped on both sides. ``backend`` is work's, where the caller knows it.
     """
     p, r = transport.size, transport.rank
     scratch = {}
-    buffers = Borrowed(get_xp(work))
+    backend = backend or backend_of(work)
+    buffers = Borrowed(backend.xp)
     if combine is not None:
         for lane in lanes:
             scratch[lane.tag] = buffers.take(max(b - a for a, b in lane.pieces) * work.itemsize).view(work.dtype)
@@ -95,9 +96,9 @@ def ring_pass(transport: Transport, work: Any, lanes: list[Lane], *,
                     incoming = scratch[lane.tag][:r_stop - r_start]
                     folds.append((target, incoming))
                     target = incoming
-                pending.append(transport.irecv(target, (r - d) % p, lane.tag))
+                pending.append(transport.irecv(target, (r - d) % p, lane.tag, backend))
             if s_stop > s_start:
-                pending.append(transport.isend(work[s_start:s_stop], (r + d) % p, lane.tag))
+                pending.append(transport.isend(work[s_start:s_stop], (r + d) % p, lane.tag, backend))
         wait_all(pending)
         for target, incoming in folds:
             combine(target, incoming)

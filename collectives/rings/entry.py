@@ -6,23 +6,27 @@ each link direction carries half the bytes and a phase takes ⌊p/2⌋ steps (at
 schedule: both ways lead to the one neighbour); ``mpi``: the plain MPI call;
 ``auto``: the smallest α-β prediction (:mod:`.ring_cost`): the ring's slowest link, and the
 ring algorithms' steps as the job measured them where it did.
-Every algorithm returns a new array on the input's backend and leaves the input untouched; max
-and min propagate NaN (numpy's maximum/minimum) on all of them, the same on every rank.
+Every algorithm returns a new array on the input's backend and leaves the input untouched, or
+writes into ``out=`` (checked like lse_merge's; allreduce's may be the input itself); max and min
+propagate NaN (numpy's maximum/minimum) on all of them, the same on every rank; ``avg`` is the sum
+divided by the number of ranks, in the operand's (floating or complex) dtype.
 ``validate=True`` first checks that all ranks agree on shape, dtype, op and algorithm; with
 ``validate=False`` ranks that disagree may deadlock.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Optional
 
 import numpy as np
+from mpi4py import MPI
 
-from hpcrt.backends.arrays import backend_of, get_xp
+from hpcrt.backends.arrays import ArrayBackend, backend_of
 
-from hpcrt.collectives.comm.agreement import check_agreement
 from hpcrt.collectives.comm.blocks import block_bounds
-from hpcrt.collectives.comm.reduce_ops import REDUCE_OPS, combine_into
+from hpcrt.collectives.comm.entry import CallCache, begin, checked_out, signature, transport_for
+from hpcrt.collectives.comm.reduce_ops import AVERAGING_OPS, REDUCE_OPS, combine_into, mpi_op
 from hpcrt.collectives.comm.tracing import traced
 from hpcrt.collectives.comm.transport import Transport, unsendable
 from hpcrt.collectives.costmodel.memo import ChoiceMemo, LinkMemo
@@ -30,60 +34,73 @@ from hpcrt.collectives.costmodel.rings import ALGORITHMS, RING_COLLECTIVES, auto
 from hpcrt.collectives.rings.engine import ring_lanes, ring_pass
 from hpcrt.collectives.rings.mpi import mpi_allgather, mpi_allreduce, mpi_reduce_scatter
 
+RING_OPS = REDUCE_OPS + AVERAGING_OPS
+
 
 @traced("allreduce")
-def allreduce(x: Any, op: str = "sum", *, comm: Optional[Any] = None, algorithm: str = "auto",
-              validate: bool = True) -> Any:
-    """Every rank gets the element-wise ``op`` (sum, max, min) of all ranks' ``x``, same shape."""
-    transport, algorithm = _begin("allreduce", x, comm, algorithm, validate, op)
-    if algorithm == "mpi":
-        return mpi_allreduce(transport.comm, transport.staging, x, op)
-    work = x.flatten()
-    if transport.size > 1 and work.size:
-        lanes = ring_lanes(block_bounds(work.size, transport.size), algorithm)
-        ring_pass(transport, work, lanes, combine=combine_into(op))
-        ring_pass(transport, work, lanes)
-    return work.reshape(x.shape)
+def allreduce(x: Any, op: str = "sum", *, comm: Optional[MPI.Intracomm] = None, algorithm: str = "auto",
+              validate: bool = True, out: Optional[Any] = None) -> Any:
+    """Every rank gets the element-wise ``op`` (sum, max, min, avg) of all ranks' ``x``, same shape;
+    into ``out`` where given (``out=x``: in place)."""
+    transport, plan, algorithm = _begin("allreduce", x, comm, algorithm, validate, op, out)
+    if algorithm == "mpi" and plan.direct and out is None and x.flags.c_contiguous:
+        result = np.empty(x.shape, x.dtype)  # the common small call: MPI's own, nothing around it
+        transport.comm.Allreduce(x, result, plan.mpi_op)
+    elif algorithm == "mpi":
+        result = mpi_allreduce(transport.comm, transport.staging, plan.backend, x, op,
+                               _result(plan.backend, x.shape, x.dtype, out))
+    else:
+        result = _work(plan.backend, x, out)
+        flat = result.reshape(-1)
+        if transport.size > 1 and flat.size:
+            lanes = ring_lanes(block_bounds(flat.size, transport.size), algorithm)
+            ring_pass(transport, flat, lanes, combine=combine_into(op), backend=plan.backend)
+            ring_pass(transport, flat, lanes, backend=plan.backend)
+    return _averaged(result, op, transport.size)
 
 
 @traced("allgather")
-def allgather(x: Any, *, comm: Optional[Any] = None, algorithm: str = "auto", validate: bool = True) -> Any:
-    """All ranks' ``x`` (same shape everywhere) concatenated along axis 0 in rank order.
-
-    A 0-d ``x`` counts as shape (1,): the result then has shape (p,).
+def allgather(x: Any, *, comm: Optional[MPI.Intracomm] = None, algorithm: str = "auto", validate: bool = True,
+              out: Optional[Any] = None) -> Any:
+    """All ranks' ``x`` (same shape everywhere) concatenated along axis 0 in rank order, into ``out``
+    where given. A 0-d ``x`` counts as shape (1,): the result then has shape (p,).
     """
-    transport, algorithm = _begin("allgather", x, comm, algorithm, validate, None)
-    p = transport.size
-    shape = (p * x.shape[0], *x.shape[1:]) if x.ndim else (p,)
+    transport, plan, algorithm = _begin("allgather", x, comm, algorithm, validate, None, out)
+    result = _result(plan.backend, plan.result_shape, x.dtype, out)
     if algorithm == "mpi":
-        return mpi_allgather(transport.comm, transport.staging, x, shape)
-    m, r = x.size, transport.rank
-    work = get_xp(x).empty(p * m, dtype=x.dtype)
+        return mpi_allgather(transport.comm, transport.staging, plan.backend, x, result)
+    p, m, r = transport.size, x.size, transport.rank
+    work = result.reshape(-1)
     work[r * m:(r + 1) * m] = x.reshape(-1)
     if p > 1 and m:
-        ring_pass(transport, work, ring_lanes([(i * m, (i + 1) * m) for i in range(p)], algorithm))
-    return work.reshape(shape)
+        ring_pass(transport, work, ring_lanes([(i * m, (i + 1) * m) for i in range(p)], algorithm),
+                  backend=plan.backend)
+    return result
 
 
 @traced("reduce_scatter")
-def reduce_scatter(x: Any, op: str = "sum", *, comm: Optional[Any] = None, algorithm: str = "auto",
-                   validate: bool = True) -> Any:
-    """Rank r gets block r (1-D) of the element-wise ``op`` of all ranks' flattened ``x``.
+def reduce_scatter(x: Any, op: str = "sum", *, comm: Optional[MPI.Intracomm] = None, algorithm: str = "auto",
+                   validate: bool = True, out: Optional[Any] = None) -> Any:
+    """Rank r gets block r (1-D) of the element-wise ``op`` (sum, max, min, avg) of all ranks'
+    flattened ``x``, into ``out`` where given.
 
     Blocks follow :func:`block_bounds` (numpy.array_split's rule): sizes need not divide evenly.
     """
-    transport, algorithm = _begin("reduce_scatter", x, comm, algorithm, validate, op)
+    transport, plan, algorithm = _begin("reduce_scatter", x, comm, algorithm, validate, op, out)
+    start, stop = _block(x, transport)
+    result = _result(plan.backend, (stop - start,), x.dtype, out)
     if algorithm == "mpi":
-        return mpi_reduce_scatter(transport.comm, transport.staging, x, op)
+        return _averaged(mpi_reduce_scatter(transport.comm, transport.staging, plan.backend, x, op, result),
+                         op, transport.size)
     work = x.flatten()
-    bounds = block_bounds(work.size, transport.size)
     if transport.size > 1 and work.size:
-        ring_pass(transport, work, ring_lanes(bounds, algorithm), combine=combine_into(op))
-    start, stop = bounds[transport.rank]
-    return work[start:stop].copy()
+        ring_pass(transport, work, ring_lanes(block_bounds(work.size, transport.size), algorithm),
+                  combine=combine_into(op), backend=plan.backend)
+    result[...] = work[start:stop]
+    return _averaged(result, op, transport.size)
 
 
-def ring_choice(collective: str, x: Any, *, comm: Optional[Any] = None) -> str:
+def ring_choice(collective: str, x: Any, *, comm: Optional[MPI.Intracomm] = None) -> str:
     """The algorithm ``collective(x, algorithm="auto")`` runs on ``comm`` (allreduce, allgather or
     reduce_scatter): the cost model's choice, the same on every rank. Local: sends nothing."""
     if collective not in RING_COLLECTIVES:
@@ -96,37 +113,118 @@ def _model_bytes(collective: str, x: Any, p: int) -> int:
     return p * x.nbytes if collective == "allgather" else x.nbytes
 
 
-def _begin(collective: str, x: Any, comm: Optional[Any], algorithm: str, validate: bool,
-           op: Optional[str]) -> tuple[Transport, str]:
-    """Check the arguments (with ``validate``, collectively: a rank's bad operand is then every
-    rank's error) and resolve ``auto``."""
-    transport = Transport(comm, collective)
+@dataclass(frozen=True)
+class _Plan:
+    """What every call of one collective with one operand type, shape, dtype, op and algorithm on
+    one communicator size shares: the local checks' verdict, the agreement's fields and signature,
+    the backend, the result's shape and the MPI op."""
+
+    problem: Optional[Exception]
+    algorithm_error: Optional[Exception]
+    fields: dict
+    signed: np.ndarray
+    backend: Optional[ArrayBackend]
+    result_shape: Optional[tuple]
+    mpi_op: Any
+    direct: bool
+    """numpy operand whose reduction MPI does alone (no NaN flag): the call can go straight to MPI."""
+
+
+def _plan(collective: str, x: Any, op: Optional[str], algorithm: str, size: int) -> _Plan:
+    """The call's plan, made on its shape's first call."""
+    try:
+        key = (collective, type(x), x.shape, x.dtype, op, algorithm, size)
+    except AttributeError:  # no array: checked without a cache
+        return _make_plan(collective, x, op, algorithm, size)
+    return _PLANS.get(key, collective, x, op, algorithm, size)
+
+
+def _make_plan(collective: str, x: Any, op: Optional[str], algorithm: str, size: int) -> _Plan:
     problem = _operand_problem(collective, x, op)
-    if validate:
-        fields = {"input_error": None if problem is None else str(problem), "algorithm": algorithm}
-        if problem is None:
-            fields.update(shape=tuple(x.shape), dtype=str(x.dtype))
-        if op is not None:
-            fields["op"] = op
-        check_agreement(transport.comm, collective, **fields)
-    if problem is not None:
-        raise problem
+    fields: dict = {"algorithm": algorithm}
+    backend, result_shape = None, None
+    if problem is None:
+        fields.update(shape=tuple(x.shape), dtype=str(x.dtype))
+        backend = backend_of(x)
+        result_shape = _result_shape(collective, x, size)
+    if op is not None:
+        fields["op"] = op
+    algorithm_error = None
+    if algorithm != "auto" and algorithm not in ALGORITHMS:
+        algorithm_error = ValueError(f"{collective}: unknown algorithm {algorithm!r}; expected auto or one of "
+                                     f"{ALGORITHMS}")
+    signed = signature(collective, {"input_error": None if problem is None else str(problem), **fields})
+    direct = backend is not None and backend.name == "numpy" and not (op in ("max", "min") and x.dtype.kind == "f")
+    return _Plan(problem, algorithm_error, fields, signed, backend, result_shape,
+                 mpi_op(op) if op in RING_OPS else None, direct)
+
+
+_PLANS = CallCache(_make_plan)
+
+
+def _result_shape(collective: str, x: Any, p: int) -> Optional[tuple]:
+    """The result's shape (None for reduce_scatter, whose block depends on the rank)."""
+    if collective == "allgather":
+        return (p * x.shape[0], *x.shape[1:]) if x.ndim else (p,)
+    return None if collective == "reduce_scatter" else tuple(x.shape)
+
+
+def _block(x: Any, transport: Transport) -> tuple[int, int]:
+    """This rank's block of flat ``x`` in a reduce_scatter."""
+    return block_bounds(x.size, transport.size)[transport.rank]
+
+
+def _result(backend: ArrayBackend, shape: tuple, dtype: Any, out: Optional[Any]) -> Any:
+    """``out``, or a new array of the result's shape on the operand's backend."""
+    return backend.xp.empty(shape, dtype=dtype) if out is None else out
+
+
+def _work(backend: ArrayBackend, x: Any, out: Optional[Any]) -> Any:
+    """The array a ring allreduce works in: ``out`` (checked C-contiguous) holding ``x``, else a copy of x."""
+    if out is None:
+        return x.copy()
+    if out is not x:
+        out[...] = x
+    return out
+
+
+def _averaged(result: Any, op: Optional[str], p: int) -> Any:
+    """``result`` divided in place by the rank count where ``op`` is avg (float dtypes only: checked)."""
+    if op in AVERAGING_OPS:
+        result /= p
+    return result
+
+
+def _begin(collective: str, x: Any, comm: Optional[Any], algorithm: str, validate: bool,
+           op: Optional[str], out: Optional[Any]) -> tuple[Transport, _Plan, str]:
+    """Check the arguments (with ``validate``, collectively: a rank's bad operand or ``out`` is then
+    every rank's error) and resolve ``auto``."""
+    transport = transport_for(comm, collective)
+    plan = _plan(collective, x, op, algorithm, transport.size)
+    problem = plan.problem
+    if out is not None and problem is None:
+        shape = plan.result_shape
+        if shape is None:
+            start, stop = _block(x, transport)
+            shape = (stop - start,)
+        problem = checked_out(collective, out, shape, x.dtype, plan.backend)
+    begin(transport.comm, collective, problem, plan.fields, validate, plan.signed if problem is plan.problem else None)
+    if plan.algorithm_error is not None:
+        raise plan.algorithm_error.with_traceback(None)
     if algorithm == "auto":
-        return transport, _auto(collective, x, transport)
-    if algorithm not in ALGORITHMS:
-        raise ValueError(f"{collective}: unknown algorithm {algorithm!r}; expected auto or one of {ALGORITHMS}")
-    return transport, algorithm
+        return transport, plan, _auto(collective, x, transport)
+    return transport, plan, algorithm
 
 
-_OP_KINDS = {"sum": "iufc", "max": "iuf", "min": "iuf"}
+_OP_KINDS = {"sum": "iufc", "max": "iuf", "min": "iuf", "avg": "fc"}
 """dtype kinds each op is defined for on every algorithm (MPI has no sum on booleans and no
 order on complex numbers)."""
 
 
 def _operand_problem(collective: str, x: Any, op: Optional[str]) -> Optional[Exception]:
     """What is wrong with ``op`` or the operand ``x`` (the same on every rank for the same call), or None."""
-    if op is not None and op not in REDUCE_OPS:
-        return ValueError(f"{collective}: unknown reduction op {op!r}; expected one of {', '.join(REDUCE_OPS)}")
+    if op is not None and op not in RING_OPS:
+        return ValueError(f"{collective}: unknown reduction op {op!r}; expected one of {', '.join(RING_OPS)}")
     try:
         backend_of(x)
     except TypeError as error:
@@ -134,6 +232,9 @@ def _operand_problem(collective: str, x: Any, op: Optional[str]) -> Optional[Exc
     problem = unsendable(x.dtype)
     if problem is not None:
         return TypeError(f"{collective}: {problem}")
+    if op in AVERAGING_OPS and np.dtype(x.dtype).kind not in _OP_KINDS[op]:
+        return TypeError(f"{collective}: op 'avg' needs a floating or complex dtype (the mean of integers is no "
+                         f"integer), got {x.dtype}; cast x to a float dtype first")
     if op is not None and np.dtype(x.dtype).kind not in _OP_KINDS[op]:
         return TypeError(f"{collective}: op {op!r} is not defined for dtype {x.dtype}")
     return None

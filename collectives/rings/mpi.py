@@ -17,7 +17,7 @@ from typing import Any, Callable
 import numpy as np
 from mpi4py import MPI
 
-from hpcrt.backends.arrays import get_xp
+from hpcrt.backends.arrays import ArrayBackend
 from hpcrt.backends.staging import Staging
 
 from hpcrt.collectives.comm.blocks import block_bounds
@@ -28,39 +28,44 @@ _NAN_FLAGS = {"max": 1, "min": -1}
 """What a rank holding a NaN adds to its message under each op: a value the op keeps over 0."""
 
 
-def mpi_allreduce(comm: Any, staging: Staging, x: Any, op: str) -> Any:
+def mpi_allreduce(comm: Any, staging: Staging, backend: ArrayBackend, x: Any, op: str, out: Any) -> Any:
+    """MPI's Allreduce of ``x`` into ``out`` (an array of x's shape, dtype and backend; may be x itself)."""
     if not _nan_aware(x, op):
-        out = get_xp(x).empty(x.shape, dtype=x.dtype)
-        _staged(staging, x, out, lambda send, recv: comm.Allreduce(send, recv, mpi_op(op)))
+        if out is x and host_ready(x):
+            comm.Allreduce(MPI.IN_PLACE, out, mpi_op(op))
+        else:
+            _staged(staging, backend, x, out, lambda send, recv: comm.Allreduce(send, recv, mpi_op(op)))
         return out
-    out = _flagged_reduce(staging, x.reshape(-1), op, [(0, x.size)], 0,
-                          lambda send, recv, op_, extra: comm.Allreduce(send, recv, op_))
-    return out.reshape(x.shape)
-
-
-def mpi_allgather(comm: Any, staging: Staging, x: Any, shape: tuple) -> Any:
-    out = get_xp(x).empty(shape, dtype=x.dtype)
-    _staged(staging, x, out, lambda send, recv: comm.Allgather(send, recv))
+    out[...] = _flagged_reduce(staging, backend, x.reshape(-1), op, [(0, x.size)], 0,
+                               lambda send, recv, op_, extra: comm.Allreduce(send, recv, op_)).reshape(x.shape)
     return out
 
 
-def mpi_reduce_scatter(comm: Any, staging: Staging, x: Any, op: str) -> Any:
+def mpi_allgather(comm: Any, staging: Staging, backend: ArrayBackend, x: Any, out: Any) -> Any:
+    """MPI's Allgather of ``x`` into ``out`` (the gathered shape)."""
+    _staged(staging, backend, x, out, lambda send, recv: comm.Allgather(send, recv))
+    return out
+
+
+def mpi_reduce_scatter(comm: Any, staging: Staging, backend: ArrayBackend, x: Any, op: str, out: Any) -> Any:
+    """MPI's Reduce_scatter of flat ``x`` in :func:`block_bounds` blocks, this rank's into ``out``."""
     bounds = block_bounds(x.size, comm.size)
     counts = [stop - start for start, stop in bounds]
     if not _nan_aware(x, op):
-        out = get_xp(x).empty(counts[comm.rank], dtype=x.dtype)
-        _staged(staging, x.reshape(-1), out, lambda send, recv: comm.Reduce_scatter(send, recv, counts, mpi_op(op)))
+        _staged(staging, backend, x.reshape(-1), out,
+                lambda send, recv: comm.Reduce_scatter(send, recv, counts, mpi_op(op)))
         return out
-    return _flagged_reduce(staging, x.reshape(-1), op, bounds, comm.rank, lambda send, recv, op_, extra: (
+    out[...] = _flagged_reduce(staging, backend, x.reshape(-1), op, bounds, comm.rank, lambda send, recv, op_, extra: (
         comm.Reduce_scatter(send, recv, [count + extra for count in counts], op_)))
+    return out
 
 
-def _staged(staging: Staging, send: Any, recv: Any, call: Callable[[Any, Any], None]) -> None:
+def _staged(staging: Staging, backend: ArrayBackend, send: Any, recv: Any, call: Callable[[Any, Any], None]) -> None:
     """Run ``call(send, recv)`` on MPI-ready views of the two arrays (recv written back after);
     contiguous numpy arrays go as they are (no staging to set up, a cost of its own at 8 bytes)."""
     if host_ready(send) and host_ready(recv):
         return call(send, recv)
-    with staging.readable(send) as send_buf, staging.writable(recv) as recv_buf:
+    with staging.readable(send, backend) as send_buf, staging.writable(recv, backend) as recv_buf:
         call(send_buf, recv_buf)
 
 
@@ -69,12 +74,12 @@ def _nan_aware(x: Any, op: str) -> bool:
     return op in _NAN_FLAGS and x.dtype.kind == "f" and x.size > 0
 
 
-def _flagged_reduce(staging: Staging, flat: Any, op: str, bounds: list, rank: int,
+def _flagged_reduce(staging: Staging, backend: ArrayBackend, flat: Any, op: str, bounds: list, rank: int,
                     reduce: Callable[[Any, Any, Any, int], None]) -> Any:
     """``reduce(send, recv, mpi_op, extra)`` of the ``bounds`` blocks of ``flat``, block ``rank``
     returned, each block sent with this rank's NaN flag after it (``extra`` = 1 element more per
     block); where any rank flagged a NaN, a second ``reduce`` of the NaN masks restores them."""
-    xp = get_xp(flat)
+    xp = backend.xp
     flag = _NAN_FLAGS[op] if math.isnan(flat.min()) else 0  # min is NaN where any element is
     send = xp.empty(flat.size + len(bounds), dtype=flat.dtype)
     for block, (start, stop) in enumerate(bounds):
@@ -82,10 +87,10 @@ def _flagged_reduce(staging: Staging, flat: Any, op: str, bounds: list, rank: in
         send[stop + block] = flag
     start, stop = bounds[rank]
     out = xp.empty(stop - start + 1, dtype=flat.dtype)
-    _staged(staging, send, out, lambda send_buf, recv_buf: reduce(send_buf, recv_buf, mpi_op(op), 1))
+    _staged(staging, backend, send, out, lambda send_buf, recv_buf: reduce(send_buf, recv_buf, mpi_op(op), 1))
     if bool(out[-1] != 0):
         seen = xp.empty(stop - start, dtype=np.uint8)
-        _staged(staging, xp.isnan(flat).view(np.uint8), seen,
+        _staged(staging, backend, xp.isnan(flat).view(np.uint8), seen,
                 lambda send_buf, recv_buf: reduce(send_buf, recv_buf, MPI.MAX, 0))
         out[:-1][seen.view(bool)] = np.nan
     return out[:-1]

@@ -82,17 +82,43 @@ def cupy_backend() -> ArrayBackend | None:
     return _CUPY[0]
 
 
+_KDL_CUDA = (2, 3, 13)
+"""DLPack device types of CUDA memory: kDLCUDA, kDLCUDAHost, kDLCUDAManaged."""
+_BY_TYPE: dict = {}
+"""Backend per array type, worked out once by protocol (the protocols an array speaks are its type's)."""
+
+
 def backend_of(array: Any) -> ArrayBackend:
-    """The backend an array belongs to; raises TypeError for anything that is not an array."""
+    """The backend an array belongs to, by the protocol it speaks: ``__cuda_array_interface__`` or a
+    CUDA DLPack device (CuPy, the fake GPU), else the buffer protocol of a numpy array; TypeError otherwise."""
+    backend = _BY_TYPE.get(type(array))
+    if backend is None:
+        backend = _by_protocol(array)
+        _BY_TYPE[type(array)] = backend
+    return backend
+
+
+def _by_protocol(array: Any) -> ArrayBackend:
+    kind = type(array)
+    on_cuda = hasattr(kind, "__cuda_array_interface__") or (
+        hasattr(kind, "__dlpack_device__") and array.__dlpack_device__()[0] in _KDL_CUDA)
+    if on_cuda:
+        return _device_backend(array)
     if isinstance(array, np.ndarray):
         return NUMPY
-    if isinstance(array, FakeGpuArray):
+    raise TypeError(f"expected a numpy or CuPy array, got {kind.__name__}")
+
+
+def _device_backend(array: Any) -> ArrayBackend:
+    """The backend of an array in CUDA memory: the one whose namespace the array names
+    (``__array_namespace__``), CuPy where it names none that hpcrt knows."""
+    namespace = getattr(array, "__array_namespace__", None)
+    if namespace is not None and namespace() is FAKE_GPU.xp:
         return FAKE_GPU
-    if type(array).__module__.startswith("cupy"):
-        backend = cupy_backend()
-        if backend is not None:
-            return backend
-    raise TypeError(f"expected a numpy or CuPy array, got {type(array).__name__}")
+    backend = cupy_backend()
+    if backend is None:
+        raise TypeError(f"a {type(array).__name__} lives in GPU memory, which needs CuPy: pip install cupy-cuda12x")
+    return backend
 
 
 def get_xp(array: Any) -> Any:

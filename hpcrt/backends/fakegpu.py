@@ -26,6 +26,10 @@ class FakeGpuArray(np.lib.mixins.NDArrayOperatorsMixin):
         return {"shape": iface["shape"], "typestr": iface["typestr"], "data": iface["data"],
                 "strides": iface["strides"], "version": 3, "stream": None}
 
+    def __array_namespace__(self, api_version: Any = None) -> Any:
+        """The namespace whose functions operate on this array (the array API's protocol)."""
+        return fakecupy
+
     def __array__(self, *args: Any, **kwargs: Any) -> np.ndarray:
         raise TypeError("implicit conversion of a (fake) GPU array to a host array is not allowed; "
                         "call .get() to copy it to the host")

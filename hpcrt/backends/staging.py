@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Optional
 
 import numpy as np
 
@@ -73,9 +73,10 @@ class Staging:
         return backend.on_device and not self.cuda_aware
 
     @contextlib.contextmanager
-    def readable(self, array: Any) -> Iterator[Any]:
-        """A buffer MPI may read (send) holding ``array``'s contents."""
-        backend = backend_of(array)
+    def readable(self, array: Any, backend: Optional[ArrayBackend] = None) -> Iterator[Any]:
+        """A buffer MPI may read (send) holding ``array``'s contents (``backend``: the array's, where the
+        caller already knows it)."""
+        backend = backend or backend_of(array)
         if not self._staged(backend):
             backend.synchronize(array)
             yield _contiguous(backend, array)
@@ -89,9 +90,9 @@ class Staging:
             self.pool.release(host)
 
     @contextlib.contextmanager
-    def writable(self, array: Any) -> Iterator[Any]:
+    def writable(self, array: Any, backend: Optional[ArrayBackend] = None) -> Iterator[Any]:
         """A buffer MPI may write (receive) into; on exit its contents land in ``array``."""
-        backend = backend_of(array)
+        backend = backend or backend_of(array)
         if not self._staged(backend):
             backend.synchronize(array)
             target = _contiguous(backend, array)

@@ -1,0 +1,129 @@
+"""The one entry sequence of every collective: the communicator resolved (and its transport reused),
+the local checks, the agreement across ranks, and an error raised on every rank.
+
+The agreement is one Allreduce of two int64 words: a stable hash ``h`` of the call's fields
+(shape, dtype, op, algorithm, this rank's input error, ...) and ``~h``, reduced with MIN, which gives
+min(h) and ~max(h). Every rank sees whether they all agree; only where they do not does a second,
+slower round (:func:`check_agreement`'s allgather) name the fields, the ranks and what each has.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any, Callable, Optional
+
+import numpy as np
+from mpi4py import MPI
+
+from hpcrt.backends.arrays import ArrayBackend, backend_of
+from hpcrt.core.runtime import get_runtime
+
+from hpcrt.collectives.comm.agreement import CollectiveMismatchError, check_agreement
+from hpcrt.collectives.comm.transport import Transport
+
+_MAX_ENTRIES = 4096
+"""Entries a cache keeps before it starts over."""
+_TRANSPORTS: dict = {}
+_MISSING = object()
+
+
+class CallCache:
+    """What repeated calls of one shape reuse, by key: ``make(*args)`` on the key's first call (kept
+    even where it is None), the cache started over when full; an unhashable key is made uncached."""
+
+    def __init__(self, make: Callable[..., Any]):
+        self._make = make
+        self._known: dict = {}
+
+    def get(self, key: Any, *args: Any) -> Any:
+        try:
+            known = self._known.get(key, _MISSING)
+        except TypeError:
+            return self._make(*args)
+        if known is _MISSING:
+            if len(self._known) >= _MAX_ENTRIES:
+                self._known.clear()
+            known = self._known[key] = self._make(*args)
+        return known
+
+
+def transport_for(comm: Optional[Any], collective: str) -> Transport:
+    """The transport of ``comm`` (the runtime's where None), made once per communicator and runtime;
+    TypeError as :func:`.transport.intracomm` words it for anything but an intracommunicator."""
+    known = _TRANSPORTS.get(id(comm))
+    runtime = get_runtime()
+    if known is not None and known[0] is comm and known[1] is runtime:
+        return known[2]
+    transport = Transport(comm, collective)
+    if len(_TRANSPORTS) >= _MAX_ENTRIES:
+        _TRANSPORTS.clear()
+    _TRANSPORTS[id(comm)] = (comm, runtime, transport)  # holding comm keeps its id from being reused
+    return transport
+
+
+def signature(collective: str, fields: dict) -> np.ndarray:
+    """``[h, ~h]`` of the call's fields (values hashable; the same on every rank for the same call)."""
+    key = (collective, *fields.items())
+    return _SIGNATURES.get(key, key)
+
+
+def _signed(key: tuple) -> np.ndarray:
+    h = int.from_bytes(hashlib.blake2b(repr(key).encode(), digest_size=8).digest(), "little", signed=True)
+    signed = np.array([h, ~h], dtype=np.int64)
+    signed.flags.writeable = False
+    return signed
+
+
+_SIGNATURES = CallCache(_signed)
+
+
+def agree(comm: Any, collective: str, signed: np.ndarray, fields: dict) -> None:
+    """Raise :class:`CollectiveMismatchError` on every rank unless all ranks passed the same signature
+    (one two-word Allreduce; on a mismatch a second round names the ranks and fields that differ)."""
+    reduced = np.empty(2, dtype=np.int64)
+    comm.Allreduce(signed, reduced, MPI.MIN)
+    if reduced[0] != signed[0] or reduced[1] != signed[1]:
+        check_agreement(comm, collective, **fields)
+        raise CollectiveMismatchError(f"{collective}: ranks called it with different arguments, though "
+                                      f"every field listed agrees (seen on rank {comm.rank})")
+
+
+def begin(comm: Any, collective: str, problem: Optional[Exception], fields: dict, validate: bool,
+          signed: Optional[np.ndarray] = None) -> None:
+    """The entry sequence once the local checks ran: with ``validate`` the ranks agree on ``fields``
+    and on ``problem`` (this rank's input error, or None), so a rank's bad input is every rank's
+    error; then ``problem``, where there is one, is raised."""
+    if validate:
+        fields = {"input_error": None if problem is None else str(problem), **fields}
+        agree(comm, collective, signature(collective, fields) if signed is None else signed, fields)
+    if problem is not None:
+        raise problem.with_traceback(None)  # a cached plan's error: a fresh traceback each call
+
+
+def checked_out(collective: str, out: Any, shape: tuple, dtype: Any, backend: ArrayBackend) -> Optional[Exception]:
+    """What keeps ``out`` from taking a result of ``shape`` and ``dtype`` on ``backend``, or None:
+    lse_merge's rules (same backend, shape and dtype; C-contiguous, as MPI writes it flat; writable)."""
+    try:
+        got = backend_of(out)
+    except TypeError:
+        return TypeError(f"{collective}: out must be a {backend.name} array like x, got {type(out).__name__}")
+    if got is not backend:
+        return TypeError(f"{collective}: out must be a {backend.name} array like x, got {got.name}")
+    if tuple(out.shape) != tuple(shape):
+        return ValueError(f"{collective}: out must have the result's shape {tuple(shape)}, got {tuple(out.shape)}")
+    if out.dtype != dtype:
+        return TypeError(f"{collective}: out must have the result's dtype {dtype}, got {out.dtype}")
+    if not out.flags.c_contiguous:
+        return ValueError(f"{collective}: out must be C-contiguous")
+    if not getattr(out.flags, "writeable", True):  # CuPy arrays have no such flag: always writable
+        return ValueError(f"{collective}: out is read-only")
+    return None
+
+
+def raise_on_every_rank(collective: str, problems: list) -> None:
+    """Given every rank's problem ((exception type, message) or None, gathered), raise them all on
+    every rank alike, as the exception type of the first rank with one."""
+    bad = [(rank, problem) for rank, problem in enumerate(problems) if problem]
+    if bad:
+        error = bad[0][1][0]
+        raise error(f"{collective}: " + "; ".join(f"rank {rank}: {message}" for rank, (_, message) in bad))
