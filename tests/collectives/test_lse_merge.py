@@ -14,6 +14,7 @@ import pytest
 from hpcrt import to_fake_gpu
 from hpcrt.collectives import lse_merge
 from hpcrt.collectives.attention import lse_cupy
+from hpcrt.collectives.attention.lse_bench import COLUMNS, lse_bench
 
 from array_backends import BACKENDS, to_host
 
@@ -203,6 +204,20 @@ def test_empty_value_dim_still_merges_the_lse(kernel, backend):
     got_o, got_l = lse_merge(*(BACKENDS[backend](a) for a in (o1, l1, o2, l2)), kernel=kernel)
     assert got_o.shape == (3, 17, 0)
     np.testing.assert_allclose(to_host(got_l), reference(o1, l1, o2, l2)[1], rtol=1e-14)
+
+
+def test_bench_prints_each_kernel_beside_a_copy(capsys):
+    """A tiny host run: one row per size, dtype and kernel with a ratio to the copy, no wrong values."""
+    assert lse_bench(["--buffers", "numpy", "--rows", "40", "300", "--width", "5", "--repeats", "2"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    table = [line.split() for line in lines if not line.startswith("#")]
+    assert table[0] == list(COLUMNS)
+    cases = [(rows, dtype, kernel) for rows in ("40", "300") for dtype in ("float32", "float64")
+             for kernel in ("numba", "numpy")]
+    assert [(row[0], row[2], row[3]) for row in table[1:]] == cases
+    assert all(float(row[7]) > 0 and row[8] == "0" for row in table[1:])
+    assert lines[-3].startswith("# lse_merge numba float64: ")
+    assert lines[-3].endswith("x the copy's bandwidth at 40-300 rows x 5")
 
 
 # --- the CUDA kernel's source on the CPU ---------------------------------------------------------
