@@ -7,8 +7,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
-COMPUTE_SECTIONS = ("forward", "backward")
-"""The sections whose time is the rank's own compute (not the scan's or the gradients' waiting)."""
+COMPUTE_SECTIONS = ("forward", "scan", "backward")
+"""The sections whose self-time (the monitor's: collectives inside left out) is the rank's own
+compute; the scan's is the GLA recurrence on its chunk, its All-Scan waiting left out."""
 
 
 def apportion(total: int, weights: Sequence[float]) -> list[int]:
@@ -102,8 +103,8 @@ class Rebalancer:
 
 
 def compute_seconds(window: dict) -> list[float]:
-    """Each rank's compute time in a monitor straggler window: the sum of its forward and backward
-    medians (self-times, collectives excluded)."""
+    """Each rank's compute time in a monitor straggler window: the sum of its forward, scan and
+    backward medians (self-times, collectives excluded)."""
     return [sum(entry["sections"].get(name, {}).get("median_ms", 0.0) for name in COMPUTE_SECTIONS) / 1e3
             for entry in window["ranks"]]
 

@@ -4,7 +4,9 @@ median step time over rounds (the first steps of a run, warm-up, left out).
 
 Suites: ``scan`` (pipeline vs allgather vs ring at sp = ranks), ``zero`` (none vs flat vs hpz; use
 ``--topology two_nodes_emulated``), ``checkpoint`` (none vs async every 10 steps vs async and
-blocking every step), ``monitor`` (off vs on). ``--only VARIANT`` keeps some variants, ``--set
+blocking every step), ``monitor`` (off vs on), ``balance`` (parallel.balance none vs static with
+rank 1 at half weight vs monitor, windows of 10 steps; slow rank 1 with
+``HPCRT_FAULT=slow:rank=1,factor=2``). ``--only VARIANT`` keeps some variants, ``--set
 model.d_model=256`` changes the base config.
 """
 
@@ -39,6 +41,9 @@ BASE = {"model": {"vocab": 64, "d_model": 64, "heads": 2, "d_k": 16, "d_v": 16, 
         "checkpoint": {"every": 0, "keep": 2, "blocking": False},
         "stop": {"signals": [], "max_minutes": 0, "grace_s": 0}, "slurm": {"max_requeues": 0}}
 WARMUP = 5
+SUITES = ("scan", "zero", "checkpoint", "monitor", "balance")
+HALF_SPEED_RANK_1 = [1.0, 0.5, 1.0, 1.0]
+"""The balance suite's static weights: the true speeds when rank 1 runs ``slow:rank=1,factor=2``."""
 """Steps of each run left out of its median (first calls, allocation, plan caches)."""
 
 
@@ -54,7 +59,11 @@ def variants(suite: str, world: int) -> dict:
                 "blocking every step": {"checkpoint": {"every": 1, "blocking": True}}}
     if suite == "monitor":
         return {"off": {"train": {"monitor": False}}, "on": {"train": {"monitor": True}}}
-    raise SystemExit(f"train bench: unknown suite {suite!r}; choose scan, zero, checkpoint or monitor")
+    if suite == "balance":
+        on = {"train": {"monitor": True}, "monitor": {"report_every": 10}}
+        return {"none": on, "static": {**on, "parallel": {"balance": "static", "weights": HALF_SPEED_RANK_1[:world]}},
+                "monitor": {**on, "parallel": {"balance": "monitor"}}}
+    raise SystemExit(f"train bench: unknown suite {suite!r}; choose {', '.join(SUITES)}")
 
 
 def _config(changes: dict, steps: int, settings: Sequence[str] = ()) -> dict:
@@ -68,7 +77,7 @@ def _config(changes: dict, steps: int, settings: Sequence[str] = ()) -> dict:
             raise SystemExit(f"train bench: --set {item!r}: no key {key!r} in the base config")
         config[node][name] = type(config[node][name])(raw)
     for node, values in changes.items():
-        config[node].update(values)
+        config.setdefault(node, {}).update(values)
     return config
 
 
@@ -86,31 +95,50 @@ def measure(suite: str, rounds: int, steps: int, base: Path, settings: Sequence[
             config = parse_settings(_config(changes, steps, settings), runtime.size)
             source = make_source(config.data, config.shape.vocab, config.train.seq_len)
             folder = base / f"{name.replace(' ', '-')}-{round_}"
-            monitor = MonitorConfig(directory=str(folder / "monitor")) if config.train.monitor else None
-            rows = train(config, source, folder, monitor, report=False).rows[WARMUP:]
+            monitor = (MonitorConfig(directory=str(folder / "monitor"), **changes.get("monitor", {}))
+                       if config.train.monitor else None)
+            every = train(config, source, folder, monitor, report=False).rows
+            rows = every[WARMUP:]
             medians = {key: statistics.median(r[key] for r in rows) for key in ("step_s", *SECTIONS)}
-            found[name].append({**medians, "mean_step_s": statistics.fmean(r["step_s"] for r in rows)})
+            changed = [r["step"] for r in every[1:] if "shares" in r]
+            found[name].append({**medians, "mean_step_s": statistics.fmean(r["step_s"] for r in rows),
+                                "share_changes": len(changed), "last_change": changed[-1] if changed else 0,
+                                "final_shares": next(r["shares"] for r in reversed(every) if "shares" in r)})
     return found
 
 
 def table(suite: str, found: dict, world: int) -> str:
     """Markdown: per variant the median over rounds of each figure (the median step, the mean step
     — which carries the occasional checkpoint or straggler window — and each section), and the
-    median over rounds of each round's mean-step ratio to the first variant's in the same round."""
+    median over rounds of each round's mean-step ratio to the first variant's in the same round; then each
+    variant's speed-up and share changes."""
     first = next(iter(found.values()))
     lines = [f"| {suite} | median step ms | mean step ms | mean ratio | "
              + " | ".join(f"{s} ms" for s in SECTIONS) + " |", "|" + " --- |" * (4 + len(SECTIONS))]
     for name, rounds in found.items():
-        med = {key: statistics.median(r[key] for r in rounds) for key in rounds[0]}
+        med = {key: statistics.median(r[key] for r in rounds) for key in (*SECTIONS, "step_s", "mean_step_s")}
         ratio = statistics.median(r["mean_step_s"] / f["mean_step_s"] for r, f in zip(rounds, first))
         lines.append(f"| {name} | {med['step_s'] * 1e3:.1f} | {med['mean_step_s'] * 1e3:.1f} | {ratio:.3f} | "
                      + " | ".join(f"{med[s] * 1e3:.2f}" for s in SECTIONS) + " |")
-    return "\n".join(lines) + f"\n\n{world} ranks, {len(next(iter(found.values())))} rounds"
+    return "\n".join(lines) + f"\n\n{world} ranks, {len(first)} rounds" + _shares(found, first)
+
+
+def _shares(found: dict, first: list) -> str:
+    """Per variant: the median over rounds of the first variant's median step over its own (the
+    speed-up), how often its shares changed, the last step that changed them, and its final shares."""
+    lines = ["", "", "| variant | speed-up over the first (median step) | share changes | last change at step "
+             "| final shares [sequences, tokens] |", "| --- | --- | --- | --- | --- |"]
+    for name, rounds in found.items():
+        speedup = statistics.median(f["step_s"] / r["step_s"] for r, f in zip(rounds, first))
+        changes = [r["share_changes"] for r in rounds]
+        last = [r["last_change"] for r in rounds]
+        lines.append(f"| {name} | {speedup:.2f} | {changes} | {last} | {rounds[-1]['final_shares']} |")
+    return "\n".join(lines)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m hpcrt.jobs.train.bench", description=__doc__.splitlines()[0])
-    parser.add_argument("suite", choices=("scan", "zero", "checkpoint", "monitor"))
+    parser.add_argument("suite", choices=SUITES)
     parser.add_argument("--rounds", type=int, default=5, help="turns each variant takes (default 5)")
     parser.add_argument("--steps", type=int, default=40, help="steps per run (default 40)")
     parser.add_argument("--topology", default=None, help="a topology file or shipped name, e.g. two_nodes_emulated")

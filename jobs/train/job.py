@@ -106,7 +106,7 @@ def train(settings: Settings, source: Source, run_dir: Path, monitor_config: Any
         hpcrt.clear_done(run_dir)  # more steps asked of a finished run: it may stop and requeue again
     monitor = _start_monitor(monitor_config, run_dir)
     metrics = MetricsLog(run_dir / "metrics.jsonl", leader, result.resumed_from, train.steps, train.log_every)
-    timer = StepTimer(*((monitor.section, monitor.faults.stretch) if monitor is not None else (None,)))
+    timer = StepTimer(monitor)
     online = (OnlineBalance(par, layout, monitor, runtime.comm, train.batch, train.seq_len)
               if par.balance == "monitor" else None)
     shares_changed = True

@@ -9,7 +9,7 @@ import sys
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, ContextManager, Iterator, Optional
+from typing import Any, Iterator
 
 from hpcrt.jobs.train.balance import COMPUTE_SECTIONS
 
@@ -19,26 +19,27 @@ SECTIONS = ("forward", "scan", "backward", "grad_sync", "optimizer", "checkpoint
 
 
 class StepTimer:
-    """Seconds per section of the current step, each section also recorded by the monitor;
-    ``stretch(seconds)`` runs at the end of each compute section, inside it (an injected slowdown)."""
+    """Seconds per section of the current step, each section also recorded by the ``monitor`` (when
+    on), whose injected ``slow`` fault stretches each compute section's self-time (its time less
+    the collectives inside it) from within the section."""
 
-    def __init__(self, monitor_section: Optional[Callable[[str], ContextManager]],
-                 stretch: Optional[Callable[[float], None]] = None):
-        self._monitor_section = monitor_section
-        self._stretch = stretch
+    def __init__(self, monitor: Any = None):
+        self._monitor = monitor
         self.seconds: dict = dict.fromkeys(SECTIONS, 0.0)
 
     @contextmanager
     def section(self, name: str) -> Iterator[None]:
         """Time ``name`` (adding to earlier visits in this step)."""
         start = time.perf_counter()
-        if self._monitor_section is None:
+        if self._monitor is None:
             yield
         else:
-            with self._monitor_section(name):
+            recorder = self._monitor.recorder
+            with self._monitor.section(name):
+                inside = recorder.coll_time
                 yield
-                if self._stretch is not None and name in COMPUTE_SECTIONS:
-                    self._stretch(time.perf_counter() - start)
+                if name in COMPUTE_SECTIONS:
+                    self._monitor.faults.stretch(time.perf_counter() - start - (recorder.coll_time - inside))
         self.seconds[name] += time.perf_counter() - start
 
     def take(self) -> dict:

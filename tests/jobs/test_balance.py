@@ -67,10 +67,11 @@ def test_rebalancer_keeps_shares_inside_the_threshold_and_bounds_each_change():
     assert rebalancer.propose(uneven, [3.0, 3.0]) is None  # balanced: equal compute times
 
 
-def test_compute_seconds_adds_forward_and_backward_not_waiting():
+def test_compute_seconds_adds_the_compute_sections_not_the_rest_of_the_step():
     window = {"ranks": [{"sections": {"forward": {"median_ms": 2.0}, "backward": {"median_ms": 3.0},
-                                      "scan": {"median_ms": 50.0}, "work": {"median_ms": 99.0}}}]}
-    assert compute_seconds(window) == [pytest.approx(0.005)]
+                                      "scan": {"median_ms": 5.0}, "grad_sync": {"median_ms": 40.0},
+                                      "work": {"median_ms": 99.0}}}]}
+    assert compute_seconds(window) == [pytest.approx(0.010)]
 
 
 def test_a_rank_slowed_in_compute_gets_a_smaller_share_and_diagnose_says_so(launch, tmp_path):
