@@ -86,7 +86,7 @@ def bench_rows(xp: Any, rows: int, width: int, dtype: str, kernels: Sequence[str
         copy_s, merge_s = (statistics.median(column) for column in zip(*times))
         rate, copy_rate = moved / merge_s, 2 * (moved // 2) / copy_s
         results.append((rows, width, dtype, kernel, f"{merge_s * 1e6:.1f}", f"{rate / 1e9:.1f}",
-                        f"{copy_rate / 1e9:.1f}", f"{rate / copy_rate:.2f}", _wrong(xp, (o1, l1, o2, l2), out)))
+                        f"{copy_rate / 1e9:.1f}", f"{rate / copy_rate:.3g}", _wrong(xp, (o1, l1, o2, l2), out)))
     return results
 
 
@@ -118,7 +118,7 @@ def lse_bench(argv: Optional[Sequence[str]] = None) -> int:
     for kernel in args.kernels:
         for dtype in args.dtypes:
             ratios = [float(row[7]) for row in table[1:] if row[3] == kernel and row[2] == dtype]
-            print(f"# lse_merge {kernel} {dtype}: {min(ratios):.2f}-{max(ratios):.2f}x the copy's bandwidth "
+            print(f"# lse_merge {kernel} {dtype}: {min(ratios):.3g}-{max(ratios):.3g}x the copy's bandwidth "
                   f"at {min(args.rows)}-{max(args.rows)} rows x {args.width}")
     return 0
 
