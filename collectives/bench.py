@@ -3,6 +3,7 @@
 ``overhead``: the per-call time of All-Scan and allreduce at a few bytes against mpi4py's own call
 on the same buffers, as ratios of medians over interleaved blocks (run on 2 ranks by default: it
 starts ``mpiexec`` itself when launched alone).
+``lse``: the LSE merge kernels' bandwidth against a copy of the same bytes (collectives/attention/lse_bench.py).
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
+
+from hpcrt.collectives.attention import lse_bench
 
 
 def _rows(comm: Any, x: np.ndarray) -> list[tuple[str, str, Callable[[], Any]]]:
@@ -83,7 +86,7 @@ def overhead(args: argparse.Namespace) -> int:
     return 0
 
 
-SUBCOMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {"overhead": overhead}
+SUBCOMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {"overhead": overhead, "lse": lse_bench.run}
 """Subcommand name -> function of the parsed arguments returning the exit status."""
 
 
@@ -95,6 +98,7 @@ def _parser() -> argparse.ArgumentParser:
     timing.add_argument("--bytes", type=int, default=8, help="message size (default 8)")
     timing.add_argument("--blocks", type=int, default=7, help="interleaved blocks (default 7)")
     timing.add_argument("--calls", type=int, default=400, help="calls per block (default 400)")
+    lse_bench.add_arguments(commands.add_parser("lse", help="the LSE merge's bandwidth against a copy of its bytes"))
     return parser
 
 

@@ -2,7 +2,7 @@
 
 For each row count, dtype and kernel: the median time of a merge, the bytes it moves (reads o1, o2, l1,
 l2; writes o, l) per second, the same for a device-to-device (or host) copy moving as many bytes, and
-their ratio. ``python -m hpcrt.collectives.attention.lse_bench --help`` lists the options.
+their ratio. ``python -m hpcrt.collectives.bench lse --help`` lists the options.
 """
 
 from __future__ import annotations
@@ -24,8 +24,8 @@ CHECKED_ROWS = 1024
 COLUMNS = ("rows", "d_v", "dtype", "kernel", "time_med(us)", "GB/s", "copy_GB/s", "x_copy", "wrong")
 
 
-def _arguments(argv: Optional[Sequence[str]]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="lse_bench", description=__doc__.splitlines()[0])
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The bench's options on ``parser`` (its own, or the ``lse`` subcommand of ``hpcrt.collectives.bench``)."""
     parser.add_argument("--buffers", choices=("auto", "numpy", "cupy"), default="auto",
                         help="cupy where a GPU is visible (auto), else numpy")
     parser.add_argument("--rows", type=int, nargs="+", help=f"row counts (GPU {GPU_ROWS}, CPU {CPU_ROWS})")
@@ -34,7 +34,10 @@ def _arguments(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     parser.add_argument("--kernels", nargs="+", choices=("numpy", "numba", "cupy"),
                         help="default: cupy and numpy (the unfused expression) on GPU, numba and numpy on CPU")
     parser.add_argument("--repeats", type=int, default=20, help="timed calls of each, copy and merge alternating")
-    args = parser.parse_args(argv)
+
+
+def _resolved(args: argparse.Namespace) -> argparse.Namespace:
+    """``args`` with the defaults that depend on whether a GPU is visible filled in."""
     if args.buffers == "auto":
         from hpcrt.topology.discovery import gpu_count
         args.buffers = "cupy" if gpu_count() > 0 else "numpy"
@@ -99,9 +102,9 @@ def _wrong(xp: Any, args: tuple, out: tuple) -> int:
                for got, expected in zip(host[4:], want))
 
 
-def lse_bench(argv: Optional[Sequence[str]] = None) -> int:
+def run(args: argparse.Namespace) -> int:
     """Print one table row per row count, dtype and kernel, then each kernel's range of ratios to the copy."""
-    args = _arguments(argv)
+    args = _resolved(args)
     if args.buffers == "cupy":
         import cupy as xp
     else:
@@ -121,6 +124,13 @@ def lse_bench(argv: Optional[Sequence[str]] = None) -> int:
             print(f"# lse_merge {kernel} {dtype}: {min(ratios):.3g}-{max(ratios):.3g}x the copy's bandwidth "
                   f"at {min(args.rows)}-{max(args.rows)} rows x {args.width}")
     return 0
+
+
+def lse_bench(argv: Optional[Sequence[str]] = None) -> int:
+    """The bench on its own command line."""
+    parser = argparse.ArgumentParser(prog="lse_bench", description=__doc__.splitlines()[0])
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
 
 
 if __name__ == "__main__":

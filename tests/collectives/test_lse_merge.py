@@ -14,7 +14,8 @@ import pytest
 from hpcrt import to_fake_gpu
 from hpcrt.collectives import lse_merge
 from hpcrt.collectives.attention import lse_cupy
-from hpcrt.collectives.attention.lse_bench import COLUMNS, lse_bench
+from hpcrt.collectives.attention.lse_bench import COLUMNS
+from hpcrt.collectives.bench import main as bench_main
 
 from array_backends import BACKENDS, to_host
 
@@ -208,7 +209,7 @@ def test_empty_value_dim_still_merges_the_lse(kernel, backend):
 
 def test_bench_prints_each_kernel_beside_a_copy(capsys):
     """A tiny host run: one row per size, dtype and kernel with a ratio to the copy, no wrong values."""
-    assert lse_bench(["--buffers", "numpy", "--rows", "40", "300", "--width", "5", "--repeats", "2"]) == 0
+    assert bench_main(["lse", "--buffers", "numpy", "--rows", "40", "300", "--width", "5", "--repeats", "2"]) == 0
     lines = capsys.readouterr().out.splitlines()
     table = [line.split() for line in lines if not line.startswith("#")]
     assert table[0] == list(COLUMNS)
