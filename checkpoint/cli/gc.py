@@ -57,7 +57,7 @@ def collect(places: Places, dry_run: bool) -> Collected:
             leftovers = retention.node_leftovers(places, entry.name) + list(_temporaries(node_root))
             done.removed += sorted(set(leftovers))
             if not dry_run:
-                retention.clean_node(places, entry.name)
+                done.refused += retention.clean_node(places, entry.name)  # what resisted removal, and why
         if not dry_run:
             _remove_empty_folders(root)
     return done

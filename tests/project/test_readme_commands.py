@@ -36,6 +36,7 @@ EXPECTED = {
     "hpcrt ckpt list": ("         2      2  global", lambda out: [r["step"] for r in json.loads(out)] == [1, 2]),
     "hpcrt ckpt verify": (" 0 bad or missing", lambda out: {c["status"] for c in json.loads(out)} == {"ok"}),
     "hpcrt ckpt inspect": ("step 2: 2 ranks", lambda out: json.loads(out)["step"] == 2),
+    "hpcrt ckpt gc": (" leftover(s) ", None),
 }
 """A command the table gains must be added here, with what its output must hold."""
 
