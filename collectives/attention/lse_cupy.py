@@ -89,6 +89,13 @@ def _kernel(dtype: str, device: int) -> Any:
         return module.get_function(KERNEL_NAMES[dtype])
 
 
+@functools.lru_cache(maxsize=None)
+def _multiprocessors(device: int) -> int:
+    import cupy
+
+    return cupy.cuda.Device(device).attributes["MultiProcessorCount"]
+
+
 def grid_blocks(rows: int, multiprocessors: int) -> int:
     """Blocks for ``rows`` rows: one warp per row, capped at 32 blocks per multiprocessor (the rest loop)."""
     return max(1, min(-(-rows // WARPS_PER_BLOCK), 32 * multiprocessors))
@@ -102,8 +109,7 @@ def cupy_merge(o1: Any, l1: Any, o2: Any, l2: Any, o_out: Any, l_out: Any) -> No
     if rows == 0:
         return
     device = o_out.device.id
-    inputs = [cupy.ascontiguousarray(a) for a in (o1, l1, o2, l2)]
-    multiprocessors = cupy.cuda.Device(device).attributes["MultiProcessorCount"]
-    kernel = _kernel(str(o_out.dtype), device)
-    kernel((grid_blocks(rows, multiprocessors),), (WARPS_PER_BLOCK * WARP,),
-           (*inputs, o_out, l_out, cupy.int64(rows), cupy.int64(width)))
+    with cupy.cuda.Device(device):  # the arrays' device, whichever is current
+        inputs = [cupy.ascontiguousarray(a) for a in (o1, l1, o2, l2)]
+        _kernel(str(o_out.dtype), device)((grid_blocks(rows, _multiprocessors(device)),), (WARPS_PER_BLOCK * WARP,),
+                                          (*inputs, o_out, l_out, cupy.int64(rows), cupy.int64(width)))
