@@ -54,10 +54,13 @@ class BenchSettings:
 
 
 def message_sizes(min_bytes: int, max_bytes: int, factor: int) -> tuple[int, ...]:
-    """``min_bytes``, ×``factor``, … up to ``max_bytes`` (nccl-tests' ``-b -e -f``)."""
+    """``min_bytes``, ×``factor``, … up to ``max_bytes`` (nccl-tests' ``-b -e -f``), and ``max_bytes``
+    itself when the steps pass it by (8 B ×4 reaches 8 MiB, then 64 MiB, not 32 MiB)."""
     sizes = [min_bytes]
     while sizes[-1] * factor <= max_bytes:
         sizes.append(sizes[-1] * factor)
+    if sizes[-1] < max_bytes:
+        sizes.append(max_bytes)
     return tuple(sizes)
 
 

@@ -14,8 +14,11 @@ import importlib.util
 import logging
 import os
 import platform
+import signal
+import subprocess
 import sys
-from typing import Optional
+from pathlib import Path
+from typing import Any, NoReturn, Optional
 
 import mpi4py
 import numba
@@ -26,12 +29,13 @@ from omegaconf import DictConfig, OmegaConf
 import hpcrt
 from hpcrt import ConfigError
 from hpcrt.collectives import RingCosts, calibrate, ring_costs, scan_links
-from hpcrt.costmodel.links import SCHEDULES, bottleneck_link
+from hpcrt.costmodel.model import SCHEDULES, bottleneck_link
 
 from hpcrt.jobs.bench.cases import COLLECTIVES, DEFAULT_EXCLUDED, KNOWN_OPS, Algorithm, BenchContext, Collective
 from hpcrt.jobs.bench.config import BenchSettings, parse_settings
 from hpcrt.jobs.bench.plot import plot
-from hpcrt.jobs.bench.report import Row, format_row, header, summary, write_csv, write_json
+from hpcrt.jobs.bench.report import (ResultsFiles, Row, average_bus_bandwidth, format_row, header, oversubscribed,
+                                     summary)
 from hpcrt.jobs.bench.run import run_collective
 from hpcrt.jobs.bench.suites import SUITES, format_suite, run_suite
 from hpcrt.jobs.hydra_mpi import mpi_hydra_main
@@ -39,8 +43,45 @@ from hpcrt.jobs.hydra_mpi import mpi_hydra_main
 log = logging.getLogger("hpcrt.jobs.bench")
 
 
+STOP_SIGNALS = ("SIGINT", "SIGTERM")
+"""Ctrl-C on mpiexec, and the launcher's TERM: every rank stops after the row it is measuring, the
+rows measured kept, and exits with 128 + the signal's number (130 for Ctrl-C), as a shell reports it."""
+
+
 class ResultsWrong(RuntimeError):
     """Some algorithm's result differed from the numpy reference (the job still wrote its files)."""
+
+
+class Interrupted(Exception):
+    """Every rank agreed to stop at the same point of the run: ``reason`` names the signal."""
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+
+
+def _stop_if_asked(stopper: hpcrt.GracefulStop, comm: Any) -> None:
+    """Raise :class:`Interrupted` on every rank when any rank got a stop signal (collective)."""
+    reason = stopper.requested(comm)
+    if reason is not None:
+        raise Interrupted(reason)
+
+
+def _host_cores(runtime: hpcrt.Runtime) -> int:
+    """The cores the ranks on this rank's host may run on, together (collective)."""
+    host = runtime.topology.ranks[runtime.rank].host
+    seen = runtime.comm.allgather((host, sorted(os.sched_getaffinity(0))))
+    return len({core for where, cores in seen if where == host for core in cores})
+
+
+def _git_commit() -> Optional[str]:
+    """The commit of the clone hpcrt runs from, or None when it is installed, not cloned."""
+    try:
+        found = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(hpcrt.__file__).parent, capture_output=True,
+                               text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return found.stdout.strip() if found.returncode == 0 else None
 
 
 def _cannot_run(collective: Collective, settings: BenchSettings) -> Optional[str]:
@@ -94,12 +135,15 @@ def _ring_costs_entry(costs: RingCosts) -> dict:
             "unmeasured_step_work_us": costs.step_work * 1e6}
 
 
-def metadata(runtime: hpcrt.Runtime, cfg: DictConfig, nominal: dict, measured: dict, started: str) -> dict:
+def metadata(runtime: hpcrt.Runtime, cfg: DictConfig, nominal: dict, measured: dict, started: str,
+             host_cores: int) -> dict:
     """What a reader needs to trust and reproduce the numbers."""
-    scan = scan_links(runtime.topology)
+    scan = scan_links(runtime.costs, runtime.topology)
     return {
         "started": started,
         "finished": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "hpcrt": hpcrt.__version__,
+        "git_commit": _git_commit(),
         "ranks": runtime.size,
         "nodes": runtime.topology.nodes,
         "hosts": sorted({r.host for r in runtime.topology.ranks}),
@@ -112,18 +156,24 @@ def metadata(runtime: hpcrt.Runtime, cfg: DictConfig, nominal: dict, measured: d
         "cuda_aware": runtime.cuda_aware.enabled,
         "heap_kept": runtime.heap_kept,
         "numba_threads": numba.get_num_threads(),
-        "cores": len(os.sched_getaffinity(0)),
-        "ranks_on_host": sum(r.host == runtime.topology.ranks[runtime.rank].host for r in runtime.topology.ranks),
+        "cores": host_cores,
+        "ranks_on_host": _ranks_on_host(runtime),
+        "warnings": [w for w in (oversubscribed(_ranks_on_host(runtime), host_cores),) if w],
         "nominal_link_costs": _link_table(nominal),
         "measured_link_costs": _link_table(measured),
-        "prediction_link": _link_entry(bottleneck_link(runtime.topology)),
-        "prediction_ring_costs": _ring_costs_entry(ring_costs(runtime.topology)),
+        "prediction_link": _link_entry(bottleneck_link(runtime.costs, runtime.topology)),
+        "prediction_ring_costs": _ring_costs_entry(ring_costs(runtime.costs, runtime.topology)),
         "prediction_scan_links": {**{schedule: _link_entry(getattr(scan, schedule)) for schedule in SCHEDULES},
                                   "pipeline_block_us": scan.block_alpha * 1e6,
                                   "call_us": {path: seconds * 1e6 for path, seconds in scan.calls}},
         "command_line": list(sys.orig_argv),
         "config": OmegaConf.to_container(cfg, resolve=True),
     }
+
+
+def _ranks_on_host(runtime: hpcrt.Runtime) -> int:
+    host = runtime.topology.ranks[runtime.rank].host
+    return sum(r.host == host for r in runtime.topology.ranks)
 
 
 def run(cfg: DictConfig) -> None:
@@ -137,10 +187,15 @@ def run(cfg: DictConfig) -> None:
     runtime = hpcrt.init(cfg.runtime)
     for name, why in skipped.items():
         log.info("%s skipped: %s", name, why)
+    stopper = hpcrt.GracefulStop(STOP_SIGNALS)
     try:
-        wrong = _measure_and_report(runtime, cfg, settings, algorithms, started)
+        wrong = _measure_and_report(runtime, cfg, settings, algorithms, started, stopper)
+    except Interrupted as stop:  # on every rank at the same row: a clean end, no abort
+        _end_interrupted(runtime, stop.reason)
     except Exception:
         sys.exit(1)  # the abort hook reports this rank's traceback and ends the job (Hydra would go on)
+    finally:
+        stopper.close()
     run_dir = runtime.run_dir
     hpcrt.finalize()
     if wrong:
@@ -148,53 +203,86 @@ def run(cfg: DictConfig) -> None:
                            f"{run_dir / 'results.csv'}")
 
 
+def _end_interrupted(runtime: hpcrt.Runtime, reason: str) -> NoReturn:
+    """Rank 0 says where the rows measured are; every rank exits with 128 + the signal's number."""
+    if runtime.rank == 0:
+        print(f"bench: stopped by {reason}; the rows measured are in {runtime.run_dir / 'results.csv'} and "
+              f"results.json", file=sys.stderr, flush=True)
+    hpcrt.finalize()
+    raise SystemExit(128 + signal.Signals[reason].value)
+
+
 def _measure_and_report(runtime: hpcrt.Runtime, cfg: DictConfig, settings: BenchSettings,
-                        algorithms: dict[str, list[Algorithm]], started: str) -> int:
-    """Measure every collective, print and write the results; the number of wrong elements."""
+                        algorithms: dict[str, list[Algorithm]], started: str, stopper: hpcrt.GracefulStop) -> int:
+    """Measure every collective, print and write the results as they come; the number of wrong
+    elements. Stops every rank at the same row, raising :class:`Interrupted`, after a stop signal."""
     comm, leader = runtime.comm, runtime.rank == 0
+    if leader:
+        log.info("run directory %s", runtime.run_dir)  # before calibration, the first long phase
     hpcrt.share_cores(runtime)
+    host_cores = _host_cores(runtime)
     nominal = dict(runtime.topology.link_costs)
     # Under link emulation the topology file's costs are what messages pay: measuring the real
     # path beneath would predict the wrong thing.
     measure = settings.link_costs == "measured" and not runtime.topology.emulate
-    measured = calibrate() if measure else {}
-    link, scan = bottleneck_link(runtime.topology), scan_links(runtime.topology)
+    measured = calibrate().entries() if measure else {}
+    link, scan = bottleneck_link(runtime.costs, runtime.topology), scan_links(runtime.costs, runtime.topology)
     source = "emulated, from the topology file" if runtime.topology.emulate else settings.link_costs
-    log.info("run directory %s; prediction link alpha %.2f us, %.2f GB/s; ring steps %s; All-Scan chain hop "
+    _stop_if_asked(stopper, comm)
+    log.info("prediction link alpha %.2f us, %.2f GB/s; ring steps %s; All-Scan chain hop "
              "alpha %.2f us, %.2f GB/s, shift round alpha %.2f us, %.2f GB/s, pipeline block %.2f us, call %s (%s)",
-             runtime.run_dir, link.alpha * 1e6, 1e-9 / link.beta,
+             link.alpha * 1e6, 1e-9 / link.beta,
              ", ".join(f"{algorithm} alpha {step.alpha * 1e6:.1f} us, {1e-9 / step.beta:.2f} GB/s"
-                       for algorithm, step in ring_costs(runtime.topology).steps) or "not measured",
+                       for algorithm, step in ring_costs(runtime.costs, runtime.topology).steps) or "not measured",
              scan.chain.alpha * 1e6, 1e-9 / scan.chain.beta, scan.shift.alpha * 1e6, 1e-9 / scan.shift.beta,
              scan.block_alpha * 1e6,
              ", ".join(f"{path} {seconds * 1e6:.1f} us" for path, seconds in scan.calls) or "not measured", source)
     ctx = BenchContext(comm, runtime.staging, settings.buffers, settings.arg_check)
+    warning = oversubscribed(_ranks_on_host(runtime), host_cores)
+    files = ResultsFiles(runtime.run_dir, metadata(runtime, cfg, nominal, measured, started, host_cores)) \
+        if leader else None
     rows: list[Row] = []
-    summaries: list[str] = []
-    for name, chosen in algorithms.items():
-        collective = COLLECTIVES[name]
-        _say(leader, header(name, runtime.size, collective.baseline))
-        mine = run_collective(ctx, collective, chosen, settings, runtime.topology,
-                              lambda row: _say(leader, format_row(row)))
-        lines = summary(mine, collective.baseline)
-        _say(leader, "\n".join(lines))
-        rows += mine
-        summaries += lines
-    suites = {}
-    for name in settings.suites:
-        suites[name] = run_suite(name, runtime)
-        _say(leader, format_suite(name, suites[name]))
-    if leader:
-        write_csv(runtime.run_dir / "results.csv", rows)
-        write_json(runtime.run_dir / "results.json", rows, summaries,
-                   metadata(runtime, cfg, nominal, measured, started), suites)
+
+    def record(row: Row) -> None:
+        _say(leader, format_row(row))
+        rows.append(row)
+        if files is not None:
+            files.add(row)
+        _stop_if_asked(stopper, comm)
+
+    try:
+        for name, chosen in algorithms.items():
+            collective = COLLECTIVES[name]
+            _say(leader, header(name, runtime.size, collective.baseline, warning))
+            lines = summary(run_collective(ctx, collective, chosen, settings, runtime.topology, record),
+                            collective.baseline)
+            _say(leader, "\n".join(lines))
+            if files is not None:
+                files.summaries += lines
+        for name in settings.suites:
+            suite = run_suite(name, runtime)
+            _say(leader, format_suite(name, suite))
+            if files is not None:
+                files.suites[name] = suite
+            _stop_if_asked(stopper, comm)
+    except Interrupted as stop:
+        if files is not None:
+            files.write_json(stopped=stop.reason)
+            files.close()
+        raise
+    wrong = sum(r.wrong or 0 for r in rows)
+    closing = [f"# Out of bounds values : {wrong} {'FAILED' if wrong else 'OK'}", average_bus_bandwidth(rows)]
+    if files is not None:
+        files.metadata = metadata(runtime, cfg, nominal, measured, started, host_cores)
+        files.summaries += closing
+        files.write_json()
+        files.close()
         if rows:
             plot(runtime.run_dir / "bench.png", rows,
                  f"hpcrt bench: {runtime.size} ranks, {len(runtime.topology.nodes)} node(s), {settings.dtype}, "
                  f"{settings.buffers}")
         log.info("wrote results.csv, results.json%s to %s", " and bench.png" if rows else "", runtime.run_dir)
-    wrong = sum(r.wrong or 0 for r in rows)
-    _say(leader, f"# Out of bounds values : {wrong} {'FAILED' if wrong else 'OK'}")
+    _say(leader, "\n".join(closing))
     comm.Barrier()
     return wrong
 

@@ -1,5 +1,7 @@
 """The bench job's figure: per collective, latency and busbw against message size (log-log),
-every algorithm side by side with the baseline, the cost model's predictions dashed."""
+every algorithm side by side with the baseline, a band from the fastest to the slowest rank, the
+cost model's predictions dashed and labelled (those off by more than the report's miss factor
+left out)."""
 
 from __future__ import annotations
 
@@ -11,7 +13,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (after choosing the backend)
 
-from hpcrt.jobs.bench.report import Row  # noqa: E402
+from hpcrt.jobs.bench.report import PREDICTION_MISS_FACTOR, Row, prediction_misses  # noqa: E402
 
 
 def plot(path: Path, rows: Sequence[Row], title: str) -> None:
@@ -24,14 +26,24 @@ def plot(path: Path, rows: Sequence[Row], title: str) -> None:
         for (algorithm, op), color in zip(dict.fromkeys((r.algorithm, r.op) for r in mine), _colors()):
             line = sorted((r for r in mine if (r.algorithm, r.op) == (algorithm, op)), key=lambda r: r.size_bytes)
             label = f"{algorithm} ({op})" if several_ops else algorithm
-            latency.plot([r.size_bytes for r in line], [r.time_avg_us for r in line], "o-", color=color, label=label)
-            predicted = [(r.size_bytes, r.predicted_us) for r in line if r.predicted_us]
+            sizes = [r.size_bytes for r in line]
+            latency.plot(sizes, [r.time_avg_us for r in line], "o-", color=color, label=label)
+            latency.fill_between(sizes, [r.time_min_us for r in line], [r.time_max_us for r in line], color=color,
+                                 alpha=0.15, linewidth=0)
+            predicted = [(r.size_bytes, r.predicted_us) for r in line if r.predicted_us and not prediction_misses(r)]
             if predicted:
-                latency.plot(*zip(*predicted), "--", color=color, alpha=0.6)
-            moving = [(r.size_bytes, r.busbw_gbps) for r in line if r.busbw_gbps > 0]  # none at one rank
+                latency.plot(*zip(*predicted), "--", color=color, alpha=0.6, label=f"{label} predicted")
+            moving = [r for r in line if r.busbw_gbps > 0]  # none at one rank
             if moving:
-                busbw.plot(*zip(*moving), "o-", color=color, label=label)
-        latency.set(title=f"{collective}: time per call (dashed: predicted)", xlabel="size (B)",
+                busbw.plot([r.size_bytes for r in moving], [r.busbw_gbps for r in moving], "o-", color=color,
+                           label=label)
+                # busbw is inverse to time: the slowest rank's time gives the band's bottom
+                busbw.fill_between([r.size_bytes for r in moving],
+                                   [r.busbw_gbps * r.time_avg_us / r.time_max_us for r in moving],
+                                   [r.busbw_gbps * r.time_avg_us / r.time_min_us for r in moving],
+                                   color=color, alpha=0.15, linewidth=0)
+        latency.set(title=f"{collective}: time per call (band: fastest to slowest rank; dashed: predicted, "
+                          f"within {PREDICTION_MISS_FACTOR:g}x)", xlabel="size (B)",
                     ylabel="time avg (µs)", xscale="log", yscale="log")
         busbw.set(title=f"{collective}: bus bandwidth", xlabel="size (B)", ylabel="busbw (GB/s)",
                   xscale="log", yscale="log")

@@ -5,6 +5,7 @@ import csv
 import json
 import math
 import os
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +21,7 @@ from hpcrt.costmodel.model import bottleneck_link
 from hpcrt.costmodel.table import CostTable
 from hpcrt.jobs.bench.cases import COLLECTIVES, KNOWN_OPS
 from hpcrt.jobs.bench.config import message_sizes, parse_settings
-from hpcrt.jobs.bench.report import Row, summary
+from hpcrt.jobs.bench.report import Row, format_row, prediction_misses, summary
 from hpcrt.jobs.bench.run import count_wrong, time_calls
 from hpcrt.jobs.hydra_mpi import with_run_dir
 from hpcrt.topology.table import Device
@@ -49,11 +50,28 @@ def _check_outputs(job_dir: Path, ranks: int, collectives: set) -> list:
     assert (job_dir / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert len(document["rows"]) == len(rows) > 0
     assert {r["collective"] for r in rows} == collectives
-    assert all(r["wrong"] == "0" for r in rows), [r for r in rows if r["wrong"] != "0"]
+    assert all(r["wrong_elements"] == "0" for r in rows), [r for r in rows if r["wrong_elements"] != "0"]
     assert all(float(r["time_avg_us"]) > 0 for r in rows)
     meta = document["metadata"]
     assert meta["ranks"] == ranks and "MPICH" in meta["mpi_library"] and "hpcrt.jobs.bench" in meta["command_line"]
+    assert meta["hpcrt"] == hpcrt.__version__ and _in_this_clone(meta["git_commit"]) and meta["stopped"] is None
+    assert list(rows[0])[:12] == ["collective", "algorithm", "op", "dtype", "size_bytes", "count_elements",
+                                  "time_avg_us", "time_min_us", "time_max_us", "algbw_gbytes_s", "busbw_gbytes_s",
+                                  "wrong_elements"]
+    mean = sum(float(r["busbw_gbytes_s"]) for r in rows) / len(rows)
+    assert document["summary"][-1] == f"Avg bus bandwidth    : {mean:.3f}"
+    cores = len(os.sched_getaffinity(0))  # every rank of these tests runs on this host, on these cores
+    assert meta["cores"] == cores
+    assert meta["warnings"] == ([f"WARNING: {ranks} ranks share {cores} core(s) on this host: times include waiting "
+                                 f"for a core and ratios between algorithms are not what a machine with a core per "
+                                 f"rank gives"] if ranks > cores else [])
     return rows
+
+
+def _in_this_clone(commit: str) -> bool:
+    """Whether ``commit`` is this checkout's HEAD or an ancestor (HEAD may move on while a job runs)."""
+    return len(commit) == 40 and subprocess.run(["git", "merge-base", "--is-ancestor", commit, "HEAD"],
+                                                cwd=Path(__file__).parent).returncode == 0
 
 
 def test_two_ranks_share_one_run_dir_and_check_every_algorithm(launch, tmp_path):
@@ -75,7 +93,7 @@ def test_two_ranks_share_one_run_dir_and_check_every_algorithm(launch, tmp_path)
     assert sorted(p.name for p in (run_dir / "logs").iterdir()) == ["rank-00000.log", "rank-00001.log"]
     assert "size(B)" in result.stdout and "#wrong" in result.stdout and "predicted(us)" in result.stdout
     assert "allreduce sum ring: time" in result.stdout  # the ratio to MPI's own call
-    assert "# Out of bounds values : 0 OK" in result.stdout
+    assert "# Out of bounds values : 0 OK\n# Avg bus bandwidth    : " in result.stdout
     meta = json.loads((run_dir / "results.json").read_text())["metadata"]
     assert set(meta["measured_link_costs"]) >= {"intra"} | MEASURED | RING_STEPS
     assert set(meta["prediction_ring_costs"]["steps"]) == {"ring", "bidir_ring"}
@@ -95,11 +113,12 @@ def test_multirun_on_four_ranks_gives_one_subdir_per_point(launch, tmp_path):
     assert sorted(p.name for p in sweep.iterdir()) == ["0", "1", "multirun.yaml"]
     for num, iters in (("0", "1"), ("1", "2")):
         rows = _check_outputs(sweep / num, 4, {"allreduce", "all_scan"})
-        assert {r["iters"] for r in rows} == {iters}
+        assert {r["timed_calls"] for r in rows} == {iters}
         assert (sweep / num / ".hydra" / "overrides.yaml").exists()
         meta = json.loads((sweep / num / "results.json").read_text())["metadata"]
         assert meta["nodes"] == ["node-ib", "node-roce"]
         assert set(meta["measured_link_costs"]) >= {"intra", "eth"} | MEASURED | RING_STEPS
+    assert result.stdout.count("# WARNING: 4 ranks share") == (4 if len(os.sched_getaffinity(0)) < 4 else 0)
     assert len(list(tmp_path.rglob(".hydra"))) == 2
     assert result.stdout.count("Launching 2 jobs locally") == 1  # Hydra's own lines from rank 0 only
 
@@ -112,7 +131,7 @@ def test_wrong_results_are_counted_and_fail_the_job(launch, tmp_path):
     assert "18 element(s) off the numpy reference" in result.stderr, result.stderr  # 2 + 16 on rank 1
     assert "# Out of bounds values : 18 FAILED" in result.stdout
     rows = list(csv.DictReader(open(_only_dir(tmp_path / "hpcrt-runs" / "bench") / "results.csv")))
-    assert {(r["algorithm"], r["size_bytes"]): r["wrong"] for r in rows if r["wrong"] != "0"} == {
+    assert {(r["algorithm"], r["size_bytes"]): r["wrong_elements"] for r in rows if r["wrong_elements"] != "0"} == {
         ("ring", "8"): "2", ("ring", "64"): "16"}
 
 
@@ -146,7 +165,9 @@ def test_settings_checks_name_the_key(change, message):
 
 
 def test_sizes_warmup_and_iterations_follow_the_osu_and_nccl_tests_rules():
-    assert message_sizes(8, 4 << 20, 8) == (8, 64, 512, 4096, 32768, 262144, 2097152)
+    assert message_sizes(8, 4 << 20, 8) == (8, 64, 512, 4096, 32768, 262144, 2097152, 4 << 20)
+    assert message_sizes(8, 64 << 20, 4)[-3:] == (8 << 20, 32 << 20, 64 << 20)  # the max itself, not 32 MiB
+    assert message_sizes(8, 512, 8) == (8, 64, 512)
     settings = parse_settings({**BASE, "warmup": 8, "iters": 50, "iters_large": 5, "max_bytes": 1 << 20},
                               KNOWN_ALGORITHMS, KNOWN_OPS)
     assert settings.sizes == tuple(8 << i for i in range(18))
@@ -167,6 +188,27 @@ def test_summary_names_what_auto_ran_over_each_run_of_sizes():
     assert lines[-2:] == ["# all_scan affine: no mpi4py baseline to compare with",
                           "# all_scan affine auto ran: pipeline/1 at 8 B"]
     assert not any("ran:" in line for line in summary([r for r in rows if r.algorithm == "mpi4py"], "mpi4py"))
+
+
+def _row(algorithm, size, avg, low, high, predicted=None):
+    return Row("allreduce", algorithm, "sum", "float32", size, size // 4, avg, low, high, size / avg / 1e3,
+               size / avg / 1e3, 0, predicted, 1, 1)
+
+
+def test_summary_ratios_name_their_size_with_the_fastest_and_slowest_ranks():
+    rows = [_row("mpi4py", 8, 10.0, 8.0, 20.0), _row("mpi4py", 4096, 100.0, 50.0, 200.0),
+            _row("ring", 8, 30.0, 16.0, 30.0), _row("ring", 4096, 50.0, 40.0, 100.0)]
+    assert summary(rows, "mpi4py") == [
+        "# allreduce sum ring: time 3.00x (min 2.00x, max 1.50x) mpi4py at 8 B; "
+        "busbw 2.00x (min 1.25x, max 2.00x) mpi4py at 4096 B"]
+
+
+def test_predictions_off_by_more_than_the_factor_are_flagged_and_counted():
+    close, off = _row("ring", 8, 10.0, 9.0, 11.0, predicted=29.0), _row("ring", 64, 10.0, 9.0, 11.0, predicted=3.0)
+    assert not prediction_misses(close) and prediction_misses(off)
+    assert format_row(close).endswith(" 29.00") and format_row(off).endswith(" 3.00*")
+    assert summary([close, off], "mpi4py")[-1] == ("# allreduce: 1 prediction(s) marked * are off the measured "
+                                                   "time by more than 3x and left out of bench.png")
 
 
 def test_wrong_elements_are_counted():
