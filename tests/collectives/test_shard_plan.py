@@ -23,6 +23,10 @@ def test_hpz_lays_ranks_out_in_coordinate_order_with_exact_chunks():
     assert (plan.numel, plan.level_names, plan.members) == (8, ("node", "world"), (0, 1, 2, 3))
 
 
+def test_levels_default_to_hpz():
+    assert make_plan(TWO_NODES, 8) == make_plan(TWO_NODES, 8, "hpz")
+
+
 def test_a_single_level_has_no_secondary():
     plan = make_plan(TWO_NODES, 8, "flat")
     assert plan.depth == 1 and [plan.secondary(r) for r in range(4)] == [None] * 4

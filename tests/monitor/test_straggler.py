@@ -60,10 +60,12 @@ def test_equal_ranks_use_the_mad_floor_and_ties_keep_the_first_section():
 
 
 def test_short_and_zero_sections_are_not_scored_and_a_zero_median_is_not_slow():
-    summaries = [summarize({"tiny": [0.0], "work": [5e-3]}, {}, {}),
-                 summarize({"tiny": [1e-4], "work": [5e-3]}, {}, {})]
+    summaries = [summarize({"tiny": [0.0], "work": [5e-3], "empty": [0.0]}, {}, {}),
+                 summarize({"tiny": [1e-4], "work": [5e-3], "empty": [0.0]}, {}, {})]
     scores = score_window(summaries, min_section_s=5e-3 + 1e-12)
     assert [r["sections"]["tiny"]["relative"] for r in scores["ranks"]] == [1.0, 0.0]
+    assert [(r["sections"]["empty"]["relative"], r["sections"]["empty"]["z"]) for r in scores["ranks"]] == [
+        (1.0, 0.0)] * 2  # all zero: no division by a zero MAD
     assert not any(s["scored"] for r in scores["ranks"] for s in r["sections"].values())
     assert [r["min_relative"] for r in scores["ranks"]] == [1.0, 1.0]
 
