@@ -200,14 +200,14 @@ class RuntimeTask:
     directory Hydra's, shared by all ranks) and finalized after; a crash aborts the whole job."""
 
     def __init__(self, task: Callable[[DictConfig], Any]):
-        self.task = task
+        self.user_task = task  # not ``task``: CheckedTask takes this object's attributes (update_wrapper)
 
     def __call__(self, cfg: DictConfig) -> Any:
         settings = OmegaConf.to_container(cfg.runtime, resolve=True) if "runtime" in cfg else {}
         settings["run_dir"] = settings.get("run_dir") or HydraConfig.get().runtime.output_dir
         hpcrt.init(settings)
         try:
-            result = self.task(cfg)
+            result = self.user_task(cfg)
         except abort.USER_MISTAKES:
             raise
         except Exception:
