@@ -68,6 +68,9 @@ class Algorithm:
     """The ops it runs, when fewer than its collective's (MPI has no affine op)."""
     buffers: Optional[tuple] = None
     """The buffer kinds it runs on, when not all (numba takes numpy arrays only)."""
+    in_place: Optional[Callable[[Any, Optional[str], BenchContext], Any]] = None
+    """``in_place(buffer, op, ctx)``: the collective with its result written over ``buffer``, when the
+    algorithm has an in-place form (nccl-tests' in-place columns); numpy buffers."""
 
     def runs(self, op: Optional[str]) -> bool:
         return self.ops is None or op in self.ops
@@ -277,6 +280,19 @@ def _ring_algorithms(collective: str, function: Callable, baseline: Callable) ->
             **_hpcrt_algorithms(function, RING_ALGORITHMS, predictor, collective != "allgather")}
 
 
+def _with_in_place(algorithms: dict) -> dict:
+    """allreduce's in-place forms: ``MPI_IN_PLACE`` for MPI's own call, ``out=`` the input for hpcrt's."""
+    def mpi(buffer: Any, op: Optional[str], ctx: BenchContext) -> Any:
+        ctx.comm.Allreduce(MPI.IN_PLACE, buffer, MPI_OPS[op])
+        return buffer
+
+    def hpcrt_form(name: str) -> Callable:
+        return lambda buffer, op, ctx: allreduce(buffer, op, algorithm=name, validate=ctx.arg_check, out=buffer)
+
+    return {name: dataclasses.replace(a, in_place=mpi if name == "mpi4py" else hpcrt_form(name))
+            for name, a in algorithms.items()}
+
+
 def _scan_algorithms() -> dict:
     baseline = _staged_mpi("Exscan", lambda layout, p: layout.count_in)
     return {"mpi4py": Algorithm("mpi4py", baseline, _scan_predictor("mpi", hpcrt_calls=False), ops=tuple(MPI_OPS)),
@@ -292,7 +308,8 @@ def _lse_algorithms() -> dict:
 REDUCE_OPS = ("sum", "max", "min")
 COLLECTIVES = {c.name: c for c in (
     Collective("allreduce", "mpi4py", REDUCE_OPS,
-               _ring_algorithms("allreduce", allreduce, _staged_mpi("Allreduce", lambda layout, p: layout.count_in)),
+               _with_in_place(_ring_algorithms("allreduce", allreduce,
+                                               _staged_mpi("Allreduce", lambda layout, p: layout.count_in))),
                lambda p: 2 * (p - 1) / p, _per_rank, _flat_input, _allreduce_reference),
     Collective("allgather", "mpi4py", (),
                _ring_algorithms("allgather", allgather, _staged_mpi("Allgather", lambda layout, p: layout.count)),

@@ -270,7 +270,7 @@ def _measure_and_report(runtime: hpcrt.Runtime, cfg: DictConfig, settings: Bench
             files.write_json(stopped=stop.reason)
             files.close()
         raise
-    wrong = sum(r.wrong or 0 for r in rows)
+    wrong = sum((r.wrong or 0) + (r.wrong_in_place or 0) for r in rows)
     closing = [f"# Out of bounds values : {wrong} {'FAILED' if wrong else 'OK'}", average_bus_bandwidth(rows)]
     if files is not None:
         files.metadata = metadata(runtime, cfg, nominal, measured, started, host_cores)

@@ -22,8 +22,14 @@ COLUMNS = (  # (header, width, row field, format)
     ("algbw(GB/s)", 12, "algbw_gbps", ".3f"),
     ("busbw(GB/s)", 12, "busbw_gbps", ".3f"),
     ("#wrong", 7, "wrong", "d"),
+    ("in-place(us)", 13, "time_in_place_us", ".2f"),
+    ("busbw(GB/s)", 12, "busbw_in_place_gbps", ".3f"),
+    ("#wrong", 7, "wrong_in_place", "d"),
     ("predicted(us)", 14, "predicted_us", ".2f"),
 )
+IN_PLACE = {"time_in_place_us", "busbw_in_place_gbps", "wrong_in_place"}
+"""The in-place columns: ``-`` for an algorithm without an in-place form (nccl-tests' out-of-place /
+in-place pair, allreduce's time, busbw and #wrong written over the input)."""
 
 
 @dataclass(frozen=True)
@@ -48,13 +54,22 @@ class Row:
     iters: int
     ran: Optional[str] = None
     """For ``auto``: the algorithm it ran (the pipeline as ``pipeline/<blocks>``); None otherwise."""
+    time_in_place_us: Optional[float] = None
+    """The in-place form's time per call, averaged across ranks; None without one."""
+    wrong_in_place: Optional[int] = None
+
+    @property
+    def busbw_in_place_gbps(self) -> Optional[float]:
+        """The in-place form's busbw: the same bytes in its time."""
+        return None if not self.time_in_place_us else self.busbw_gbps * self.time_avg_us / self.time_in_place_us
 
 
 PREDICTION_MISS_FACTOR = 3.0
 """A prediction off the measured time by more than this factor, either way, is flagged ``*`` in the
 table and left out of ``bench.png``: it says the cost model does not describe that algorithm there."""
 CSV_COLUMNS = {"count": "count_elements", "algbw_gbps": "algbw_gbytes_s", "busbw_gbps": "busbw_gbytes_s",
-               "wrong": "wrong_elements", "warmup": "warmup_calls", "iters": "timed_calls"}
+               "wrong": "wrong_elements", "warmup": "warmup_calls", "iters": "timed_calls",
+               "wrong_in_place": "wrong_in_place_elements"}
 """Row fields whose CSV column name says its unit (the others already do, or have none)."""
 
 
@@ -83,7 +98,7 @@ def format_row(row: Row) -> str:
     cells = []
     for _, width, name, spec in COLUMNS:
         value = getattr(row, name)
-        text = "N/A" if value is None else format(value, spec)
+        text = ("-" if name in IN_PLACE else "N/A") if value is None else format(value, spec)
         if name == "predicted_us" and prediction_misses(row):
             text += "*"
         cells.append(f"{text:>{width}}")

@@ -80,6 +80,21 @@ def count_wrong(result: Any, expected: Optional[tuple], dtype: str) -> int:
     return wrong
 
 
+def _in_place(ctx: BenchContext, algorithm: Algorithm, operand: tuple, op: Optional[str], expected: Optional[tuple],
+              settings: BenchSettings, warmup: int, iters: int) -> dict:
+    """nccl-tests' in-place columns, for an algorithm with an in-place form on numpy buffers: checked
+    once on a fresh copy of the input, then timed on it (its values keep changing, as in nccl-tests)."""
+    if algorithm.in_place is None or settings.buffers != "numpy":
+        return {}
+    comm, buffer = ctx.comm, operand[0].copy()
+    wrong = comm.allreduce(count_wrong(algorithm.in_place(buffer, op, ctx), expected, settings.dtype)) \
+        if settings.validate else None
+    with np.errstate(over="ignore", invalid="ignore"):  # repeated sums grow past the dtype's range
+        timing = time_calls(comm, lambda: algorithm.in_place(buffer, op, ctx), warmup, iters,
+                            settings.timing == "per_call")
+    return {"time_in_place_us": timing.avg * 1e6, "wrong_in_place": wrong}
+
+
 def run_collective(ctx: BenchContext, collective: Collective, algorithms: Sequence[Algorithm],
                    settings: BenchSettings, topology: Topology, emit: Callable[[Row], None]) -> list[Row]:
     """Every op, size and algorithm of one collective; ``emit`` sees each row as it completes."""
@@ -108,7 +123,8 @@ def run_collective(ctx: BenchContext, collective: Collective, algorithms: Sequen
                           timing.avg * 1e6, timing.min * 1e6, timing.max * 1e6, algbw,
                           algbw * collective.busbw_factor(p), wrong,
                           None if predicted is None else predicted * 1e6, warmup, iters,
-                          ran_label(tally) if tally else None)
+                          ran_label(tally) if tally else None,
+                          **_in_place(ctx, algorithm, operand, op, expected, settings, warmup, iters))
                 rows.append(row)
                 emit(row)
     return rows
