@@ -39,9 +39,9 @@ def _combined_into(op, lower, upper):
 
 
 def test_affine_identity_is_ones_and_zeros_shaped_and_typed_like_each_part():
-    a, b = np.ones((3, 1), dtype=np.float64), np.ones((3, 4), dtype=np.float32)
+    a, b = np.ones((3, 1), dtype=np.int32), np.ones((3, 4), dtype=np.float32)  # neither numpy's default
     ones, zeros = AFFINE.identity((a, b))
-    assert (ones.shape, ones.dtype, zeros.shape, zeros.dtype) == ((3, 1), np.float64, (3, 4), np.float32)
+    assert (ones.shape, ones.dtype, zeros.shape, zeros.dtype) == ((3, 1), np.int32, (3, 4), np.float32)
     assert (ones == 1).all() and (zeros == 0).all()
     for part, want in zip(AFFINE.combine((ones, zeros), LOWER), LOWER):
         np.testing.assert_array_equal(part, want)
