@@ -148,8 +148,9 @@ def _prepare(x: Any, op: Any, algorithm: str, blocks: Optional[int]) -> tuple:
     return scan_op, parts, ScanLayout.of(parts, scan_op.rowwise)
 
 
-def all_scan_start(x: Any, op: Any, *, comm: Any = None, inclusive: bool = False, reverse: bool = False,
-                   algorithm: str = "auto", blocks: Optional[int] = None, validate: bool = True) -> AllScanHandle:
+def all_scan_start(x: Any, op: Any, *, comm: Optional[MPI.Intracomm] = None, inclusive: bool = False,
+                   reverse: bool = False, algorithm: str = "auto", blocks: Optional[int] = None,
+                   validate: bool = True) -> AllScanHandle:
     """Start an All-Scan and return its handle; see :func:`all_scan`.
 
     Communication that can start does; the pipeline forwards its blocks inside ``wait()``, so
@@ -253,7 +254,8 @@ def _max_blocks(layout: ScanLayout, scan_op: Any) -> int:
     return max(1, layout.rows) if scan_op.rowwise else 1
 
 
-def all_scan_choice(x: Any, op: Any, *, comm: Any = None, blocks: Optional[int] = None) -> tuple[str, int]:
+def all_scan_choice(x: Any, op: Any, *, comm: Optional[MPI.Intracomm] = None,
+                    blocks: Optional[int] = None) -> tuple[str, int]:
     """(algorithm, pipeline blocks) that ``all_scan(x, op, algorithm="auto", blocks=blocks)`` runs on
     ``comm``: the cost model's choice at the costs the job knows, the same on every rank and for either
     direction, inclusive or not. Local: sends nothing."""
@@ -299,7 +301,7 @@ def _raised_everywhere(comm: Any, steps: Steps) -> Steps:
     return result
 
 
-def all_scan(x: Any, op: Any, *, comm: Any = None, inclusive: bool = False, reverse: bool = False,
+def all_scan(x: Any, op: Any, *, comm: Optional[MPI.Intracomm] = None, inclusive: bool = False, reverse: bool = False,
              algorithm: str = "auto", blocks: Optional[int] = None, validate: bool = True) -> Any:
     """Scan ``x`` across the ranks of ``comm`` (default: the runtime's) under ``op``.
 

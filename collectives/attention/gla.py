@@ -17,13 +17,14 @@ from typing import Any, Optional
 
 import numpy as np
 
+from mpi4py import MPI
+
 from hpcrt.backends.arrays import backend_of, get_xp
 
 from hpcrt.collectives.allscan.entry import AllScanHandle, all_scan, all_scan_start
 from hpcrt.collectives.allscan.ops import AFFINE, ScanOp, flipped
 from hpcrt.collectives.attention import gla_local
-from hpcrt.collectives.comm.agreement import check_agreement
-from hpcrt.collectives.comm.transport import intracomm
+from hpcrt.collectives.comm.entry import begin, transport_for
 from hpcrt.collectives.costmodel.allscan import ALGORITHMS
 
 _BACKWARD_OP = flipped(AFFINE)
@@ -33,16 +34,14 @@ def _checked(name: str, comm: Any, arrays: tuple, algorithm: str, subchunk: Any,
              incoming_state: Optional[Any] = None) -> tuple:
     """(comm, log-gates broadcast to [..., L, d_k]) after one agreement check on every rank: a bad
     input or a call that differs across ranks raises on all of them instead of hanging a scan."""
-    comm = intracomm(comm, name)
+    comm = transport_for(comm, name).comm
     q, _, v, log_gates = arrays[:4]
     problem = _local_problem(name, arrays, algorithm, subchunk, incoming_state)
     shaped = not isinstance(problem, _NotArrays) and q.ndim >= 2 and v.ndim >= 2
-    check_agreement(comm, name, input_error=None if problem is None else str(problem),
-                    batch=q.shape[:-2] if shaped else None, d_k=q.shape[-1] if shaped else None,
-                    d_v=v.shape[-1] if shaped else None, dtype=str(q.dtype) if shaped else None,
-                    algorithm=algorithm, incoming_state=None if incoming_state is None else np.shape(incoming_state))
-    if problem is not None:
-        raise problem
+    begin(comm, name, problem, {
+        "batch": q.shape[:-2] if shaped else None, "d_k": q.shape[-1] if shaped else None,
+        "d_v": v.shape[-1] if shaped else None, "dtype": str(q.dtype) if shaped else None, "algorithm": algorithm,
+        "incoming_state": None if incoming_state is None else np.shape(incoming_state)}, True)
     return comm, get_xp(q).broadcast_to(log_gates, q.shape)
 
 
@@ -108,8 +107,8 @@ def _scan_pairs(pair: tuple, op: ScanOp, comm: Any, algorithm: str, reverse: boo
     return all_scan_start(rows, op, comm=comm, reverse=reverse, algorithm=algorithm, validate=False)
 
 
-def gla_forward(q: Any, k: Any, v: Any, log_gates: Any, *, comm: Any = None, algorithm: str = "auto",
-                subchunk: int = 16, return_state: bool = False) -> Any:
+def gla_forward(q: Any, k: Any, v: Any, log_gates: Any, *, comm: Optional[MPI.Intracomm] = None,
+                algorithm: str = "auto", subchunk: int = 16, return_state: bool = False) -> Any:
     """This rank's GLA outputs [..., L, d_v]; with ``return_state`` also the state entering its
     chunk [..., d_k, d_v], which :func:`gla_backward` can take instead of scanning for it again."""
     comm, log_gates = _checked("gla_forward", comm, (q, k, v, log_gates), algorithm, subchunk)
@@ -121,7 +120,7 @@ def gla_forward(q: Any, k: Any, v: Any, log_gates: Any, *, comm: Any = None, alg
     return (out, incoming) if return_state else out
 
 
-def gla_backward(q: Any, k: Any, v: Any, log_gates: Any, grad_out: Any, *, comm: Any = None,
+def gla_backward(q: Any, k: Any, v: Any, log_gates: Any, grad_out: Any, *, comm: Optional[MPI.Intracomm] = None,
                  algorithm: str = "auto", subchunk: int = 16, incoming_state: Optional[Any] = None) -> tuple:
     """Gradients (dq, dk, dv, dlog_gates) of a loss given ``grad_out`` = ∂loss/∂outputs
     [..., L, d_v]; dlog_gates has log_gates' shape."""

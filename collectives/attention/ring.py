@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
+from mpi4py import MPI
+
 from hpcrt.backends.arrays import get_xp
 
 from hpcrt.collectives.attention.block import block_attention
@@ -16,7 +18,7 @@ from hpcrt.core.tags import RING_ATTENTION_K, RING_ATTENTION_V
 
 
 @traced("ring_attention")
-def ring_attention(q: Any, k: Any, v: Any, *, comm: Optional[Any] = None, causal: bool = False,
+def ring_attention(q: Any, k: Any, v: Any, *, comm: Optional[MPI.Intracomm] = None, causal: bool = False,
                    scale: Optional[float] = None, validate: bool = True) -> Any:
     """Softmax attention of this rank's queries over the whole split sequence.
 

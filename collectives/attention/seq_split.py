@@ -11,7 +11,7 @@ from typing import Any, Optional
 from hpcrt.backends.arrays import backend_of
 
 from hpcrt.collectives.attention.lse_merge import LSE_DTYPES
-from hpcrt.collectives.comm.agreement import check_agreement
+from hpcrt.collectives.comm.entry import begin, raise_on_every_rank, transport_for
 from hpcrt.collectives.comm.transport import Transport
 
 
@@ -42,26 +42,18 @@ class AttentionCall:
 def prepare_attention(name: str, q: Any, k: Any, v: Any, comm: Optional[Any], causal: bool,
                       scale: Optional[float], validate: bool) -> AttentionCall:
     """Check the local arrays and scale, gather every rank's token count and (``validate``) agreement."""
-    transport = Transport(comm, name)
+    transport = transport_for(comm, name)
     problem = _local_problem(q, k, v, scale)
-    problems = transport.comm.allgather((problem, q.shape[-2] if problem is None else 0))
-    _raise_on_every_rank(name, [problem for problem, _ in problems])
+    problems = transport.comm.allgather((problem, q.shape[-2] if problem is None else 0))  # the lengths are needed
+    raise_on_every_rank(name, [problem for problem, _ in problems])
     if scale is None:
         scale = 1.0 / math.sqrt(q.shape[-1])
-    if validate:
-        check_agreement(transport.comm, name, heads=tuple(q.shape[:-2]), d=q.shape[-1], d_v=v.shape[-1],
-                        dtype=str(q.dtype), causal=bool(causal), scale=float(scale))
+    begin(transport.comm, name, None, {"heads": tuple(q.shape[:-2]), "d": q.shape[-1], "d_v": v.shape[-1],
+                                       "dtype": str(q.dtype), "causal": bool(causal), "scale": float(scale)},
+          validate)
     lengths = tuple(n for _, n in problems)
     starts = tuple(sum(lengths[:i]) for i in range(len(lengths)))
     return AttentionCall(transport, SequenceSplit(lengths, starts), float(scale))
-
-
-def _raise_on_every_rank(name: str, problems: list) -> None:
-    """Raise every rank's problems on all ranks alike, as the exception type of the first rank with one."""
-    bad = [(rank, problem) for rank, problem in enumerate(problems) if problem]
-    if bad:
-        error = bad[0][1][0]
-        raise error(f"{name}: " + "; ".join(f"rank {rank}: {message}" for rank, (_, message) in bad))
 
 
 def _local_problem(q: Any, k: Any, v: Any, scale: Optional[float]) -> Optional[tuple[type, str]]:

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
+from mpi4py import MPI
+
 from hpcrt.backends.arrays import get_xp
 
 from hpcrt.collectives.attention.block import block_attention
@@ -18,7 +20,7 @@ from hpcrt.core.tags import TOKEN_RING_LSE, TOKEN_RING_OUT, TOKEN_RING_Q
 
 
 @traced("token_ring_attention")
-def token_ring_attention(q: Any, k: Any, v: Any, *, comm: Optional[Any] = None, causal: bool = False,
+def token_ring_attention(q: Any, k: Any, v: Any, *, comm: Optional[MPI.Intracomm] = None, causal: bool = False,
                          scale: Optional[float] = None, validate: bool = True) -> Any:
     """Softmax attention of this rank's queries over the whole split sequence (same arguments
     and result as :func:`ring_attention`)."""

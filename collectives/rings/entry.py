@@ -56,7 +56,7 @@ def allreduce(x: Any, op: str = "sum", *, comm: Optional[MPI.Intracomm] = None, 
             lanes = ring_lanes(block_bounds(flat.size, transport.size), algorithm)
             ring_pass(transport, flat, lanes, combine=combine_into(op), backend=plan.backend)
             ring_pass(transport, flat, lanes, backend=plan.backend)
-    return _averaged(result, op, transport.size)
+    return _averaged(plan.backend, result, op, transport.size)
 
 
 @traced("allgather")
@@ -90,14 +90,14 @@ def reduce_scatter(x: Any, op: str = "sum", *, comm: Optional[MPI.Intracomm] = N
     start, stop = _block(x, transport)
     result = _result(plan.backend, (stop - start,), x.dtype, out)
     if algorithm == "mpi":
-        return _averaged(mpi_reduce_scatter(transport.comm, transport.staging, plan.backend, x, op, result),
-                         op, transport.size)
+        mpi_reduce_scatter(transport.comm, transport.staging, plan.backend, x, op, result)
+        return _averaged(plan.backend, result, op, transport.size)
     work = x.flatten()
     if transport.size > 1 and work.size:
         ring_pass(transport, work, ring_lanes(block_bounds(work.size, transport.size), algorithm),
                   combine=combine_into(op), backend=plan.backend)
     result[...] = work[start:stop]
-    return _averaged(result, op, transport.size)
+    return _averaged(plan.backend, result, op, transport.size)
 
 
 def ring_choice(collective: str, x: Any, *, comm: Optional[MPI.Intracomm] = None) -> str:
@@ -188,10 +188,11 @@ def _work(backend: ArrayBackend, x: Any, out: Optional[Any]) -> Any:
     return out
 
 
-def _averaged(result: Any, op: Optional[str], p: int) -> Any:
-    """``result`` divided in place by the rank count where ``op`` is avg (float dtypes only: checked)."""
+def _averaged(backend: ArrayBackend, result: Any, op: Optional[str], p: int) -> Any:
+    """``result`` divided in place by the rank count where ``op`` is avg (float dtypes only: checked);
+    the same array object is returned (it may be the caller's ``out``)."""
     if op in AVERAGING_OPS:
-        result /= p
+        backend.xp.divide(result, p, out=result)
     return result
 
 

@@ -32,6 +32,46 @@ def test_backend_of():
         backend_of([1, 2])
 
 
+class _CudaBuffer:
+    """Speaks the CUDA array interface and names the fake GPU's namespace, with no type in common with it."""
+
+    __cuda_array_interface__ = {"shape": (1,), "typestr": "<f8", "data": (0, False), "version": 3}
+
+    def __array_namespace__(self, api_version=None):
+        return fakecupy
+
+
+class _DLPackOn:
+    """Speaks DLPack only, on the device type given (1: host memory, 2: CUDA)."""
+
+    def __init__(self, device_type: int):
+        self.device_type = device_type
+
+    def __dlpack__(self, stream=None):
+        raise NotImplementedError
+
+    def __dlpack_device__(self):
+        return self.device_type, 0
+
+
+class _Subclass(np.ndarray):
+    pass
+
+
+def test_backends_are_recognised_by_protocol_not_type():
+    assert backend_of(_CudaBuffer()) is backend_of(to_fake_gpu(np.zeros(1)))  # the path CuPy takes
+    assert backend_of(np.zeros(2).view(_Subclass)).name == "numpy"
+    try:
+        import cupy  # noqa: F401
+    except ImportError:
+        with pytest.raises(TypeError, match="lives in GPU memory, which needs CuPy"):
+            backend_of(_DLPackOn(2))
+    else:
+        assert backend_of(_DLPackOn(2)).name == "cupy"
+    with pytest.raises(TypeError, match="numpy or CuPy array, got _DLPackOn"):
+        backend_of(_DLPackOn(1))  # host memory hpcrt cannot operate on: no numpy array
+
+
 def test_pool_reuses_buffers_up_to_its_limit():
     pool = PinnedPool(limit_bytes=4096)
     a = pool.acquire(1000)
