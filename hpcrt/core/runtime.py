@@ -19,6 +19,7 @@ from hpcrt.core.launcher import LaunchInfo, check_world_matches, read_launch_env
 from hpcrt.core.logs import rank_log_file, setup_logging, teardown_logging
 from hpcrt.core.rundir import agree_run_dir
 from hpcrt.core.ulfm import abort_world, skip_finalize_fence
+from hpcrt.costmodel.table import CostTable
 from hpcrt.topology.discovery import best_nic_kind, cpu_device, discover_nics, gpu_count, gpu_device
 from hpcrt.topology.table import Device, RankInfo, Topology, nominal_link_costs
 from hpcrt.topology.yaml_file import TopologyFileError, load_topology_file
@@ -50,6 +51,8 @@ class Runtime:
     thread_level: int
     heap_kept: bool = False
     """Whether malloc keeps freed memory for reuse (``keep_freed_mb``; once set, for the process's life)."""
+    costs: Optional[CostTable] = None
+    """The cost model's table that ``auto`` weighs: the topology's link costs until ``calibrate()`` measures."""
     run_dir: Optional[Path] = None
     _abort_hook: Optional[AbortHook] = field(default=None, repr=False)
     _log_handlers: list = field(default_factory=list, repr=False)
@@ -118,7 +121,7 @@ def _start(cfg: RuntimeConfig, comm: Any, launch: LaunchInfo, thread_level: int,
     staging = Staging(decision.enabled, PinnedPool(cfg.staging_pool_mb << 20))
     me = topology.ranks[comm.rank]
     runtime = Runtime(comm, comm.rank, comm.size, me.local_rank, me.node, device, xp, topology, cfg,
-                      decision, staging, launch, thread_level, heap_kept(), _abort_hook=hook)
+                      decision, staging, launch, thread_level, heap_kept(), CostTable.of(topology), _abort_hook=hook)
     if cfg.log_files or cfg.run_dir:
         runtime.run_dir = agree_run_dir(comm, cfg.run_dir)
     log_dir = runtime.run_dir / "logs" if cfg.log_files and runtime.run_dir else None
