@@ -255,7 +255,7 @@ class Monitor:
 
     def _append_event(self, kind: str, event: dict) -> None:
         with open(self.mdir.root / "events.jsonl", "a") as f:
-            f.write(json.dumps({"kind": kind, "time": time.time(), "by": self.rank, **event}, default=str) + "\n")
+            f.write(json.dumps({**event, "kind": kind, "time": time.time(), "by": self.rank}, default=str) + "\n")
 
     def dump(self, reason: str) -> None:
         """Write this rank's flight recorder and thread stacks to ``<monitor dir>/dumps`` (once)."""

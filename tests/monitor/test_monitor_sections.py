@@ -20,8 +20,8 @@ def test_a_section_past_its_timeout_is_a_hang_and_only_with_a_timeout(launch, tm
     assert result.returncode == 0, result.stderr
     assert result.stdout.count("CALLBACK hang in 'load' on rank 1") == 1, result.stdout
     assert "hang: rank 1 on node" in result.stderr and "has been in section 'load'" in result.stderr
-    [hang] = _events(tmp_path / "on")  # its "kind" says "section": the record's kind overwrites "hang"
-    assert (hang["by"], hang["rank"], hang["op"], hang["timeout_s"]) == (1, 1, "load", 1.0)
+    [hang] = _events(tmp_path / "on")
+    assert (hang["kind"], hang["by"], hang["rank"], hang["op"], hang["timeout_s"]) == ("hang", 1, 1, "load", 1.0)
     assert 1.0 < hang["elapsed_s"] < 3.0
     env.pop("HPCRT_MONITOR_SECTION_TIMEOUT_S")  # the default, 0, turns section timeouts off
     result = launch([PROGRAM, "--run-dir", str(tmp_path / "off"), "--hold", "3"], ranks=2, timeout=60, env=env)
@@ -38,5 +38,6 @@ def test_abort_waits_the_dump_grace_so_every_rank_dumps(launch, tmp_path):
     ended = time.time()
     assert result.returncode == 75, result.stderr
     [hang] = _events(run_dir)
+    assert hang["kind"] == "hang"
     assert ended - hang["time"] >= grace_s, f"aborted {ended - hang['time']:.1f} s after the hang"
     assert sorted(p.name for p in (run_dir / "monitor" / "dumps").iterdir()) == ["rank-00000.json", "rank-00001.json"]
