@@ -60,9 +60,10 @@ class ChoiceMemo:
         if known is None or known[0] is not costs:
             if len(self._known) >= _MAX_ENTRIES:
                 self._known.clear()
-            known = self._known[key] = (costs, self._choose(costs, *shape))
+            choice = self._choose(costs, *shape)
+            known = self._known[key] = (costs, choice, (self.family, self._label(choice)))
         if _WATCHES:
-            _WATCHES[-1][self.family, self._label(known[1])] += 1
+            _WATCHES[-1][known[2]] += 1
         return known[1]
 
 
