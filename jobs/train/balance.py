@@ -10,6 +10,9 @@ from typing import Optional, Sequence
 COMPUTE_SECTIONS = ("forward", "scan", "backward")
 """The sections whose self-time (the monitor's: collectives inside left out) is the rank's own
 compute; the scan's is the GLA recurrence on its chunk, its All-Scan waiting left out."""
+COMPUTE = "compute"
+"""The monitor section around all of a step's forward and backward: its self-time is the step's
+compute sections together, so its window median is the rank's median compute per step."""
 
 
 def apportion(total: int, weights: Sequence[float]) -> list[int]:
@@ -103,10 +106,9 @@ class Rebalancer:
 
 
 def compute_seconds(window: dict) -> list[float]:
-    """Each rank's compute time in a monitor straggler window: the sum of its forward, scan and
-    backward medians (self-times, collectives excluded)."""
-    return [sum(entry["sections"].get(name, {}).get("median_ms", 0.0) for name in COMPUTE_SECTIONS) / 1e3
-            for entry in window["ranks"]]
+    """Each rank's median compute time per step in a monitor straggler window (the self-time of
+    its ``compute`` section: forward, scan and backward, collectives excluded)."""
+    return [entry["sections"][COMPUTE]["median_ms"] / 1e3 for entry in window["ranks"]]
 
 
 def initial_weights(balance: str, weights: Optional[Sequence[float]], gpu_weight: float,

@@ -177,9 +177,10 @@ def _step(step: int, runtime: hpcrt.Runtime, settings: Settings, source: Source,
         sequences = source.batch(train.seed, step, train.batch, train.seq_len + 1)[slice(*layout.rows)]
         first, last = layout.tokens
         inputs, targets = xp.asarray(sequences[:, first:last]), xp.asarray(sequences[:, first + 1:last + 1])
-    loss, grad = loss_and_grad(settings.shape, params, inputs, targets, sp_comm=layout.sp_comm,
-                               scan=settings.parallel.scan, normalizer=train.batch * train.seq_len,
-                               section=timer.section)
+    with timer.compute():
+        loss, grad = loss_and_grad(settings.shape, params, inputs, targets, sp_comm=layout.sp_comm,
+                                   scan=settings.parallel.scan, normalizer=train.batch * train.seq_len,
+                                   section=timer.section)
     with timer.section("grad_sync"):
         grad = sync.reduce(grad)
         loss = float(allreduce(np.array([loss]), "sum", comm=runtime.comm, algorithm="mpi")[0])

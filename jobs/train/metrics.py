@@ -7,11 +7,11 @@ import json
 import logging
 import sys
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, ContextManager, Iterator
 
-from hpcrt.jobs.train.balance import COMPUTE_SECTIONS
+from hpcrt.jobs.train.balance import COMPUTE, COMPUTE_SECTIONS
 
 log = logging.getLogger("hpcrt.jobs.train")
 
@@ -41,6 +41,11 @@ class StepTimer:
                 if name in COMPUTE_SECTIONS:
                     self._monitor.faults.stretch(time.perf_counter() - start - (recorder.coll_time - inside))
         self.seconds[name] += time.perf_counter() - start
+
+    def compute(self) -> ContextManager:
+        """A step's forward and backward together as the monitor's ``compute`` section (not in the
+        step's row, whose sections it would count twice): what a rebalance reads."""
+        return self._monitor.section(COMPUTE) if self._monitor is not None else nullcontext()
 
     def take(self) -> dict:
         """This step's seconds per section; the next step starts from zero."""

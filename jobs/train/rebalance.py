@@ -1,6 +1,8 @@
 """``parallel.balance=monitor``: at the end of every ``rebalance_every`` steps, read each rank's
 compute medians from the monitor's straggler window, let rank 0 decide new weights and broadcast
-them (one collective), reshard from the next step, and log what was decided and why."""
+them (one collective), reshard from the next step, and log what was decided and why. A change
+needs two windows in a row that each call for one (a single noisy window moves nothing); it
+moves to the mean of their targets."""
 
 from __future__ import annotations
 
@@ -26,6 +28,8 @@ class OnlineBalance:
         self.every, self.layout, self.monitor, self.comm = parallel.rebalance_every, layout, monitor, comm
         self.rebalancer = Rebalancer(parallel.rebalance_threshold, parallel.rebalance_max_factor)
         self.batch, self.seq_len = batch, seq_len
+        self.pending: Optional[list] = None
+        """Rank 0: the previous window's proposal, when it called for a change that was not made."""
 
     def after_step(self, step: int) -> Optional[dict]:
         """At a rebalance step: the decision record when shares changed or the window named a
@@ -50,7 +54,10 @@ class OnlineBalance:
         some rank's whole sequences or tokens), with who was slow where."""
         compute = compute_seconds(window)
         old = self.layout.shards
-        weights = self.rebalancer.propose(old, compute)
+        proposal = self.rebalancer.propose(old, compute)
+        confirmed = proposal is not None and self.pending is not None
+        weights = [(a + b) / 2 for a, b in zip(proposal, self.pending)] if confirmed else None
+        self.pending = None if confirmed else proposal
         new = old if weights is None else shard(weights, self.layout.table, self.batch, self.seq_len)
         changed = new != old
         slow = [s["rank"] for s in window.get("stragglers", [])]

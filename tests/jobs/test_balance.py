@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from hpcrt.jobs.train.balance import Rebalancer, Shards, apportion, compute_seconds, shard
+from hpcrt.jobs.train.balance import Rebalancer, Shards, apportion, shard
 from test_train_job import RTOL, _saved_params, _summary, _train
 
 # Big enough that a step's compute (milliseconds) dwarfs sleep's granularity; float64 to compare exactly.
@@ -19,6 +19,10 @@ MODEL = ["model.vocab=16", "model.d_model=32", "model.d_k=8", "model.d_v=8", "mo
          "train.batch=8", "train.seq_len=48", "train.log_every=1000", "checkpoint.every=0"]
 MONITOR = ["parallel.balance=monitor", "monitor.report_every=5", "parallel.rebalance_every=5",
            "monitor.heartbeat_timeout_s=60"]
+STEADY = [*(arg for arg in MODEL if not arg.startswith(("model.d_model", "model.d_ff"))), "model.d_model=64",
+          "model.d_ff=256", *(arg.replace("=5", "=10") for arg in MONITOR)]
+"""Windows of 10 steps of a 4x larger model, for the tests that no share moves: what they stand
+against is a busy machine's scheduling noise."""
 
 
 def _rows(tmp_path: Path, run: str) -> list[dict]:
@@ -56,22 +60,15 @@ def test_shard_splits_sequences_by_group_weight_and_tokens_by_rank_weight():
 
 
 def test_rebalancer_keeps_shares_inside_the_threshold_and_bounds_each_change():
-    rebalancer = Rebalancer(threshold=0.15, max_factor=2.0)
+    rebalancer = Rebalancer(threshold=0.25, max_factor=2.0)
     even = Shards(((0, 4), (4, 8)), ((0, 12), (0, 12)))
-    assert rebalancer.propose(even, [1.0, 1.1]) is None  # 10 % noise: no change
+    assert rebalancer.propose(even, [1.0, 1.2]) is None  # 20 % noise: no change
     new = rebalancer.propose(even, [1.0, 2.0])
     assert new == pytest.approx([2 / 3, 1 / 3])  # half the speed, half the share
     capped = rebalancer.propose(even, [1.0, 10.0])
     assert capped == pytest.approx([0.75, 0.25])  # a tenth the speed: halved only
     uneven = Shards(((0, 6), (6, 8)), ((0, 12), (0, 12)))  # weights drifted: it starts from the shares
     assert rebalancer.propose(uneven, [3.0, 3.0]) is None  # balanced: equal compute times
-
-
-def test_compute_seconds_adds_the_compute_sections_not_the_rest_of_the_step():
-    window = {"ranks": [{"sections": {"forward": {"median_ms": 2.0}, "backward": {"median_ms": 3.0},
-                                      "scan": {"median_ms": 5.0}, "grad_sync": {"median_ms": 40.0},
-                                      "work": {"median_ms": 99.0}}}]}
-    assert compute_seconds(window) == [pytest.approx(0.010)]
 
 
 def test_a_rank_slowed_in_compute_gets_a_smaller_share_and_diagnose_says_so(launch, tmp_path):
@@ -85,7 +82,7 @@ def test_a_rank_slowed_in_compute_gets_a_smaller_share_and_diagnose_says_so(laun
     changes = [r for r in _rebalances(tmp_path, "slow") if r["changed"]]
     assert changes and all(max(range(2), key=lambda r: c["slowdown"][r]) == 1 for c in changes), changes
     report = launch(["-m", "hpcrt", "diagnose", str(tmp_path / "slow")], timeout=60)
-    assert "rebalance at step 5: rank 1 computed" in report.stdout, report.stdout
+    assert "rebalance at step 10: rank 1 computed" in report.stdout, report.stdout  # two windows in a row
     single = _train(launch, tmp_path, "one", 1, *MODEL, "train.steps=20", "checkpoint.every=0")
     assert single.returncode == 0, single.stderr[-3000:]
     np.testing.assert_allclose(_saved_params(tmp_path, "slow"), _saved_params(tmp_path, "one"), rtol=RTOL,
@@ -93,7 +90,7 @@ def test_a_rank_slowed_in_compute_gets_a_smaller_share_and_diagnose_says_so(laun
 
 
 def test_a_clean_run_keeps_equal_shares(launch, tmp_path):
-    done = _train(launch, tmp_path, "clean", 2, *MODEL, *MONITOR, "train.steps=40")
+    done = _train(launch, tmp_path, "clean", 2, *STEADY, "train.steps=60")
     assert done.returncode == 0, done.stderr[-3000:]
     rows = _rows(tmp_path, "clean")
     assert [row["step"] for row in rows if "shares" in row] == [1]
@@ -101,7 +98,7 @@ def test_a_clean_run_keeps_equal_shares(launch, tmp_path):
 
 
 def test_a_rank_slow_outside_compute_is_reported_not_rebalanced(launch, tmp_path):
-    done = _train(launch, tmp_path, "late", 2, *MODEL, *MONITOR, "train.steps=20",
+    done = _train(launch, tmp_path, "late", 2, *STEADY, "train.steps=40",
                   env={"HPCRT_FAULT": "delay:rank=1,step=0,ms=60"})
     assert done.returncode == 0, done.stderr[-3000:]
     assert [row["step"] for row in _rows(tmp_path, "late") if "shares" in row] == [1]
@@ -120,15 +117,15 @@ def test_balance_monitor_without_the_monitor_is_one_config_error(launch, tmp_pat
 def test_a_resume_after_a_rebalance_keeps_the_shares_in_force(launch, tmp_path):
     slow = {"HPCRT_FAULT": "slow:rank=1,factor=3"}
     common = [*MODEL, *MONITOR, "checkpoint.every=10"]
-    whole = _train(launch, tmp_path, "whole", 2, *common, "train.steps=20", env=slow)
+    whole = _train(launch, tmp_path, "whole", 2, *common, "train.steps=25", env=slow)
     assert whole.returncode == 0, whole.stderr[-3000:]
-    first = _train(launch, tmp_path, "split", 2, *common, "train.steps=10", env=slow)
+    first = _train(launch, tmp_path, "split", 2, *common, "train.steps=15", env=slow)
     assert first.returncode == 0, first.stderr[-3000:]
-    in_force = _shares_by_step(_rows(tmp_path, "split"))[10]
+    in_force = _shares_by_step(_rows(tmp_path, "split"))[15]
     assert in_force != [[4, 48], [4, 48]], "no rebalance before the checkpoint"
-    again = _train(launch, tmp_path, "split", 2, *common, "train.steps=20", env=slow)
+    again = _train(launch, tmp_path, "split", 2, *common, "train.steps=25", env=slow)
     assert again.returncode == 0, again.stderr[-3000:]
-    assert _summary(tmp_path, "split")["resumed_from"] == 10
-    assert _shares_by_step(_rows(tmp_path, "split"))[11] == in_force
+    assert _summary(tmp_path, "split")["resumed_from"] == 15
+    assert _shares_by_step(_rows(tmp_path, "split"))[16] == in_force
     np.testing.assert_allclose(_saved_params(tmp_path, "split"), _saved_params(tmp_path, "whole"), rtol=RTOL,
                                atol=1e-12)

@@ -25,7 +25,7 @@ SCANS = ("pipeline", "allgather", "ring")
 UNEVEN = [1.0, 3.0, 2.0, 5.0]
 """Static weights of the ``-uneven`` runs (the first ``world`` of them)."""
 BALANCE = {"balance": "none", "weights": None, "gpu_weight": 4.0, "rebalance_every": 25,
-           "rebalance_threshold": 0.15, "rebalance_max_factor": 2.0}
+           "rebalance_threshold": 0.25, "rebalance_max_factor": 2.0}
 
 
 def runs(world: int) -> list:
