@@ -44,6 +44,9 @@ class ScanCall:
     """The caller's operand, whose structure (array or tuple) the op's functions receive."""
     inclusive: bool
     reverse: bool
+    blocking: bool = False
+    """Whether the caller waits at once (:func:`all_scan`): MPI's scans are then its blocking ones,
+    on every rank alike, since MPI never matches a blocking collective with a non-blocking one."""
 
     @property
     def xp(self) -> Any:
@@ -210,15 +213,29 @@ def mpi_builtin_op(op: ScanOp, layout: ScanLayout) -> Any:
     return builtin if builtin is not None and layout.dtypes[0] in _MPI_BUILTIN_DTYPES else None
 
 
+def _poster(comm: Any, inclusive: bool, blocking: bool) -> Callable[..., Any]:
+    """The call that posts the scan and returns its request: MPI_Iscan / MPI_Iexscan, or where
+    ``blocking`` MPI_Scan / MPI_Exscan, done at once (a null request left to wait on)."""
+    if not blocking:
+        return comm.Iscan if inclusive else comm.Iexscan
+    scan = comm.Scan if inclusive else comm.Exscan
+
+    def post(*args: Any) -> Any:
+        scan(*args)
+        return MPI.REQUEST_NULL
+    return post
+
+
 def mpi(call: ScanCall) -> Steps:
-    """MPI_Iexscan / MPI_Iscan: the builtin op for sum and max of plain dtypes (on the operand
-    itself when it is one host array; a float max as :mod:`.float_keys` integers, so NaN
-    propagates), else a non-commutative user op over packed host copies. A reverse scan runs on
-    the reversed communicator, where the op applies its operands in flipped order. A user op that
-    raises inside MPI is not called again in this scan, and its error is raised after the wait."""
+    """MPI_Iexscan / MPI_Iscan (the blocking scans for a blocking call): the builtin op for sum and
+    max of plain dtypes (on the operand itself when it is one host array; a float max as
+    :mod:`.float_keys` integers, so NaN propagates), else a non-commutative user op over packed
+    host copies. A reverse scan runs on the reversed communicator, where the op applies its
+    operands in flipped order. A user op that raises inside MPI is not called again in this scan,
+    and its error is raised after the wait."""
     layout = call.layout
     comm = reversed_comm(call.transport.comm) if call.reverse else call.transport.comm
-    start = comm.Iscan if call.inclusive else comm.Iexscan
+    start = _poster(comm, call.inclusive, call.blocking)
     builtin = mpi_builtin_op(call.op, layout)
     keys = key_dtype(layout.dtypes[0]) if builtin is MPI.MAX else None
     if builtin is not None and len(call.parts) == 1 and type(call.parts[0]) is np.ndarray and layout.nbytes:
@@ -273,15 +290,13 @@ def mpi(call: ScanCall) -> Steps:
 
 
 def mpi_scan_now(comm: Any, x: np.ndarray, mpi_op: Any, identity: Any, inclusive: bool) -> np.ndarray:
-    """MPI_Iscan / MPI_Iexscan of one contiguous host array under MPI's own op, waited at once (the
-    common small call, with nothing around MPI's; non-blocking as :func:`mpi`'s, which a rank with
-    another backend runs, since MPI never matches a blocking collective with a non-blocking one):
-    rank 0's exclusive result is ``identity``."""
+    """MPI_Scan / MPI_Exscan of one contiguous host array under MPI's own op (a blocking call's
+    common small case, with nothing around MPI's): rank 0's exclusive result is ``identity``."""
     result = np.empty(x.shape, x.dtype)
     if inclusive:
-        comm.Iscan(x, result, mpi_op).Wait()
+        comm.Scan(x, result, mpi_op)
     else:
-        comm.Iexscan(x, result, mpi_op).Wait()
+        comm.Exscan(x, result, mpi_op)
         if comm.rank == 0:
             result.fill(identity)
     return result

@@ -17,7 +17,7 @@ from hpcrt.collectives.allscan import algorithms as allscan_algos
 from hpcrt.collectives.allscan.algorithms import ScanCall, Steps
 from hpcrt.collectives.allscan.layout import ScanLayout
 from hpcrt.collectives.allscan.ops import BUILTIN_OPS, ScanOp, as_parts, check_sendable, from_parts, resolve_op
-from hpcrt.collectives.comm.entry import CallCache, begin, signature, transport_for
+from hpcrt.collectives.comm.entry import CallCache, agree, begin, signature, transport_for
 from hpcrt.collectives.comm.tracing import payload_bytes
 from hpcrt.collectives.comm.transport import Transport
 from hpcrt.collectives.costmodel.allscan import ALGORITHMS, ScanLinks, auto_choice, best_blocks, ran_label, scan_links
@@ -126,10 +126,14 @@ def transport_links(transport: Transport) -> ScanLinks:
 def _auto(transport: Transport, scan_op: Any, layout: ScanLayout, blocks: Optional[int]) -> tuple:
     """(algorithm, blocks) the cost model picks for this state on ``transport``'s ranks; a given
     ``blocks`` is priced as the pipeline runs it, at most one per row."""
-    max_blocks = _max_blocks(layout, scan_op)
-    return _CHOICES.get(transport_links(transport), layout.nbytes, transport.size, max_blocks,
-                        None if blocks is None else min(int(blocks), max_blocks),
-                        allscan_algos.mpi_builtin_op(scan_op, layout) is not None)
+    return _choice(transport, layout.nbytes, _max_blocks(layout, scan_op), blocks,
+                   allscan_algos.mpi_builtin_op(scan_op, layout) is not None)
+
+
+def _choice(transport: Transport, nbytes: int, max_blocks: int, blocks: Optional[int], builtin_op: bool) -> tuple:
+    """:func:`_auto` from what a plan may know already."""
+    return _CHOICES.get(transport_links(transport), nbytes, transport.size, max_blocks,
+                        None if blocks is None else min(int(blocks), max_blocks), builtin_op)
 
 
 def _prepare(x: Any, op: Any, algorithm: str, blocks: Optional[int]) -> tuple:
@@ -159,10 +163,16 @@ def all_scan_start(x: Any, op: Any, *, comm: Optional[MPI.Intracomm] = None, inc
     wait order is safe), and ``x`` must not change until ``wait()`` returns (MPI and the pipeline
     read it meanwhile).
     """
+    return _started(x, op, comm, inclusive, reverse, algorithm, blocks, validate, False)
+
+
+def _started(x: Any, op: Any, comm: Optional[MPI.Intracomm], inclusive: bool, reverse: bool, algorithm: str,
+             blocks: Optional[int], validate: bool, blocking: bool) -> AllScanHandle:
+    """:func:`all_scan_start`, for a caller that waits at once where ``blocking``."""
     transport = transport_for(comm, "all_scan")
     token = trace_collective("all_scan", transport.comm, payload_bytes(x))
     try:
-        return _start(transport, token, x, op, inclusive, reverse, algorithm, blocks, validate)
+        return _start(transport, token, x, op, inclusive, reverse, algorithm, blocks, validate, blocking)
     except BaseException:
         trace_done(token)
         raise
@@ -180,7 +190,7 @@ def _op_label(scan_op: ScanOp) -> str:
 
 
 def _start(transport: Transport, token: int, x: Any, op: Any, inclusive: bool, reverse: bool, algorithm: str,
-           blocks: Optional[int], validate: bool) -> AllScanHandle:
+           blocks: Optional[int], validate: bool, blocking: bool) -> AllScanHandle:
     """Check the call (collectively with ``validate``) and post the algorithm's first messages."""
     problem: Optional[Exception] = None
     try:
@@ -190,7 +200,7 @@ def _start(transport: Transport, token: int, x: Any, op: Any, inclusive: bool, r
     ok = problem is None
     fields = _fields(scan_op if ok else None, layout if ok else None, inclusive, reverse, algorithm, blocks)
     begin(transport.comm, "all_scan", problem, fields, validate)
-    call = ScanCall(transport, scan_op, layout, parts, x, inclusive, reverse)
+    call = ScanCall(transport, scan_op, layout, parts, x, inclusive, reverse, blocking)
     return AllScanHandle(_steps(call, algorithm, blocks), x, token, transport.comm)
 
 
@@ -211,6 +221,7 @@ class _DirectPlan:
     layout: ScanLayout
     mpi_op: Any
     identity: Any
+    max_blocks: int
     fields: dict
     signed: Any
 
@@ -232,9 +243,9 @@ def _make_direct_plan(x: np.ndarray, op: str, inclusive: bool, reverse: bool, al
     mpi_op = allscan_algos.mpi_builtin_op(scan_op, layout)
     if mpi_op is None or (mpi_op is MPI.MAX and x.dtype.kind == "f") or not layout.nbytes:
         return None  # float max travels as integer keys (NaN), and an empty scan has nothing to send
-    fields = _fields(scan_op, layout, inclusive, reverse, algorithm, None)
-    return _DirectPlan(scan_op, layout, mpi_op, scan_op.identity(x.reshape(-1)[:1])[0], fields,
-                       signature("all_scan", {"input_error": None, **fields}))
+    fields = {"input_error": None, **_fields(scan_op, layout, inclusive, reverse, algorithm, None)}
+    return _DirectPlan(scan_op, layout, mpi_op, scan_op.identity(x.reshape(-1)[:1])[0], _max_blocks(layout, scan_op),
+                       fields, signature("all_scan", fields))
 
 
 _DIRECT_PLANS = CallCache(_make_direct_plan)
@@ -244,7 +255,7 @@ def _scan_directly(transport: Transport, plan: _DirectPlan, x: np.ndarray, inclu
                    validate: bool) -> np.ndarray:
     """The scan by MPI's own call, after the agreement where ``validate``."""
     if validate:
-        begin(transport.comm, "all_scan", None, plan.fields, True, plan.signed)
+        agree(transport.comm, "all_scan", plan.signed, plan.fields)
     comm = allscan_algos.reversed_comm(transport.comm) if reverse else transport.comm
     return allscan_algos.mpi_scan_now(comm, x, plan.mpi_op, plan.identity, inclusive)
 
@@ -318,11 +329,10 @@ def all_scan(x: Any, op: Any, *, comm: Optional[MPI.Intracomm] = None, inclusive
     plan = _direct_plan(x, op, inclusive, reverse, algorithm, blocks)
     if plan is not None and not _IN_FLIGHT[0] and x.flags.c_contiguous:
         transport = transport_for(comm, "all_scan")
-        if algorithm == "mpi" or _auto(transport, plan.scan_op, plan.layout, None)[0] == "mpi":
+        if algorithm == "mpi" or _choice(transport, plan.layout.nbytes, plan.max_blocks, None, True)[0] == "mpi":
             token = trace_collective("all_scan", transport.comm, x.nbytes)
             try:
                 return _scan_directly(transport, plan, x, inclusive, reverse, validate)
             finally:
                 trace_done(token)
-    return all_scan_start(x, op, comm=comm, inclusive=inclusive, reverse=reverse, algorithm=algorithm,
-                          blocks=blocks, validate=validate).wait()
+    return _started(x, op, comm, inclusive, reverse, algorithm, blocks, validate, True).wait()

@@ -82,7 +82,7 @@ def agree(comm: Any, collective: str, signed: np.ndarray, fields: dict) -> None:
     (one two-word Allreduce; on a mismatch a second round names the ranks and fields that differ)."""
     reduced = np.empty(2, dtype=np.int64)
     comm.Allreduce(signed, reduced, MPI.MIN)
-    if reduced[0] != signed[0] or reduced[1] != signed[1]:
+    if reduced.tobytes() != signed.tobytes():
         check_agreement(comm, collective, **fields)
         raise CollectiveMismatchError(f"{collective}: ranks called it with different arguments, though "
                                       f"every field listed agrees (seen on rank {comm.rank})")

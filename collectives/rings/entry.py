@@ -209,7 +209,9 @@ def _begin(collective: str, x: Any, comm: Optional[Any], algorithm: str, validat
             start, stop = _block(x, transport)
             shape = (stop - start,)
         problem = checked_out(collective, out, shape, x.dtype, plan.backend)
-    begin(transport.comm, collective, problem, plan.fields, validate, plan.signed if problem is plan.problem else None)
+    if validate or problem is not None:
+        begin(transport.comm, collective, problem, plan.fields, validate,
+              plan.signed if problem is plan.problem else None)
     if plan.algorithm_error is not None:
         raise plan.algorithm_error.with_traceback(None)
     if algorithm == "auto":
