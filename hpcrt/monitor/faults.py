@@ -46,7 +46,7 @@ class FaultInjector:
         so the section takes factor times as long, whatever the share of work it had."""
         for fault in self._faults:
             if fault.kind == "slow" and self._step >= fault.step:
-                time.sleep((fault.factor - 1.0) * seconds)
+                time.sleep((fault.factor - 1.0) * max(seconds, 0.0))  # < 0: another thread's collectives
 
     def _fatal(self, kind: str, step: int) -> None:
         if kind == "raise":
