@@ -243,9 +243,9 @@ def _make_direct_plan(x: np.ndarray, op: str, inclusive: bool, reverse: bool, al
     mpi_op = allscan_algos.mpi_builtin_op(scan_op, layout)
     if mpi_op is None or (mpi_op is MPI.MAX and x.dtype.kind == "f") or not layout.nbytes:
         return None  # float max travels as integer keys (NaN), and an empty scan has nothing to send
-    fields = {"input_error": None, **_fields(scan_op, layout, inclusive, reverse, algorithm, None)}
+    fields = _fields(scan_op, layout, inclusive, reverse, algorithm, None)
     return _DirectPlan(scan_op, layout, mpi_op, scan_op.identity(x.reshape(-1)[:1])[0], _max_blocks(layout, scan_op),
-                       fields, signature("all_scan", fields))
+                       fields, signature("all_scan", {"input_error": None, **fields}))
 
 
 _DIRECT_PLANS = CallCache(_make_direct_plan)

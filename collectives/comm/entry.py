@@ -77,25 +77,33 @@ def _signed(key: tuple) -> np.ndarray:
 _SIGNATURES = CallCache(_signed)
 
 
-def agree(comm: Any, collective: str, signed: np.ndarray, fields: dict) -> None:
+def agree(comm: Any, collective: str, signed: np.ndarray, fields: dict, problem: Optional[Exception] = None) -> None:
     """Raise :class:`CollectiveMismatchError` on every rank unless all ranks passed the same signature
-    (one two-word Allreduce; on a mismatch a second round names the ranks and fields that differ)."""
+    (one two-word Allreduce; on a mismatch a second round names the ranks and fields that differ,
+    ``problem`` being this rank's input error)."""
     reduced = np.empty(2, dtype=np.int64)
     comm.Allreduce(signed, reduced, MPI.MIN)
     if reduced.tobytes() != signed.tobytes():
-        check_agreement(comm, collective, **fields)
+        check_agreement(comm, collective, **_with_error(fields, problem))
         raise CollectiveMismatchError(f"{collective}: ranks called it with different arguments, though "
                                       f"every field listed agrees (seen on rank {comm.rank})")
+
+
+def _with_error(fields: dict, problem: Optional[Exception]) -> dict:
+    """``fields`` led by this rank's input error (None where it has none), as the ranks compare them."""
+    return {"input_error": None if problem is None else str(problem), **fields}
 
 
 def begin(comm: Any, collective: str, problem: Optional[Exception], fields: dict, validate: bool,
           signed: Optional[np.ndarray] = None) -> None:
     """The entry sequence once the local checks ran: with ``validate`` the ranks agree on ``fields``
-    and on ``problem`` (this rank's input error, or None), so a rank's bad input is every rank's
-    error; then ``problem``, where there is one, is raised."""
+    and on ``problem`` (this rank's input error, or None; ``signed``: the signature of both, where
+    the caller has it already), so a rank's bad input is every rank's error; then ``problem``,
+    where there is one, is raised."""
     if validate:
-        fields = {"input_error": None if problem is None else str(problem), **fields}
-        agree(comm, collective, signature(collective, fields) if signed is None else signed, fields)
+        if signed is None:
+            signed = signature(collective, _with_error(fields, problem))
+        agree(comm, collective, signed, fields, problem)
     if problem is not None:
         raise problem.with_traceback(None)  # a cached plan's error: a fresh traceback each call
 

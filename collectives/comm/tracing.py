@@ -29,12 +29,12 @@ def traced(op: str) -> Callable:
     (with no monitor running, the call goes straight through: no payload count, no comm lookup)."""
     def decorate(collective: Callable) -> Callable:
         @functools.wraps(collective)
-        def call(*args: Any, comm: Optional[Any] = None, **kwargs: Any) -> Any:
+        def call(*args: Any, **kwargs: Any) -> Any:
             if trace._recorder is None:
-                return collective(*args, comm=comm, **kwargs)
-            token = enter(op, comm, payload_bytes(*args))
+                return collective(*args, **kwargs)
+            token = enter(op, kwargs.get("comm"), payload_bytes(*args))
             try:
-                return collective(*args, comm=comm, **kwargs)
+                return collective(*args, **kwargs)
             finally:
                 trace_done(token)
         return call
