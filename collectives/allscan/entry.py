@@ -198,7 +198,8 @@ def _start(transport: Transport, token: int, x: Any, op: Any, inclusive: bool, r
     except (TypeError, ValueError) as error:
         problem = error
     ok = problem is None
-    fields = _fields(scan_op if ok else None, layout if ok else None, inclusive, reverse, algorithm, blocks)
+    fields = _fields(scan_op if ok else None, layout if ok else None, inclusive, reverse, algorithm,
+                     blocks) if validate else {}
     begin(transport.comm, "all_scan", problem, fields, validate)
     call = ScanCall(transport, scan_op, layout, parts, x, inclusive, reverse, blocking)
     return AllScanHandle(_steps(call, algorithm, blocks), x, token, transport.comm)
