@@ -243,8 +243,8 @@ def describe_rebalance(record: dict) -> str:
     """A job's rebalance decision (a ``rebalance`` line of the straggler log): which rank was slow
     in its compute and the shares it got, or which slow ranks were only reported."""
     if not record.get("changed"):
-        held = (f"; ranks {record['held']} slow in compute keep shares {record.get('shares')} (no whole split "
-                "closer to their speed)"
+        held = (f"; ranks {record['held']} slow in compute keep shares {record.get('shares')} (a change "
+                "needs two windows in a row beyond the threshold, and a whole split that differs)"
                 if record.get("held") else "")
         outside = (f"; ranks {record['reported_not_rebalanced']} slow outside compute (links or waiting): "
                    "reported, not rebalanced" if record.get("reported_not_rebalanced") else "")

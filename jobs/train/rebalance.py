@@ -7,8 +7,8 @@ moves to the mean of their targets."""
 from __future__ import annotations
 
 import json
-import statistics
 import logging
+import statistics
 from typing import Any, Optional
 
 from hpcrt.monitor.diagnosis import describe_rebalance
