@@ -1,6 +1,6 @@
 """The reduction ops of the ring collectives: an element-wise function on any backend and the
 matching MPI op for the ``mpi`` baseline. ``avg`` reduces as ``sum`` and is divided by the number
-of ranks after (:data:`AVERAGING_OPS`; the ring collectives take it, the hierarchical partition does not)."""
+of ranks after (:data:`AVERAGING_OPS`; the ring collectives and the hierarchical partition take it)."""
 
 from __future__ import annotations
 

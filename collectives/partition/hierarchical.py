@@ -18,7 +18,7 @@ from hpcrt.backends.arrays import get_xp
 from hpcrt.core.runtime import get_runtime
 
 from hpcrt.collectives.comm.agreement import CollectiveMismatchError, check_agreement
-from hpcrt.collectives.comm.reduce_ops import check_op, combine_into
+from hpcrt.collectives.comm.reduce_ops import AVERAGING_OPS, check_op, combine_into
 from hpcrt.collectives.comm.transport import Transport, _world_ranks, intracomm
 from hpcrt.collectives.partition.levels import LevelSpec
 from hpcrt.collectives.partition.plan import PartitionPlan, Weights, make_plan
@@ -67,18 +67,28 @@ class HierarchicalPartition:
         return None if bounds is None else slice(*bounds)
 
     def reduce_scatter_grads(self, full_grad: Any, op: str = "sum", *, inplace: bool = False) -> Any:
-        """This rank's primary shard of the element-wise ``op`` of every rank's ``full_grad``,
-        reduced level by level (inside the innermost group first, then among peers outward).
+        """This rank's primary shard of the element-wise ``op`` (sum, max, min, or avg: the sum over
+        the rank count, for float dtypes) of every rank's ``full_grad``, reduced level by level
+        (inside the innermost group first, then among peers outward). Ranks that differ in ``op``
+        all raise.
 
         ``inplace`` reduces inside ``full_grad`` (C-contiguous; its contents are clobbered) instead
         of a copy of it.
         """
-        check_op(op)
-        self._check("reduce_scatter_grads", full_grad, self.numel, full_grad if inplace else None, self.numel)
+        self._check("reduce_scatter_grads", full_grad, self.numel, full_grad if inplace else None, self.numel,
+                    op=op)
+        averaging = op in AVERAGING_OPS
+        if averaging and self.dtype.kind not in "fc":
+            raise TypeError(f"reduce_scatter_grads: op 'avg' needs a floating dtype, the partition holds {self.dtype}")
+        if not averaging:
+            check_op(op)
         work = full_grad.reshape(-1) if inplace else full_grad.reshape(-1).copy()
         for stage in range(self.plan.depth):
             self._ring(work, stage, combine_into(op))
-        return work[self.primary].copy()
+        shard = work[self.primary].copy()
+        if averaging:
+            shard /= self.comm.size
+        return shard
 
     def allgather_params(self, primary: Any, *, out: Optional[Any] = None) -> Any:
         """The full buffer from every rank's primary shard (outermost level first).
@@ -136,9 +146,10 @@ class HierarchicalPartition:
             raise ValueError(f"a partition with one level ({self.plan.level_names[0]}) has no secondary shard: "
                              "gather from the primary with allgather_params")
 
-    def _check(self, name: str, x: Any, expected: int, out: Optional[Any] = None, out_size: int = 0) -> None:
+    def _check(self, name: str, x: Any, expected: int, out: Optional[Any] = None, out_size: int = 0,
+               **agreed: Any) -> None:
         """Every rank raises if any rank's input (or ``out``, or in-place buffer) has the wrong
-        size, dtype or layout (no deadlock)."""
+        size, dtype or layout, or if the ranks differ in any of ``agreed`` (no deadlock)."""
         problem = ""
         if x.size != expected or np.dtype(x.dtype) != self.dtype:
             problem = f"{x.size} elements of {x.dtype}, expected {expected} of {self.dtype}"
@@ -147,6 +158,6 @@ class HierarchicalPartition:
             problem = f"a buffer of {out.size} elements of {out.dtype} to write into, expected a C-contiguous " \
                       f"one of {out_size} of {self.dtype}"
         if self.validate:
-            check_agreement(self.comm, name, input=problem or "ok")
+            check_agreement(self.comm, name, input=problem or "ok", **agreed)
         if problem:
             raise CollectiveMismatchError(f"{name}: rank {self.rank} got {problem}")

@@ -1,11 +1,11 @@
-"""HierarchicalPartition.reduce_scatter_grads with every reduction op it takes, against numpy, and
-with ``inplace=False`` leaving the caller's gradient as it was."""
+"""HierarchicalPartition.reduce_scatter_grads with every reduction op it takes, against numpy, with
+``inplace=False`` leaving the caller's gradient as it was, and ranks that differ in op all raising."""
 
 import numpy as np
 import pytest
 
 import hpcrt
-from hpcrt.collectives import HierarchicalPartition
+from hpcrt.collectives import CollectiveMismatchError, HierarchicalPartition
 
 TOPOLOGY = """
 nodes:
@@ -55,8 +55,21 @@ def test_every_op_matches_numpy_and_leaves_the_input_intact(comm, runtime):
                     np.testing.assert_array_equal(in_place, expected, err_msg=f"inplace=True {op} {levels}")
 
 
+@pytest.mark.mpi(ranks=[2, 4], timeout=60)
+def test_avg_is_the_mean_and_integers_are_refused(comm, runtime):
+    grads = _grads(comm.size, 13)
+    with HierarchicalPartition(13, levels="hpz", dtype="float64") as part:
+        shard = part.reduce_scatter_grads(grads[comm.rank].copy(), "avg")
+        np.testing.assert_allclose(shard, np.mean(grads, axis=0)[part.primary], rtol=1e-15)
+    with HierarchicalPartition(8, levels="flat", dtype="int64") as part:
+        with pytest.raises(TypeError, match="op 'avg' needs a floating dtype"):
+            part.reduce_scatter_grads(np.ones(8, dtype=np.int64), "avg")
+
+
 @pytest.mark.mpi(ranks=[2], timeout=60)
-def test_avg_is_refused_on_every_rank(comm, runtime):
+def test_ranks_that_differ_in_op_all_raise(comm, runtime):
     with HierarchicalPartition(8, levels="flat", dtype="float64") as part:
-        with pytest.raises(ValueError, match="unknown reduction op 'avg'; expected one of sum, max, min"):
-            part.reduce_scatter_grads(np.ones(8), "avg")
+        with pytest.raises(CollectiveMismatchError, match="ranks disagree on op: rank 0 has 'sum', rank 1 has 'max'"):
+            part.reduce_scatter_grads(np.ones(8), "sum" if comm.rank == 0 else "max")
+        with pytest.raises(ValueError, match="unknown reduction op 'mean'; expected one of sum, max, min"):
+            part.reduce_scatter_grads(np.ones(8), "mean")
