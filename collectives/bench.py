@@ -4,6 +4,8 @@
 on the same buffers, as ratios of medians over interleaved blocks (run on 2 ranks by default: it
 starts ``mpiexec`` itself when launched alone).
 ``lse``: the LSE merge kernels' bandwidth against a copy of the same bytes (collectives/attention/lse_bench.py).
+``scan-blocks``: the All-Scan pipeline's time per block count beside the model's (collectives/allscan/blocks_bench.py).
+``partition``: one ZeRO step, flat vs hpZ vs 3-level (collectives/partition/bench.py).
 """
 
 from __future__ import annotations
@@ -18,7 +20,9 @@ from typing import Any, Callable
 
 import numpy as np
 
+from hpcrt.collectives.allscan import blocks_bench
 from hpcrt.collectives.attention import lse_bench
+from hpcrt.collectives.partition import bench as partition_bench
 
 
 def _rows(comm: Any, x: np.ndarray) -> list[tuple[str, str, Callable[[], Any]]]:
@@ -86,7 +90,8 @@ def overhead(args: argparse.Namespace) -> int:
     return 0
 
 
-SUBCOMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {"overhead": overhead, "lse": lse_bench.run}
+SUBCOMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "overhead": overhead, "lse": lse_bench.run, "scan-blocks": blocks_bench.run, "partition": partition_bench.run}
 """Subcommand name -> function of the parsed arguments returning the exit status."""
 
 
@@ -99,6 +104,8 @@ def _parser() -> argparse.ArgumentParser:
     timing.add_argument("--blocks", type=int, default=7, help="interleaved blocks (default 7)")
     timing.add_argument("--calls", type=int, default=400, help="calls per block (default 400)")
     lse_bench.add_arguments(commands.add_parser("lse", help="the LSE merge's bandwidth against a copy of its bytes"))
+    blocks_bench.add_arguments(commands.add_parser("scan-blocks", help="All-Scan pipeline time per block count"))
+    partition_bench.add_arguments(commands.add_parser("partition", help="one ZeRO step: flat vs hpZ vs 3-level"))
     return parser
 
 

@@ -7,11 +7,13 @@ links that cross nodes (the transport's hold), and γ per byte folded in during 
 The real path's α-β (:func:`hpcrt.costmodel.links.shift_link_cost`) and γ are measured in this run
 with every rank at work at once, as in a ring step (on a machine with fewer cores than ranks an
 isolated ping-pong would miss the contention).
-Command line: :mod:`.partition_bench_cli`.
+Command line: ``mpiexec -n 4 python -m hpcrt.collectives.bench partition --topology two_nodes_emulated``.
 """
 
 from __future__ import annotations
 
+import argparse
+import json
 import statistics
 from typing import Any, Optional, Sequence
 
@@ -151,3 +153,29 @@ def frontier_prediction(numel: int = 20_000_000_000, itemsize: int = 2, nodes: i
              "predicted_s": t, "predicted_ratio_vs_hpz": seconds["hpz"] / t,
              "paper_tflops_ratio_vs_zeropp": FRONTIER_PAPER_RATIO if s == "3level" else None}
             for s, t in seconds.items()]
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The ``partition`` subcommand's options."""
+    parser.add_argument("--topology", default="two_nodes_emulated", help="topology file or shipped name")
+    parser.add_argument("--numel", type=int, default=1 << 20)
+    parser.add_argument("--iters", type=int, default=20)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--json", help="write the rows here (rank 0)")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Time one ZeRO step (flat vs hpZ vs 3-level); rank 0 prints one JSON row per line."""
+    import hpcrt
+    runtime = hpcrt.init({"topology_file": args.topology, "log_files": False})
+    try:
+        rows = run_partition_benchmark(args.numel, iters=args.iters, warmup=args.warmup)
+    finally:
+        hpcrt.finalize()
+    if runtime.rank == 0:
+        for row in rows:
+            print(json.dumps(row))
+        if args.json:
+            with open(args.json, "w") as out:
+                json.dump(rows, out, indent=1)
+    return 0

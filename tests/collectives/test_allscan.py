@@ -398,7 +398,7 @@ def test_auto_prices_mpis_scan_by_whether_mpi_has_the_op(comm):
 
 
 def test_block_count_sweep_prints_the_model_choice_beside_each_measured_k(launch):
-    result = launch(["-m", "hpcrt.collectives.allscan.blocks_cli", "--sizes", "4096", "65536",
+    result = launch(["-m", "hpcrt.collectives.bench", "scan-blocks", "--sizes", "4096", "65536",
                      "--blocks", "1", "4"], ranks=2, timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
     lines = [line.split() for line in result.stdout.splitlines() if not line.startswith("#")]

@@ -1,14 +1,14 @@
 """The All-Scan pipeline's time per block count K beside the cost model's K, on every rank of the
 job: how well the model's block count sits against the measured optimum. Rank 0 prints a table.
 
-    mpiexec -n 8 python -m hpcrt.collectives.allscan.blocks_cli --sizes 262144 1048576 --blocks 1 4 16 64
+    mpiexec -n 8 python -m hpcrt.collectives.bench scan-blocks --sizes 262144 1048576 --blocks 1 4 16 64
 """
 
 from __future__ import annotations
 
 import argparse
 import statistics
-from typing import Any, Optional, Sequence
+from typing import Any
 
 import numpy as np
 import hpcrt
@@ -27,17 +27,20 @@ def time_pipeline(comm: Any, state: np.ndarray, blocks: int, calls: int) -> floa
     return statistics.median(timed(pipeline_call(comm, state, blocks), calls, comm) for _ in range(BATCHES))
 
 
-def main(argv: Optional[Sequence[str]] = None) -> None:
-    parser = argparse.ArgumentParser(description="All-Scan pipeline time per block count vs the model's choice")
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The ``scan-blocks`` subcommand's options."""
     parser.add_argument("--sizes", type=int, nargs="+", default=[1 << 18, 1 << 20, 1 << 22, 1 << 24],
                         help="state sizes in bytes (float32)")
     parser.add_argument("--blocks", type=int, nargs="+", default=[1, 2, 4, 8, 16, 32, 64, 128])
-    args = parser.parse_args(argv)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Time the pipeline at every block count and size on every rank; rank 0 prints the table."""
     runtime = hpcrt.init({"log_files": False})
     try:
         comm = runtime.comm
         if comm.size < 2:
-            raise SystemExit("scan_blocks: needs at least 2 ranks")
+            raise SystemExit("scan-blocks: needs at least 2 ranks")
         calibrate()
         links = scan_links(runtime.costs, runtime.topology)  # what algorithm="auto" weighs
         say = print if runtime.rank == 0 else (lambda *_: None)
@@ -55,7 +58,4 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
             say(f"{nbytes:>10}  {model_k:>7}  {predicted * 1e6:>13.0f}  {measured}")
     finally:
         hpcrt.finalize()
-
-
-if __name__ == "__main__":
-    main()
+    return 0
