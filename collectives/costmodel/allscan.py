@@ -58,9 +58,10 @@ class ScanLinks:
     block: float = 0.0
     """Seconds one more pipeline block adds beyond its bytes, where measured (0: not measured)."""
     calls: tuple[tuple[str, float], ...] = ()
-    """(code path, seconds) pairs: hpcrt's fixed work per call down each path, where measured. It is
-    measured on the job's communicator and charged as it is to a scan over any of its subsets (the
-    all-gather's and MPI's user-op terms that grow with the rank count are then overstated a little)."""
+    """(code path, seconds) pairs: hpcrt's fixed work per call down each path (measured, or the
+    table's default where not). It is measured on the job's communicator and charged as it is to a
+    scan over any of its subsets (the all-gather's and MPI's user-op terms that grow with the rank
+    count are then overstated a little)."""
 
     def call(self, algorithm: str, builtin_op: bool = True) -> float:
         """Seconds of fixed work one call of ``algorithm`` pays besides its messages (0: not measured;
@@ -82,8 +83,8 @@ def as_scan_links(links: Union[ScanLinks, LinkCost]) -> ScanLinks:
 
 def scan_links(costs: CostTable, topology: Topology, ranks: Optional[list] = None) -> ScanLinks:
     """The costs a scan over ``ranks`` (default: all) pays at ``costs``: the chain along them, the
-    shift round them, the pipeline block and the calls."""
-    calls = tuple((path, costs.calls[call_name(path)].alpha) for path in CODE_PATHS if call_name(path) in costs.calls)
+    shift round them, the pipeline block and the calls (as measured, else the table's ``call_work``)."""
+    calls = tuple((path, costs.call_alpha(call_name(path))) for path in CODE_PATHS)
     return ScanLinks(schedule_link(costs, topology, CHAIN, ranks, ring=False),
                      schedule_link(costs, topology, SHIFT, ranks), costs.pipeline_block, calls)
 

@@ -18,6 +18,14 @@ UNMEASURED_STEP_WORK = 5e-6
 fold), charged where the steps were not measured: at 8 B a step took about 8 µs on 8–16 ranks of
 a 16-core machine (124–265 µs for 2(p − 1) steps), messages included. Without it a link's α alone
 would price the Python rings at or below MPI's own call at any size."""
+UNMEASURED_CALL_WORK = {"all_scan/pipeline": 23e-6, "all_scan/allgather": 23e-6, "all_scan/mpi": 4e-6,
+                        "all_scan/mpi_user": 39e-6}
+"""hpcrt's fixed work per call down each All-Scan code path beyond its messages, charged where the
+calls were not measured: calibration's probe (64 float32, validate=False) on 2 ranks of the 2-core
+build machine took 22–23 µs for the pipeline and the all-gather (the scan handle, its generator and
+result arrays), 4 µs for MPI's own scan and 39 µs for MPI calling hpcrt's combine back. Without it
+a link's α alone prices every algorithm alike at a few bytes on 2 ranks, and the Python pipeline
+wins the tie against MPI's call, five times quicker there."""
 
 
 @dataclass(frozen=True)
@@ -27,7 +35,8 @@ class CostTable:
     exchanges at once; ``steps`` one step of each stepped ring algorithm (β per byte a lane moves);
     ``calls`` the fixed or whole-call cost per ``"<collective>/<code path>"``; ``pipeline_block``
     what one more pipeline block adds beyond its bytes; ``step_work`` what an unmeasured ring step
-    adds to its link's α. Steps, calls and schedules are measured on the runtime's communicator."""
+    adds to its link's α; ``call_work`` the fixed seconds of a call that ``calls`` lacks (not
+    measured). Steps, calls and schedules are measured on the runtime's communicator."""
 
     links: Mapping[str, LinkCost]
     chain: Optional[LinkCost] = None
@@ -36,6 +45,7 @@ class CostTable:
     calls: Mapping[str, LinkCost] = field(default_factory=dict)
     pipeline_block: float = 0.0
     step_work: float = UNMEASURED_STEP_WORK
+    call_work: Mapping[str, float] = field(default_factory=lambda: dict(UNMEASURED_CALL_WORK))
 
     @classmethod
     def of(cls, topology: Topology) -> "CostTable":
@@ -59,6 +69,11 @@ class CostTable:
         """The measured cost of call ``name`` (``"<collective>/<code path>"``), or None."""
         return self.calls.get(name)
 
+    def call_alpha(self, name: str) -> float:
+        """The fixed seconds of call ``name``: its measured α, else :attr:`call_work`'s, else 0."""
+        measured = self.calls.get(name)
+        return measured.alpha if measured is not None else self.call_work.get(name, 0.0)
+
     def entries(self) -> dict[str, LinkCost]:
         """Every cost under one name each, for reports (results.json): the link classes, ``chain``,
         ``shift``, ``ring_step_<algorithm>``, ``call_<collective>/<path>``, ``pipeline_block``."""
@@ -71,4 +86,4 @@ class CostTable:
         return named
 
 
-__all__ = ["CostTable", "UNMEASURED_STEP_WORK"]
+__all__ = ["CostTable", "UNMEASURED_CALL_WORK", "UNMEASURED_STEP_WORK"]

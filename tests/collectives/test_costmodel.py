@@ -6,18 +6,24 @@ from __future__ import annotations
 
 import time
 
+import numpy as np
 import pytest
 
 import hpcrt
 from hpcrt import LinkCost
 from hpcrt.collectives import ScanLinks, calibrate, scan_links
+from hpcrt.collectives.costmodel.allscan import auto_choice
 from hpcrt.costmodel.model import bottleneck_link
-from hpcrt.costmodel.table import CostTable
+from hpcrt.costmodel.table import UNMEASURED_CALL_WORK, CostTable
 from hpcrt.costmodel.timing import call_samples, rank_times, timed
-from hpcrt.topology.table import Device
+from hpcrt.topology.table import Device, RankInfo, Topology, nominal_link_costs
 from hpcrt.topology.yaml_file import load_topology_file
 
 from conftest import SAMPLE_TOPOLOGY
+
+
+UNPRICED = tuple((path, 0.0) for path in ("pipeline", "allgather", "mpi", "mpi_user"))
+"""Every code path's call cost in a table without measured calls or default call work."""
 
 
 def _sample_topology():
@@ -27,22 +33,67 @@ def _sample_topology():
 def test_scan_links_take_the_measured_schedules_but_never_less_than_a_link_alone():
     topology = _sample_topology()
     intra, eth = LinkCost(1e-6, 1e-10), LinkCost(5e-6, 2e-10)
-    costs = CostTable.of(topology).with_measured(links={"intra": intra, "eth": eth})
-    assert scan_links(costs, topology, [0, 1]) == ScanLinks(intra, intra)  # nothing measured: the link alone
+    costs = CostTable.of(topology).with_measured(links={"intra": intra, "eth": eth}, call_work={})
+    assert scan_links(costs, topology, [0, 1]) == ScanLinks(intra, intra, calls=UNPRICED)  # the link alone
     costs = costs.with_measured(chain=LinkCost(3e-6, 1e-10), shift=LinkCost(9e-6, 4e-10))
-    assert scan_links(costs, topology, [0, 1]) == ScanLinks(LinkCost(3e-6, 1e-10), LinkCost(9e-6, 4e-10))
+    assert scan_links(costs, topology, [0, 1]) == ScanLinks(LinkCost(3e-6, 1e-10), LinkCost(9e-6, 4e-10),
+                                                            calls=UNPRICED)
     # across the nodes the eth link alone is slower than the measured chain hop in β and α
-    assert scan_links(costs, topology) == ScanLinks(LinkCost(5e-6, 2e-10), LinkCost(9e-6, 4e-10))
+    assert scan_links(costs, topology) == ScanLinks(LinkCost(5e-6, 2e-10), LinkCost(9e-6, 4e-10), calls=UNPRICED)
     costs = costs.with_measured(pipeline_block=40e-6)
     links = scan_links(costs, topology)
-    assert links.block == 40e-6 and links.block_alpha == 40e-6 and links.calls == ()
+    assert links.block == 40e-6 and links.block_alpha == 40e-6
     costs = costs.with_measured(calls={"all_scan/mpi": LinkCost(30e-6, 0.0), "all_scan/pipeline": LinkCost(60e-6, 0.0),
                                        "all_scan/mpi_user": LinkCost(200e-6, 0.0),
                                        "allreduce/mpi": LinkCost(1.0, 0.0)})  # another family's call
     links = scan_links(costs, topology)
-    assert links.calls == (("pipeline", 60e-6), ("mpi", 30e-6), ("mpi_user", 200e-6))
+    assert links.calls == (("pipeline", 60e-6), ("allgather", 0.0), ("mpi", 30e-6), ("mpi_user", 200e-6))
     assert links.call("ring") == 60e-6 and links.call("allgather") == 0.0
     assert links.call("mpi", builtin_op=False) == 200e-6 and links.call("pipeline", builtin_op=False) == 60e-6
+
+
+def test_unmeasured_calls_cost_the_tables_default_work_and_measured_ones_replace_it():
+    topology = _sample_topology()
+    table = CostTable.of(topology)
+    assert dict(scan_links(table, topology).calls) == {path: UNMEASURED_CALL_WORK[f"all_scan/{path}"]
+                                                       for path in ("pipeline", "allgather", "mpi", "mpi_user")}
+    measured = table.with_measured(calls={"all_scan/pipeline": LinkCost(2e-6, 0.0)})
+    assert dict(scan_links(measured, topology).calls)["pipeline"] == 2e-6
+    assert dict(scan_links(measured, topology).calls)["mpi"] == UNMEASURED_CALL_WORK["all_scan/mpi"]
+
+
+def _one_host_topology(size: int) -> Topology:
+    """``size`` CPU ranks on one host at the nominal link costs, as the runtime discovers them."""
+    return Topology(tuple(RankInfo(r, "host", r, Device("cpu"), host="host") for r in range(size)),
+                    nominal_link_costs())
+
+
+def test_all_scan_auto_picks_mpis_own_scan_for_a_few_bytes_on_two_ranks_before_calibration():
+    """At 8 B on 2 ranks the messages cost alike and hpcrt's Python work per call decides: the
+    default table prices it, so auto runs MPI's scan (not the pipeline) without any calibration."""
+    topology = _one_host_topology(2)
+    links = scan_links(CostTable.of(topology), topology)
+    assert auto_choice(8, 2, links, max_blocks=1) == ("mpi", 1)
+    assert auto_choice(8, 2, links, max_blocks=1, builtin_op=False)[0] == "pipeline"  # MPI calls Python back
+
+
+@pytest.mark.mpi(ranks=[2], timeout=60)
+def test_all_scan_auto_runs_mpi_at_8_bytes_with_the_default_table(comm):
+    """The runtime's table before calibration is the topology's own, and the calls of
+    ``all_scan(x, "sum")`` at 8 B run (as auto_ran tallies them) what the model picks from it: mpi."""
+    from hpcrt.collectives import all_scan
+    from hpcrt.collectives.costmodel.memo import auto_ran
+    rt = hpcrt.init({"log_files": False})
+    try:
+        assert rt.costs == CostTable.of(rt.topology)
+        want = auto_choice(8, 2, scan_links(CostTable.of(rt.topology), rt.topology), max_blocks=1)
+        x = np.full(1, comm.rank + 1.0)
+        with auto_ran() as ran:
+            got = [all_scan(x, "sum"), all_scan(x, "sum", validate=False)]
+        assert want == ("mpi", 1) and ran == {("all_scan", "mpi"): 2}
+        assert [float(g[0]) for g in got] == [comm.rank * 1.0] * 2  # rank 1 gets rank 0's 1.0; rank 0 the identity
+    finally:
+        hpcrt.finalize()
 
 
 def test_a_table_never_changes_the_topology_it_prices():
