@@ -16,7 +16,6 @@ from typing import Any, Callable, ContextManager, Optional
 
 from hpcrt.core.ulfm import ulfm_available
 from hpcrt.monitor.agent import Monitor, get_monitor, start, stop
-from hpcrt.monitor.bench import measure_recorder_overhead
 from hpcrt.monitor.config import FaultSpec, MonitorConfig, resolve_monitor_config
 from hpcrt.monitor.diagnosis import diagnose, format_diagnosis
 from hpcrt.monitor.faults import InjectedFault
@@ -60,3 +59,12 @@ def on(event: str, callback: Callable[[dict], Any]) -> None:
     if monitor is None:
         raise RuntimeError("hpcrt monitor: not started; call hpcrt.monitor.start() first")
     monitor.on(event, callback)
+
+
+def __getattr__(name: str) -> Any:
+    """``measure_recorder_overhead`` is imported on first use, so that importing the monitor does not
+    load its benchmark (and ``python -m hpcrt.monitor.bench`` runs a module not yet imported)."""
+    if name == "measure_recorder_overhead":
+        from hpcrt.monitor.bench import measure_recorder_overhead
+        return measure_recorder_overhead
+    raise AttributeError(f"module 'hpcrt.monitor' has no attribute {name!r}")

@@ -1,5 +1,6 @@
-"""What the flight recorder costs: per record, and as a share of a training-like step. A callable
-for the bench job; performance claims come from there, never from a timed unit test."""
+"""What the flight recorder costs: per record, and as a share of a training-like step. The bench
+job's ``monitor`` suite calls it; alone, ``mpiexec -n 2 python -m hpcrt.monitor.bench`` prints the
+same row as JSON on rank 0. Performance claims come from there, never from a timed unit test."""
 
 from __future__ import annotations
 
@@ -112,3 +113,27 @@ def measure_recorder_overhead(records: int = 200_000, steps: int = 20, step_ms: 
             "untraced_hook_s": off, "python_call_s": empty, "step_s": step_s,
             "records_per_step": collectives_per_step + sections_per_step,
             "estimated_step_overhead": per_step / step_s, "measured_step_overhead": statistics.median(ratios) - 1}
+
+
+def main() -> None:
+    """``python -m hpcrt.monitor.bench``: the recorder's costs on the job's ranks, as JSON on rank 0."""
+    import argparse
+    import json
+
+    import hpcrt
+    parser = argparse.ArgumentParser(prog="python -m hpcrt.monitor.bench", description=main.__doc__)
+    parser.add_argument("--records", type=int, default=200_000, help="records timed per variant")
+    parser.add_argument("--rounds", type=int, default=10, help="paired blocks of steps")
+    parser.add_argument("--steps", type=int, default=20, help="steps per block")
+    args = parser.parse_args()
+    runtime = hpcrt.init({"log_files": False})
+    try:
+        row = measure_recorder_overhead(args.records, steps=args.steps, rounds=args.rounds, comm=runtime.comm)
+    finally:
+        hpcrt.finalize()
+    if runtime.rank == 0:
+        print(json.dumps(row, indent=1))
+
+
+if __name__ == "__main__":
+    main()
