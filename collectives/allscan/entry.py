@@ -4,13 +4,14 @@ associative, not necessarily commutative op, by a chosen algorithm or the cost m
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from numbers import Integral
 from typing import Any, Optional
 
 import numpy as np
 from mpi4py import MPI
 
+from hpcrt.core import trace_hook as trace
 from hpcrt.core.trace_hook import trace_collective, trace_done
 
 from hpcrt.collectives.allscan import algorithms as allscan_algos
@@ -18,10 +19,10 @@ from hpcrt.collectives.allscan.algorithms import ScanCall, Steps
 from hpcrt.collectives.allscan.layout import ScanLayout
 from hpcrt.collectives.allscan.ops import BUILTIN_OPS, ScanOp, as_parts, check_sendable, from_parts, resolve_op
 from hpcrt.collectives.comm.entry import CallCache, agree, begin, signature, transport_for
-from hpcrt.collectives.comm.tracing import payload_bytes
+from hpcrt.collectives.comm.tracing import call_traced, payload_bytes
 from hpcrt.collectives.comm.transport import Transport
 from hpcrt.collectives.costmodel.allscan import ALGORITHMS, ScanLinks, auto_choice, best_blocks, ran_label, scan_links
-from hpcrt.collectives.costmodel.memo import ChoiceMemo, LinkMemo
+from hpcrt.collectives.costmodel.memo import ChoiceMemo, LinkMemo, PlanChoice
 
 
 _QUEUE_KEYVAL: list = []
@@ -218,25 +219,29 @@ class _DirectPlan:
     """A scan of one host array under a builtin op MPI has (sum, or max of integers): what its
     repeated calls share, so that each goes to MPI's own scan with little around it."""
 
-    scan_op: ScanOp
+    shape: tuple
+    dtype: np.dtype
     layout: ScanLayout
     mpi_op: Any
     identity: Any
+    first_result: np.ndarray
+    """Rank 0's exclusive result, the identity (copied for each call)."""
     max_blocks: int
     fields: dict
     signed: Any
+    auto: PlanChoice = field(default_factory=PlanChoice, compare=False)
+    """``auto``'s choice for these calls, kept for the transport and cost table it was made at."""
+
+    def runs_mpi(self, transport: Transport) -> bool:
+        """Whether ``auto`` runs MPI's scan for these calls on ``transport`` (tallied as it runs)."""
+        return self.auto.get(transport, _CHOICES, _SCAN_LINKS, self.layout.nbytes, transport.size, self.max_blocks,
+                             None, True)[0] == "mpi"
 
 
-def _direct_plan(x: Any, op: Any, inclusive: bool, reverse: bool, algorithm: str,
-                 blocks: Optional[int]) -> Optional[_DirectPlan]:
-    """The plan of a call that may go straight to MPI's scan, or None (made on first use)."""
-    if type(x) is not np.ndarray or algorithm not in ("mpi", "auto") or blocks is not None or type(op) is not str:
+def _make_direct_plan(x: np.ndarray, op: Any, inclusive: bool, reverse: bool, algorithm: Any) -> Optional[_DirectPlan]:
+    """The plan of a call that may go straight to MPI's scan, or None (the general path runs it)."""
+    if type(op) is not str or algorithm not in ("mpi", "auto"):
         return None
-    return _DIRECT_PLANS.get((x.shape, x.dtype, op, inclusive, reverse, algorithm), x, op, inclusive, reverse,
-                             algorithm)
-
-
-def _make_direct_plan(x: np.ndarray, op: str, inclusive: bool, reverse: bool, algorithm: str) -> Optional[_DirectPlan]:
     try:
         scan_op, parts, layout = _prepare(x, op, algorithm, None)
     except (TypeError, ValueError):
@@ -245,8 +250,9 @@ def _make_direct_plan(x: np.ndarray, op: str, inclusive: bool, reverse: bool, al
     if mpi_op is None or (mpi_op is MPI.MAX and x.dtype.kind == "f") or not layout.nbytes:
         return None  # float max travels as integer keys (NaN), and an empty scan has nothing to send
     fields = _fields(scan_op, layout, inclusive, reverse, algorithm, None)
-    return _DirectPlan(scan_op, layout, mpi_op, scan_op.identity(x.reshape(-1)[:1])[0], _max_blocks(layout, scan_op),
-                       fields, signature("all_scan", {"input_error": None, **fields}))
+    identity = scan_op.identity(x.reshape(-1)[:1])[0]
+    return _DirectPlan(x.shape, x.dtype, layout, mpi_op, identity, np.full(x.shape, identity, x.dtype),
+                       _max_blocks(layout, scan_op), fields, signature("all_scan", {"input_error": None, **fields}))
 
 
 _DIRECT_PLANS = CallCache(_make_direct_plan)
@@ -257,8 +263,16 @@ def _scan_directly(transport: Transport, plan: _DirectPlan, x: np.ndarray, inclu
     """The scan by MPI's own call, after the agreement where ``validate``."""
     if validate:
         agree(transport.comm, "all_scan", plan.signed, plan.fields)
-    comm = allscan_algos.reversed_comm(transport.comm) if reverse else transport.comm
-    return allscan_algos.mpi_scan_now(comm, x, plan.mpi_op, plan.identity, inclusive)
+    if reverse:
+        return allscan_algos.mpi_scan_now(allscan_algos.reversed_comm(transport.comm), x, plan.mpi_op, plan.identity,
+                                          inclusive)
+    if inclusive:
+        result = np.empty(plan.shape, plan.dtype)
+        transport.comm.Scan(x, result, plan.mpi_op)
+    else:  # rank 0's receive buffer is not significant to MPI's Exscan: it keeps the identity
+        result = np.empty(plan.shape, plan.dtype) if transport.rank else plan.first_result.copy()
+        transport.comm.Exscan(x, result, plan.mpi_op)
+    return result
 
 
 def _max_blocks(layout: ScanLayout, scan_op: Any) -> int:
@@ -327,13 +341,14 @@ def all_scan(x: Any, op: Any, *, comm: Optional[MPI.Intracomm] = None, inclusive
     raises there and makes every other rank raise a RuntimeError naming it (no rank waits forever).
     The result has x's structure and lives on x's backend.
     """
-    plan = _direct_plan(x, op, inclusive, reverse, algorithm, blocks)
-    if plan is not None and not _IN_FLIGHT[0] and x.flags.c_contiguous:
-        transport = transport_for(comm, "all_scan")
-        if algorithm == "mpi" or _choice(transport, plan.layout.nbytes, plan.max_blocks, None, True)[0] == "mpi":
-            token = trace_collective("all_scan", transport.comm, x.nbytes)
-            try:
-                return _scan_directly(transport, plan, x, inclusive, reverse, validate)
-            finally:
-                trace_done(token)
+    if type(x) is np.ndarray and blocks is None and not _IN_FLIGHT[0] and x.flags.c_contiguous:
+        plan = _DIRECT_PLANS.get((x.shape, x.dtype, op, inclusive, reverse, algorithm), x, op, inclusive, reverse,
+                                 algorithm)
+        if plan is not None:
+            transport = transport_for(comm, "all_scan")
+            if algorithm == "mpi" or plan.runs_mpi(transport):
+                if trace._recorder is None:  # no monitor: nothing to record
+                    return _scan_directly(transport, plan, x, inclusive, reverse, validate)
+                return call_traced("all_scan", transport.comm, x.nbytes, _scan_directly, transport, plan, x,
+                                   inclusive, reverse, validate)
     return _started(x, op, comm, inclusive, reverse, algorithm, blocks, validate, True).wait()

@@ -24,6 +24,16 @@ def enter(op: str, comm: Optional[Any], nbytes: int) -> int:
     return trace_collective(op, comm if comm is not None else get_runtime().comm, nbytes)
 
 
+def call_traced(op: str, comm: Optional[Any], nbytes: int, collective: Callable, *args: Any) -> Any:
+    """``collective(*args)`` recorded as ``op`` of ``nbytes`` on ``comm`` (default: the runtime's), from
+    its start to its end, even where it raises."""
+    token = enter(op, comm, nbytes)
+    try:
+        return collective(*args)
+    finally:
+        trace_done(token)
+
+
 def traced(op: str) -> Callable:
     """Decorate a blocking collective ``f(*arrays, comm=None, ...)`` so each call is recorded
     (with no monitor running, the call goes straight through: no payload count, no comm lookup)."""
@@ -32,10 +42,7 @@ def traced(op: str) -> Callable:
         def call(*args: Any, **kwargs: Any) -> Any:
             if trace._recorder is None:
                 return collective(*args, **kwargs)
-            token = enter(op, kwargs.get("comm"), payload_bytes(*args))
-            try:
-                return collective(*args, **kwargs)
-            finally:
-                trace_done(token)
+            return call_traced(op, kwargs.get("comm"), payload_bytes(*args), functools.partial(collective, **kwargs),
+                               *args)
         return call
     return decorate

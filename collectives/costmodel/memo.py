@@ -55,6 +55,13 @@ class ChoiceMemo:
 
     def get(self, costs: Any, *shape: Any) -> Any:
         """The choice for ``costs`` (the object a LinkMemo handed out) and the call's ``shape`` (hashable)."""
+        choice, ran = self.entry(costs, *shape)
+        if _WATCHES:
+            _WATCHES[-1][ran] += 1
+        return choice
+
+    def entry(self, costs: Any, *shape: Any) -> tuple[Any, tuple[str, str]]:
+        """(choice, what :func:`auto_ran` tallies for it), not tallied: for a :class:`PlanChoice`."""
         key = (id(costs), *shape)
         known = self._known.get(key)
         if known is None or known[0] is not costs:
@@ -62,9 +69,29 @@ class ChoiceMemo:
                 self._known.clear()
             choice = self._choose(costs, *shape)
             known = self._known[key] = (costs, choice, (self.family, self._label(choice)))
+        return known[1], known[2]
+
+
+class PlanChoice:
+    """The ``auto`` choice of one call shape's plan, kept with the transport and the cost table it
+    was made for: a repeated call on them pays two identity checks, not the memos' lookups (a
+    transport belongs to one communicator and runtime, whose topology never changes)."""
+
+    __slots__ = ("_known",)
+
+    def __init__(self) -> None:
+        self._known: tuple = (None, None, None, None)
+
+    def get(self, transport: Any, choices: ChoiceMemo, links: LinkMemo, *shape: Any) -> Any:
+        """What ``choices`` picks for ``shape`` at ``links``' costs of ``transport``'s ranks, tallied
+        in :func:`auto_ran` as :meth:`ChoiceMemo.get` would."""
+        known = self._known
+        costs = get_runtime().costs
+        if known[0] is not transport or known[1] is not costs:
+            known = self._known = (transport, costs, *choices.entry(links.get(transport.world_ranks), *shape))
         if _WATCHES:
-            _WATCHES[-1][known[2]] += 1
-        return known[1]
+            _WATCHES[-1][known[3]] += 1
+        return known[2]
 
 
 @contextlib.contextmanager

@@ -16,20 +16,21 @@ divided by the number of ranks, in the operand's (floating or complex) dtype.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Optional
 
 import numpy as np
 from mpi4py import MPI
 
 from hpcrt.backends.arrays import ArrayBackend, backend_of
+from hpcrt.core import trace_hook as trace
 
 from hpcrt.collectives.comm.blocks import block_bounds
 from hpcrt.collectives.comm.entry import CallCache, begin, checked_out, signature, transport_for
 from hpcrt.collectives.comm.reduce_ops import AVERAGING_OPS, REDUCE_OPS, combine_into, mpi_op
-from hpcrt.collectives.comm.tracing import traced
+from hpcrt.collectives.comm.tracing import call_traced, payload_bytes, traced
 from hpcrt.collectives.comm.transport import Transport, unsendable
-from hpcrt.collectives.costmodel.memo import ChoiceMemo, LinkMemo
+from hpcrt.collectives.costmodel.memo import ChoiceMemo, LinkMemo, PlanChoice
 from hpcrt.collectives.costmodel.rings import ALGORITHMS, RING_COLLECTIVES, auto_choice, ring_costs
 from hpcrt.collectives.rings.engine import ring_lanes, ring_pass
 from hpcrt.collectives.rings.mpi import mpi_allgather, mpi_allreduce, mpi_reduce_scatter
@@ -37,15 +38,24 @@ from hpcrt.collectives.rings.mpi import mpi_allgather, mpi_allreduce, mpi_reduce
 RING_OPS = REDUCE_OPS + AVERAGING_OPS
 
 
-@traced("allreduce")
 def allreduce(x: Any, op: str = "sum", *, comm: Optional[MPI.Intracomm] = None, algorithm: str = "auto",
               validate: bool = True, out: Optional[Any] = None) -> Any:
     """Every rank gets the element-wise ``op`` (sum, max, min, avg) of all ranks' ``x``, same shape;
     into ``out`` where given (``out=x``: in place)."""
+    if trace._recorder is None:  # no monitor: nothing to record (no wrapper around the call either)
+        return _allreduce(x, op, comm, algorithm, validate, out)
+    return call_traced("allreduce", comm, payload_bytes(x), _allreduce, x, op, comm, algorithm, validate, out)
+
+
+def _allreduce(x: Any, op: str, comm: Optional[MPI.Intracomm], algorithm: str, validate: bool,
+               out: Optional[Any]) -> Any:
+    """:func:`allreduce`, untraced."""
     transport, plan, algorithm = _begin("allreduce", x, comm, algorithm, validate, op, out)
     if algorithm == "mpi" and plan.direct and out is None and x.flags.c_contiguous:
-        result = np.empty(x.shape, x.dtype)  # the common small call: MPI's own, nothing around it
+        result = np.empty(plan.result_shape, plan.dtype)  # the common small call: MPI's own, nothing around it
         transport.comm.Allreduce(x, result, plan.mpi_op)
+        if not plan.averaging:
+            return result
     elif algorithm == "mpi":
         result = mpi_allreduce(transport.comm, transport.staging, plan.backend, x, op,
                                _result(plan.backend, x.shape, x.dtype, out))
@@ -128,15 +138,10 @@ class _Plan:
     mpi_op: Any
     direct: bool
     """numpy operand whose reduction MPI does alone (no NaN flag): the call can go straight to MPI."""
-
-
-def _plan(collective: str, x: Any, op: Optional[str], algorithm: str, size: int) -> _Plan:
-    """The call's plan, made on its shape's first call."""
-    try:
-        key = (collective, type(x), x.shape, x.dtype, op, algorithm, size)
-    except AttributeError:  # no array: checked without a cache
-        return _make_plan(collective, x, op, algorithm, size)
-    return _PLANS.get(key, collective, x, op, algorithm, size)
+    dtype: Any
+    averaging: bool
+    auto: PlanChoice = field(default_factory=PlanChoice, compare=False)
+    """``auto``'s choice for these calls, kept for the transport and cost table it was made at."""
 
 
 def _make_plan(collective: str, x: Any, op: Optional[str], algorithm: str, size: int) -> _Plan:
@@ -156,7 +161,7 @@ def _make_plan(collective: str, x: Any, op: Optional[str], algorithm: str, size:
     signed = signature(collective, {"input_error": None if problem is None else str(problem), **fields})
     direct = backend is not None and backend.name == "numpy" and not (op in ("max", "min") and x.dtype.kind == "f")
     return _Plan(problem, algorithm_error, fields, signed, backend, result_shape,
-                 mpi_op(op) if op in RING_OPS else None, direct)
+                 mpi_op(op) if op in RING_OPS else None, direct, getattr(x, "dtype", None), op in AVERAGING_OPS)
 
 
 _PLANS = CallCache(_make_plan)
@@ -201,7 +206,12 @@ def _begin(collective: str, x: Any, comm: Optional[Any], algorithm: str, validat
     """Check the arguments (with ``validate``, collectively: a rank's bad operand or ``out`` is then
     every rank's error) and resolve ``auto``."""
     transport = transport_for(comm, collective)
-    plan = _plan(collective, x, op, algorithm, transport.size)
+    try:
+        key: Optional[tuple] = (collective, type(x), x.shape, x.dtype, op, algorithm, transport.size)
+    except AttributeError:  # no array: checked without a cache
+        key = None
+    plan = _make_plan(collective, x, op, algorithm, transport.size) if key is None else \
+        _PLANS.get(key, collective, x, op, algorithm, transport.size)
     problem = plan.problem
     if out is not None and problem is None:
         shape = plan.result_shape
@@ -215,7 +225,8 @@ def _begin(collective: str, x: Any, comm: Optional[Any], algorithm: str, validat
     if plan.algorithm_error is not None:
         raise plan.algorithm_error.with_traceback(None)
     if algorithm == "auto":
-        return transport, plan, _auto(collective, x, transport)
+        return transport, plan, plan.auto.get(transport, _RING_CHOICES, _RING_COSTS, collective,
+                                              _model_bytes(collective, x, transport.size), transport.size)
     return transport, plan, algorithm
 
 
