@@ -211,7 +211,7 @@ class RuntimeTask:
         except abort.USER_MISTAKES:
             raise
         except Exception:
-            sys.exit(1)  # the abort hook reports this rank's traceback and ends the job (Hydra would go on)
+            abort.crash_exit()  # one rank's traceback, and the whole job ends (Hydra would go on)
         hpcrt.finalize()
         return result
 

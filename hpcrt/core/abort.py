@@ -92,6 +92,19 @@ def say_once_and_exit(who: str, error: BaseException, log_dir: Optional[Path] = 
     raise SystemExit(USER_MISTAKE_EXIT)
 
 
+def crash_exit() -> NoReturn:
+    """End this rank inside an ``except`` block after an error the job cannot go on from, so that no
+    other rank is left waiting: through the abort hook when the runtime installed one (it reports the
+    traceback and aborts the job), else with the traceback printed and the whole job aborted."""
+    if isinstance(getattr(sys.exit, "__self__", None), AbortHook):
+        sys.exit(1)
+    traceback.print_exc()
+    sys.stderr.flush()
+    from hpcrt.core.ulfm import abort_world
+    abort_world(1)
+    raise SystemExit(1)  # abort_world returned: MPI is not there any more
+
+
 class AbortHook:
     """Replaces ``sys.excepthook`` and ``sys.exit`` (Hydra turns exceptions into ``sys.exit(1)``);
     its report also goes to ``log_file`` once the runtime has set one."""

@@ -29,6 +29,7 @@ from omegaconf import DictConfig, OmegaConf
 import hpcrt
 from hpcrt import ConfigError
 from hpcrt.collectives import RingCosts, calibrate, ring_costs, scan_links
+from hpcrt.core.abort import crash_exit
 from hpcrt.costmodel.model import SCHEDULES, bottleneck_link
 
 from hpcrt.jobs.bench.cases import COLLECTIVES, DEFAULT_EXCLUDED, KNOWN_OPS, Algorithm, BenchContext, Collective
@@ -193,7 +194,7 @@ def run(cfg: DictConfig) -> None:
     except Interrupted as stop:  # on every rank at the same row: a clean end, no abort
         _end_interrupted(runtime, stop.reason)
     except Exception:
-        sys.exit(1)  # the abort hook reports this rank's traceback and ends the job (Hydra would go on)
+        crash_exit()  # one rank's traceback, and the whole job ends (Hydra would go on)
     finally:
         stopper.close()
     run_dir = runtime.run_dir

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import logging
 import os
-import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -20,6 +19,7 @@ import hpcrt
 import hpcrt.monitor
 from hpcrt import ConfigError
 from hpcrt.checkpoint import Checkpointer
+from hpcrt.core.abort import crash_exit
 from hpcrt.collectives import allreduce
 
 from hpcrt.jobs.hydra_mpi import say_once_and_exit
@@ -53,7 +53,7 @@ def run(cfg: DictConfig) -> None:
     except ConfigError as error:  # found collectively (e.g. a checkpoint of another model): the same on every rank
         say_once_and_exit("train", error)
     except Exception:
-        sys.exit(1)  # the abort hook reports this rank's traceback and ends the job (Hydra would go on)
+        crash_exit()  # one rank's traceback, and the whole job ends (Hydra would go on)
     hpcrt.finalize()
     rank = world.rank  # MPI is finalized below
     if result.stopped is not None:

@@ -79,3 +79,9 @@ def test_a_mistake_only_one_rank_finds_aborts_with_2_naming_the_rank(launch, tmp
     said = [line for line in result.stderr.splitlines() if line.startswith("job")]
     assert said == ["job [rank 1 of 2]: this rank's own file is bad"], result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_a_crash_without_the_abort_hook_still_ends_every_rank_with_its_traceback(launch, tmp_path):
+    result = launch([_user_job(tmp_path)], ranks=2, timeout=90, env={"HPCRT_ABORT_ON_ERROR": "0"})
+    assert result.returncode != 0, result.stdout + result.stderr
+    assert result.stderr.count("RuntimeError: a bug on purpose") == 1, result.stderr
