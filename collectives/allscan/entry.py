@@ -228,7 +228,7 @@ class _DirectPlan:
     """Rank 0's exclusive result, the identity (copied for each call)."""
     max_blocks: int
     fields: dict
-    signed: Any
+    signed: bytes
     auto: PlanChoice = field(default_factory=PlanChoice, compare=False)
     """``auto``'s choice for these calls, kept for the transport and cost table it was made at."""
 

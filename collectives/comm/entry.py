@@ -63,29 +63,28 @@ def transport_for(comm: Optional[Any], collective: str) -> Transport:
     return transport
 
 
-def signature(collective: str, fields: dict) -> np.ndarray:
-    """``[h, ~h]`` (int32) of the call's fields (the same on every rank for the same call)."""
+def signature(collective: str, fields: dict) -> bytes:
+    """``[h, ~h]`` as two native int32 (8 bytes) of the call's fields (the same on every rank for the same call)."""
     key = (collective, *fields.items())
     return _SIGNATURES.get(key, key)
 
 
-def _signed(key: tuple) -> np.ndarray:
+def _signed(key: tuple) -> bytes:
     h = int.from_bytes(hashlib.blake2b(repr(key).encode(), digest_size=4).digest(), "little", signed=True)
-    signed = np.array([h, ~h], dtype=np.int32)
-    signed.flags.writeable = False
-    return signed
+    return np.array([h, ~h], dtype=np.int32).tobytes()
 
 
 _SIGNATURES = CallCache(_signed)
 
 
-def agree(comm: Any, collective: str, signed: np.ndarray, fields: dict, problem: Optional[Exception] = None) -> None:
+def agree(comm: Any, collective: str, signed: bytes, fields: dict, problem: Optional[Exception] = None) -> None:
     """Raise :class:`CollectiveMismatchError` on every rank unless all ranks passed the same signature
-    (one 8-byte Allreduce; on a mismatch a second round names the ranks and fields that differ,
-    ``problem`` being this rank's input error)."""
-    reduced = np.empty(2, dtype=np.int32)
-    comm.Allreduce(signed, reduced, MPI.MIN)
-    if reduced.tobytes() != signed.tobytes():
+    (one 8-byte Allreduce, of bytes with an explicit count and type: mpi4py's quickest buffer form;
+    on a mismatch a second round names the ranks and fields that differ, ``problem`` being this rank's
+    input error)."""
+    reduced = bytearray(8)
+    comm.Allreduce([signed, 2, MPI.INT32_T], [reduced, 2, MPI.INT32_T], MPI.MIN)
+    if reduced != signed:
         check_agreement(comm, collective, **_with_error(fields, problem))
         raise CollectiveMismatchError(f"{collective}: ranks called it with different arguments, though "
                                       f"every field listed agrees (seen on rank {comm.rank})")
@@ -97,7 +96,7 @@ def _with_error(fields: dict, problem: Optional[Exception]) -> dict:
 
 
 def begin(comm: Any, collective: str, problem: Optional[Exception], fields: dict, validate: bool,
-          signed: Optional[np.ndarray] = None) -> None:
+          signed: Optional[bytes] = None) -> None:
     """The entry sequence once the local checks ran: with ``validate`` the ranks agree on ``fields``
     and on ``problem`` (this rank's input error, or None; ``signed``: the signature of both, where
     the caller has it already), so a rank's bad input is every rank's error; then ``problem``,

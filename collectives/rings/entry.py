@@ -132,7 +132,7 @@ class _Plan:
     problem: Optional[Exception]
     algorithm_error: Optional[Exception]
     fields: dict
-    signed: np.ndarray
+    signed: bytes
     backend: Optional[ArrayBackend]
     result_shape: Optional[tuple]
     mpi_op: Any
