@@ -229,7 +229,6 @@ def _measure_and_report(runtime: hpcrt.Runtime, cfg: DictConfig, settings: Bench
     measured = calibrate().entries() if measure else {}
     link, scan = bottleneck_link(runtime.costs, runtime.topology), scan_links(runtime.costs, runtime.topology)
     source = "emulated, from the topology file" if runtime.topology.emulate else settings.link_costs
-    _stop_if_asked(stopper, comm)
     log.info("prediction link alpha %.2f us, %.2f GB/s; ring steps %s; All-Scan chain hop "
              "alpha %.2f us, %.2f GB/s, shift round alpha %.2f us, %.2f GB/s, pipeline block %.2f us, call %s (%s)",
              link.alpha * 1e6, 1e-9 / link.beta,
@@ -252,6 +251,7 @@ def _measure_and_report(runtime: hpcrt.Runtime, cfg: DictConfig, settings: Bench
         _stop_if_asked(stopper, comm)
 
     try:
+        _stop_if_asked(stopper, comm)  # a signal during calibration: the files exist, with no rows
         for name, chosen in algorithms.items():
             collective = COLLECTIVES[name]
             _say(leader, header(name, runtime.size, collective.baseline, warning))

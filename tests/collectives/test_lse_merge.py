@@ -18,6 +18,7 @@ from hpcrt.collectives.attention.lse_bench import COLUMNS
 from hpcrt.collectives.bench import main as bench_main
 
 from array_backends import BACKENDS, to_host
+from conftest import require_tool
 
 TOLERANCE = {np.float32: 2e-6, np.float64: 1e-14}
 # Each kernel with the backend it runs on; CuPy's row kernel and its unfused expression where a GPU is visible.
@@ -260,8 +261,7 @@ ENTRY(merge_float64, double, double2)
 def emulated_kernel(tmp_path_factory):
     """The kernel source compiled for the CPU, each thread of each block run in turn (lanes one after another,
     so an ``l`` aliasing ``l1`` is not tested here; the CuPy tests cover it)."""
-    if shutil.which("g++") is None:
-        pytest.skip("needs g++ (apt-get install g++)")
+    require_tool("g++", "apt-get install g++")
     folder = tmp_path_factory.mktemp("lse_kernel")
     (folder / "kernel.cpp").write_text(CUDA_STAND_IN + lse_cupy.KERNEL_SOURCE + LAUNCH)
     subprocess.run(["g++", "-O1", "-std=c++14", "-shared", "-fPIC", "-fsanitize=alignment",  # reports misaligned loads
