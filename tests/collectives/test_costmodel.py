@@ -134,8 +134,8 @@ def test_calibrate_installs_one_table_and_leaves_the_topology_file_alone(comm):
 @pytest.mark.mpi(ranks=[2], timeout=60)
 def test_the_timed_loop_reports_the_slowest_rank(comm):
     """Rank 1 sleeps 20 ms a call, rank 0 not at all: ``timed`` gives rank 1's time on both ranks,
-    ``rank_times`` each rank's, ``call_samples`` each call's slowest rank, and ``setup`` (a 0.5 s
-    sleep) stays out of the timing."""
+    ``rank_times`` each rank's, ``call_samples`` each call's slowest rank, and ``setup`` (a 1.5 s
+    sleep, far above a 20 ms call even on a loaded host) stays out of the timing."""
     nap_s = 0.02
 
     def nap():
@@ -144,7 +144,7 @@ def test_the_timed_loop_reports_the_slowest_rank(comm):
     fast, slow = rank_times(nap, 3, comm)
     assert fast < slow and slow >= nap_s
     assert timed(nap, 3, comm) >= nap_s
-    samples = call_samples(nap, 3, comm, setup=lambda: time.sleep(0.5))
-    assert len(samples) == 3 and all(nap_s <= s < 0.5 for s in samples)
+    samples = call_samples(nap, 3, comm, setup=lambda: time.sleep(1.5))
+    assert len(samples) == 3 and all(nap_s <= s < 1.5 for s in samples)
     (alone,) = rank_times(nap, 2)
     assert (alone >= nap_s) == (comm.rank == 1)
