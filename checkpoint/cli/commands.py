@@ -2,7 +2,8 @@
 
 Exit codes: 0 all good (``gc`` also when a live job holds DIR and it removed nothing); 1
 ``verify`` found a bad or missing data file; 2 the directory is not a checkpoint directory, a
-manifest is damaged or of a newer format, or the arguments are wrong.
+manifest is damaged or of a newer format, gc's DIR does not exist here (without ``--dir-removed``),
+or the arguments are wrong.
 Every error is one line on stderr naming the file (never a traceback); a damaged manifest is
 named and skipped, and the rest is still reported."""
 
@@ -36,6 +37,8 @@ def register(subparsers: Any) -> None:
     gc.add_argument("--local-dir", metavar="PATH", help="node-local directory the job used "
                     "(default: $SLURM_TMPDIR or the system temporary directory)")
     gc.add_argument("--dry-run", action="store_true", help="list what would be removed, remove nothing")
+    gc.add_argument("--dir-removed", action="store_true", help="DIR was deleted: remove its node-local copies "
+                    "(without it, a DIR this host does not see is refused: it may be a live job's, not mounted here)")
     gc.set_defaults(func=run)
 
 
@@ -58,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
             code = _inspect(info, args.json)
         else:
             from hpcrt.checkpoint.cli.gc import collect
-            problems, code = [], _gc(collect(places, args.dry_run), args.dry_run)
+            problems, code = [], _gc(collect(places, args.dry_run, args.dir_removed), args.dry_run)
     except BrokenPipeError:  # the reader went away (``| head``): hpcrt's main exits quietly
         raise
     except CheckpointError as exc:

@@ -5,8 +5,10 @@ A job's local and partner levels live in ``LOCAL/hpcrt-ckpt-<hash of DIR>/<node>
 leaves there stays until a Checkpointer opens DIR again on that node. gc finds, in that one
 folder on the machine it runs on, what no committed manifest of DIR references (step folders and
 files no manifest lists, temporaries, the trash) and removes it, or only lists it (dry run).
-It holds DIR's lock meanwhile: while a live job holds it, nothing is touched. Nothing outside
-that folder is ever touched; a symbolic link is refused, never followed, never removed."""
+It holds DIR's lock meanwhile: while a live job holds it, nothing is touched. A DIR this host
+does not see is refused unless the user says it was deleted: a file system not mounted here
+looks the same, and the node folder may be a live job's. Nothing outside that folder is ever
+touched; a symbolic link is refused, never followed, never removed."""
 
 from __future__ import annotations
 
@@ -36,8 +38,13 @@ class Collected:
     held: Optional[str] = None
 
 
-def collect(places: Places, dry_run: bool) -> Collected:
-    """Remove (unless ``dry_run``) the leftovers of ``places.directory`` in its node-local folder."""
+def collect(places: Places, dry_run: bool, dir_removed: bool = False) -> Collected:
+    """Remove (unless ``dry_run``) the leftovers of ``places.directory`` in its node-local folder;
+    a DIR that does not exist here is refused (CheckpointError) unless ``dir_removed``."""
+    if not dir_removed and not os.path.lexists(places.directory):
+        raise CheckpointError(f"{places.directory} does not exist on this host; its node-local copies may be a "
+                              f"live job's (a file system not mounted here, another mount path): nothing removed; "
+                              f"pass --dir-removed if DIR was deleted")
     done = Collected(places.local_root)
     root = places.local_root
     if not os.path.lexists(root):
@@ -54,8 +61,8 @@ def collect(places: Places, dry_run: bool) -> Collected:
             if not is_real_dir(node_root) or safe_node(entry.name) != entry.name:
                 done.refused.append((node_root, "is not a node folder hpcrt makes (a symbolic link?)"))
                 continue
-            leftovers = retention.node_leftovers(places, entry.name) + list(_temporaries(node_root))
-            done.removed += sorted(set(leftovers))
+            leftovers = retention.node_leftovers(places, entry.name)
+            done.removed += sorted(leftovers + list(_temporaries(node_root, outside=leftovers)))
             if not dry_run:
                 done.refused += retention.clean_node(places, entry.name)  # what resisted removal, and why
         if not dry_run:
@@ -66,7 +73,7 @@ def collect(places: Places, dry_run: bool) -> Collected:
 @contextlib.contextmanager
 def _held(places: Places) -> Iterator[Optional[str]]:
     """Hold DIR's lock for the block; yields why not (a live job holds it, or DIR is read-only),
-    else None. A DIR that is gone has no job: its node folder is all leftovers."""
+    else None. A DIR the user says is deleted has no job: its node folder is all leftovers."""
     if not os.path.lexists(places.directory):
         yield None
         return
@@ -86,9 +93,11 @@ def _held(places: Places) -> Iterator[Optional[str]]:
         lock.release()
 
 
-def _temporaries(node_root: Path) -> Iterator[Path]:
-    """Every ``*.tmp`` file (or link) below ``node_root`` (the trash included), links never followed."""
-    for folder, _, files in os.walk(node_root):
+def _temporaries(node_root: Path, outside: list) -> Iterator[Path]:
+    """Every ``*.tmp`` file (or link) below ``node_root`` but not in a folder of ``outside`` (listed whole
+    already), links never followed."""
+    for folder, subfolders, files in os.walk(node_root):
+        subfolders[:] = [name for name in subfolders if Path(folder) / name not in outside]
         yield from (Path(folder) / name for name in files if name.endswith(TMP_SUFFIX))
 
 

@@ -119,14 +119,26 @@ def _unreferenced(folder: Path, keep: Optional[set]) -> list:
             if _is_ours(entry.name) and entry.name not in keep and not entry.is_dir(follow_symlinks=False)]
 
 
-def _remove(paths: list) -> None:
-    """Unlink each file (a symbolic link itself, never its target); a folder goes whole, its links unfollowed."""
+def _remove(paths: list) -> list:
+    """Unlink each file (a symbolic link itself, never its target); a folder goes whole, its links unfollowed.
+    Returns ``[(path, why)]`` of what resisted removal (a folder that one of those kept is named too)."""
+    left: list = []
+
+    def failed(_function: object, path: str, exc_info: tuple) -> None:
+        if not isinstance(exc_info[1], FileNotFoundError):
+            left.append((path, exc_info[1].strerror or str(exc_info[1])))
+
     for path in paths:
         if is_real_dir(path):
-            shutil.rmtree(path, ignore_errors=True)  # never follows a symbolic link
+            shutil.rmtree(path, onerror=failed)  # never follows a symbolic link
         else:
-            with contextlib.suppress(FileNotFoundError):
+            try:
                 os.unlink(path)
+            except FileNotFoundError:
+                pass
+            except OSError as exc:
+                left.append((path, exc.strerror))
+    return left
 
 
 def clean_shared(places: Places) -> list:
@@ -140,7 +152,7 @@ def clean_shared(places: Places) -> list:
         left += remove_temporaries(places.step_dir(step), recurse=False)
     for step in places.steps():
         step_dir = places.step_dir(step)
-        _remove(_unreferenced(step_dir, referenced(places, step, "global", None)))
+        left += _remove(_unreferenced(step_dir, referenced(places, step, "global", None)))
         with contextlib.suppress(OSError):
             step_dir.rmdir()
     return left
@@ -151,16 +163,16 @@ def clean_node(places: Places, node: str) -> list:
     folder (a real folder, checked private by the caller). Returns what could not be removed."""
     if not is_real_dir(places.node_root(node)):
         return []
-    left = remove_temporaries(places.node_root(node))
-    _remove(node_leftovers(places, node))
-    return left
+    return remove_temporaries(places.node_root(node)) + _remove(node_leftovers(places, node))
 
 
 def node_leftovers(places: Places, node: str) -> list:
-    """In ``node``'s folder: the step folders of the node levels that no manifest covers, and the
-    files hpcrt names there that their step's manifest does not list (nothing of a step whose
-    manifest cannot be read). Real folders only, symbolic links never followed."""
-    found: list = []
+    """In ``node``'s folder: its trash (whole: only the reaper of the job holding DIR's lock uses it,
+    and that job cleans before its reaper starts), the step folders of the node levels that no
+    manifest covers, and the files hpcrt names there that their step's manifest does not list
+    (nothing of a step whose manifest cannot be read). Real folders only, links never followed."""
+    trash = places.node_root(node) / TRASH_DIR
+    found: list = [trash] if is_real_dir(trash) else []
     for level in NODE_LEVELS:
         level_dir = places.node_root(node) / level
         if not is_real_dir(level_dir):
