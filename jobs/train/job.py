@@ -1,6 +1,6 @@
 """The training loop: build the layout, the model and the optimizer, resume, then per step —
-batch, forward and backward over the sp group, gradient exchange, Adam, asynchronous checkpoint,
-monitor step — and at the end the summary and the plot."""
+batch, forward and backward over the sp group, gradient exchange, Adam, monitor step, rebalance,
+asynchronous checkpoint — and at the end the summary and the plot."""
 
 from __future__ import annotations
 
@@ -98,10 +98,8 @@ def train(settings: Settings, source: Source, run_dir: Path, monitor_config: Any
     sync = make_sync(par.zero, params.size, runtime.comm, par.allreduce, params)
     adam = Adam(sync.owned.stop - sync.owned.start, params, train.lr, train.beta1, train.beta2, train.eps)
     result = Result()
-    checkpointer, result.resumed_from, in_force = open_and_resume(run_dir, train.resume, settings.checkpoint.keep,
-                                                                  params, adam, sync.owned, settings.model_hash())
-    if par.balance == "monitor" and in_force is not None and len(in_force) == runtime.size:
-        layout.reshard(in_force, train.batch, train.seq_len)  # the shares a rebalance had put in force
+    checkpointer, result.resumed_from, saved_balance = open_and_resume(
+        run_dir, train.resume, settings.checkpoint.keep, params, adam, sync.owned, settings.model_hash())
     if leader and result.resumed_from < train.steps:
         hpcrt.clear_done(run_dir)  # more steps asked of a finished run: it may stop and requeue again
     monitor = _start_monitor(monitor_config, run_dir)
@@ -109,6 +107,8 @@ def train(settings: Settings, source: Source, run_dir: Path, monitor_config: Any
     timer = StepTimer(monitor)
     online = (OnlineBalance(par, layout, monitor, runtime.comm, train.batch, train.seq_len)
               if par.balance == "monitor" else None)
+    if online is not None:
+        online.resume(saved_balance)  # the shares and the pending proposal a rebalance had left
     shares_changed = True
     deadline = hpcrt.environment_deadline(settings.stop.grace_s, settings.stop.max_minutes)
     if leader and deadline is not None and deadline <= time.time():
@@ -120,17 +120,19 @@ def train(settings: Settings, source: Source, run_dir: Path, monitor_config: Any
             row = _step(step, runtime, settings, source, layout, params, sync, adam, checkpointer, timer)
             if shares_changed:
                 row.update(shares=layout.shards.per_rank(), weights=layout.weights)
-            metrics.record(row)
-            result.rows.append(row)
             if monitor is not None:
                 monitor.step(step)
             decided = online.after_step(step) if online is not None else None
             shares_changed = decided is not None and decided["changed"]
             reason = stopper.requested(runtime.comm) if step < train.steps else None
+            every = settings.checkpoint.every
+            if reason is not None or step == train.steps or (every and step % every == 0):
+                _save(checkpointer, step, settings, params, adam, sync, timer, row,
+                      online.saved_state(step) if online is not None else {"in_force": layout.weights})
+            metrics.record(row)
+            result.rows.append(row)
             if reason is not None:
                 result.stopped = (reason, step)
-                if not row["checkpointed"]:
-                    _save(checkpointer, step, settings, params, adam, sync, layout)
                 break
         metrics.close()
         checkpointer.wait()
@@ -162,15 +164,23 @@ def _start_monitor(config: Any, run_dir: Path) -> Any:
 
 
 def _save(checkpointer: Checkpointer, step: int, settings: Settings, params: Any, adam: Adam, sync: Any,
-          layout: Layout) -> None:
-    """Start the asynchronous checkpoint of the state after ``step`` (with the weights in force)."""
-    checkpointer.save(step, training_state(step, params, adam, sync.owned, sync.saved, settings.model_hash(),
-                                           {**asdict(settings.parallel), "in_force": layout.weights}))
+          timer: StepTimer, row: dict, balance: dict) -> None:
+    """Start the asynchronous checkpoint of the state after ``step`` and its rebalance decision
+    (``balance``: the weights in force, next and pending), its time counted in ``row``."""
+    started = time.perf_counter()
+    with timer.section("checkpoint"):
+        checkpointer.save(step, training_state(step, params, adam, sync.owned, sync.saved, settings.model_hash(),
+                                               {**asdict(settings.parallel), **balance}))
+        if settings.checkpoint.blocking:
+            checkpointer.wait()
+    seconds = row["step_s"] + time.perf_counter() - started
+    row.update(checkpointed=True, step_s=seconds, tokens_per_s=row["tokens_per_s"] * row["step_s"] / seconds,
+               checkpoint=row["checkpoint"] + timer.take()["checkpoint"])
 
 
 def _step(step: int, runtime: hpcrt.Runtime, settings: Settings, source: Source, layout: Layout, params: Any,
           sync: Any, adam: Adam, checkpointer: Checkpointer, timer: StepTimer) -> dict:
-    """One optimizer step; its metrics row."""
+    """One optimizer step; its metrics row (the checkpoint after it, if any, is saved by ``_save``)."""
     train, xp = settings.train, runtime.xp
     started = time.perf_counter()
     with timer.section("forward"):
@@ -190,16 +200,10 @@ def _step(step: int, runtime: hpcrt.Runtime, settings: Settings, source: Source,
         adam.update(params[sync.owned], grad, step)
     with timer.section("grad_sync"):
         sync.gather(params)
-    saving = step == train.steps or (settings.checkpoint.every and step % settings.checkpoint.every == 0)
-    if saving:
-        with timer.section("checkpoint"):
-            _save(checkpointer, step, settings, params, adam, sync, layout)
-            if settings.checkpoint.blocking:
-                checkpointer.wait()
     seconds = time.perf_counter() - started
     tokens = train.batch * train.seq_len
     return {"step": step, "loss": loss, "tokens": step * tokens, "tokens_per_s": tokens / seconds,
-            "step_s": seconds, "checkpointed": bool(saving), **timer.take()}
+            "step_s": seconds, "checkpointed": False, **timer.take()}
 
 
 def _finish(run_dir: Path, settings: Settings, source: Source, result: Result, last_checkpoint: Path, world: int,

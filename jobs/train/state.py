@@ -36,9 +36,9 @@ MARKER = "hpcrt-checkpoint.json"
 
 
 def open_and_resume(run_dir: Path, resume: str, keep: int, params: Any, adam: Adam, owned: slice,
-                    model_hash: str) -> tuple[Checkpointer, int, Optional[list]]:
+                    model_hash: str) -> tuple[Checkpointer, int, Optional[dict]]:
     """The run's own checkpointer, the step restored into ``params`` and ``adam`` (0: none) and the
-    per-rank weights in force when it was saved (None: none saved).
+    rebalance state saved with it (``in_force``, ``next`` and ``pending`` weights; None: none saved).
 
     The run's own newest committed step comes first, whatever ``train.resume`` says (except
     ``never``): a requeued run that once started from another run's checkpoint goes on from its
@@ -71,9 +71,9 @@ def _resume_source(resume: str) -> Path:
 
 
 def restore_into(checkpointer: Checkpointer, params: Any, adam: Adam, owned: slice,
-                 model_hash: str) -> tuple[int, Optional[list]]:
+                 model_hash: str) -> tuple[int, Optional[dict]]:
     """Load the newest committed step into ``params`` (all of it) and ``adam`` (the owned slice);
-    the step and the weights then in force (collective)."""
+    the step and the rebalance state saved with it (collective)."""
     numel = params.size
     boxes = {"params": ((0,), (numel,)),
              "adam_m": ((owned.start,), (owned.stop - owned.start,)),
@@ -87,4 +87,5 @@ def restore_into(checkpointer: Checkpointer, params: Any, adam: Adam, owned: sli
     for key, target in zip(ARRAYS, (params, adam.m, adam.v)):
         target[...] = xp.asarray(np.asarray(state[key].array, dtype=target.dtype))
     log.info("resumed from step %d (saved on %s)", step, state.get("layout"))
-    return step, (state.get("layout") or {}).get("in_force")
+    saved = state.get("layout") or {}
+    return step, {key: saved.get(key) for key in ("in_force", "next", "pending")}

@@ -1,17 +1,22 @@
 """Speed-weighted shards: whole-item shares of any weights, the rebalance's hysteresis, and the
 training job with ``parallel.balance=monitor`` on real MPI ranks — a rank slowed in its compute
 gets a smaller share, a clean run keeps equal shares, a rank slow outside compute is only
-reported, a resume keeps the shares in force — each against a single-rank run's parameters."""
+reported, a resume keeps the shares in force and the pending proposal — each against a single-rank
+run's parameters — and a failed decision on rank 0 raises on every rank instead of hanging them."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
 from hpcrt.jobs.train.balance import Rebalancer, Shards, apportion, shard
+from hpcrt.jobs.train.config import Parallel
+from hpcrt.jobs.train.layout import Layout
+from hpcrt.jobs.train.rebalance import OnlineBalance
 from test_train_job import RTOL, _saved_params, _summary, _train
 
 # Big enough that a step's compute (milliseconds) dwarfs sleep's granularity; float64 to compare exactly.
@@ -115,6 +120,13 @@ def test_balance_monitor_without_the_monitor_is_one_config_error(launch, tmp_pat
     assert "Traceback" not in done.stderr
 
 
+def _shares_from(tmp_path: Path, run: str, step: int) -> list:
+    """The shares step ``step`` ran with by the decisions on record: the last change before it, else
+    the first row's."""
+    changes = [r for r in _rebalances(tmp_path, run) if r["changed"] and r["applies_from"] <= step]
+    return changes[-1]["shares"] if changes else _rows(tmp_path, run)[0]["shares"]
+
+
 def test_a_resume_after_a_rebalance_keeps_the_shares_in_force(launch, tmp_path):
     slow = {"HPCRT_FAULT": "slow:rank=1,factor=3"}
     common = [*MODEL, *MONITOR, "checkpoint.every=10"]
@@ -122,11 +134,64 @@ def test_a_resume_after_a_rebalance_keeps_the_shares_in_force(launch, tmp_path):
     assert whole.returncode == 0, whole.stderr[-3000:]
     first = _train(launch, tmp_path, "split", 2, *common, "train.steps=15", env=slow)
     assert first.returncode == 0, first.stderr[-3000:]
-    in_force = _shares_by_step(_rows(tmp_path, "split"))[15]
-    assert in_force != [[4, 48], [4, 48]], "no rebalance before the checkpoint"
+    assert _shares_from(tmp_path, "split", 16) != [[4, 48], [4, 48]], "no rebalance before the checkpoint"
+    in_force = _shares_from(tmp_path, "split", 16)  # with one decided at step 15, after the save's step
     again = _train(launch, tmp_path, "split", 2, *common, "train.steps=25", env=slow)
     assert again.returncode == 0, again.stderr[-3000:]
     assert _summary(tmp_path, "split")["resumed_from"] == 15
     assert _shares_by_step(_rows(tmp_path, "split"))[16] == in_force
     np.testing.assert_allclose(_saved_params(tmp_path, "split"), _saved_params(tmp_path, "whole"), rtol=RTOL,
                                atol=1e-12)
+
+
+def test_a_resume_keeps_the_pending_proposal_and_the_shares_decided_at_the_saved_step(launch, tmp_path):
+    slow = {"HPCRT_FAULT": "slow:rank=1,factor=3"}
+    common = [*MODEL, *MONITOR, "checkpoint.every=0"]
+    first = _train(launch, tmp_path, "run", 2, *common, "train.steps=5", env=slow)
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert not [r for r in _rebalances(tmp_path, "run") if r["changed"]], "window 1 alone changed shares"
+    second = _train(launch, tmp_path, "run", 2, *common, "train.steps=10", env=slow)
+    assert second.returncode == 0, second.stderr[-3000:]
+    decided = [r["step"] for r in _rebalances(tmp_path, "run") if r["changed"]]
+    assert decided == [10], "window 1's proposal, saved at step 5, was not confirmed by window 2"
+    third = _train(launch, tmp_path, "run", 2, *common, "train.steps=12", env=slow)
+    assert third.returncode == 0, third.stderr[-3000:]
+    rows = _shares_by_step(_rows(tmp_path, "run"))
+    assert rows[11] == _shares_from(tmp_path, "run", 11) != rows[10], rows  # decided at 10, saved with step 10
+    single = _train(launch, tmp_path, "one", 1, *MODEL, "train.steps=12")
+    assert single.returncode == 0, single.stderr[-3000:]
+    np.testing.assert_allclose(_saved_params(tmp_path, "run"), _saved_params(tmp_path, "one"), rtol=RTOL,
+                               atol=1e-12)
+
+
+def _online(comm, tmp_path: Path, window: dict) -> OnlineBalance:
+    """Rebalancing 2 ranks (dp=2) of a batch of 8 from ``window``, as the job's monitor would hand it."""
+    parallel = Parallel(dp=2, sp=1, scan="auto", zero="none", allreduce="auto", balance="monitor", weights=None,
+                        gpu_weight=4.0, rebalance_every=5, rebalance_threshold=0.25, rebalance_max_factor=2.0)
+    table = [{"rank": r, "dp": r, "sp": 0} for r in range(2)]
+    layout = Layout(None, comm.rank, (0, 0), (0, 0), table, Shards((), ()), [])
+    layout.reshard([1.0, 1.0], 8, 48)
+    monitor = SimpleNamespace(last_window=window, mdir=SimpleNamespace(stragglers=tmp_path / "stragglers.jsonl"))
+    return OnlineBalance(parallel, layout, monitor, comm, batch=8, seq_len=48)
+
+
+def _window(*sections: dict) -> dict:
+    return {"window": 1, "steps": [1, 5], "ranks": [{"sections": s} for s in sections], "stragglers": []}
+
+
+@pytest.mark.mpi(ranks=[2], timeout=60)
+def test_a_window_without_compute_data_keeps_the_shares_on_every_rank_and_says_why(comm, tmp_path, caplog):
+    online = _online(comm, tmp_path, _window({"compute": {"median_ms": 1.0}}, {"work": {"median_ms": 1.0}}))
+    online.pending = {"step": 0, "weights": [0.6, 0.4]}
+    record = online.after_step(5)
+    assert record["changed"] is False and record["no_compute_data"] == [1], record
+    assert online.layout.shards.per_rank() == [[4, 48], [4, 48]] and online.pending is None
+    if comm.rank == 0:
+        assert "ranks [1] recorded no 'compute' section" in caplog.text, caplog.text
+
+
+@pytest.mark.mpi(ranks=[2], timeout=60)
+def test_a_decision_failing_on_rank_0_raises_the_same_error_on_every_rank(comm, tmp_path):
+    online = _online(comm, tmp_path, _window({"compute": {"median_ms": "1.0"}}, {"compute": {"median_ms": 1.0}}))
+    with pytest.raises(RuntimeError, match="rebalance at step 5 failed on rank 0: TypeError"):
+        online.after_step(5)
