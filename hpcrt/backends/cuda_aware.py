@@ -17,7 +17,7 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass, replace
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import numpy as np
 
@@ -28,8 +28,11 @@ EXCHANGE_TIMEOUT_S = 20.0
 CHILD_TIMEOUT_S = 60.0
 """Bound on the child process's check (its interpreter, MPI and CUDA start-up included)."""
 EXCHANGE_TAG = 7
+CANCEL_TIMEOUT_S = 1.0
+"""Bound on the wait for a timed-out exchange's cancelled receive to complete before its request is freed."""
 _ABANDONED: list = []
-"""Buffers and requests of exchanges that timed out: MPI may still write them, so they are never freed."""
+"""Buffers and requests of exchanges that timed out: MPI may still write the buffers, so they are never freed;
+the requests are cancelled or freed and the communicator freed, so that MPI_Finalize does not wait on them."""
 _LAUNCHER_VARIABLES = re.compile(r"^(PMI_|PMIX_|PRTE_|HYDRA_|HYDI_|MPI_LOCAL|OMPI_(?!MCA_)|OMPI_MCA_(ess|pmix|orte))")
 """What tells MPI it runs under a launcher: the child must start a singleton, not join the job."""
 
@@ -107,13 +110,21 @@ def confirm_cuda_aware(comm: Any, decision: CudaAwareDecision, device: Optional[
     if not all(wants):
         return _staged(decision, None, f"the probe did not say yes on rank(s) {_ranks(wants, False)}")
     for check in (lambda: isolated_self_exchange(device), lambda: ring_exchange(comm, device)):
-        failures = comm.allgather(check())
+        failures = comm.allgather(_failure_of(check))
         if any(failures):
             first = next(r for r, text in enumerate(failures) if text)
             return _staged(decision, False, f"the device-buffer exchange failed on rank(s) "
                                             f"{_ranks(failures, True)} (rank {first}: {failures[first]})")
     return replace(decision, reason=f"{decision.reason}; confirmed by a device-buffer exchange on every rank, "
                                     f"checked value by value", confirmed=True)
+
+
+def _failure_of(check: Callable[[], Optional[str]]) -> Optional[str]:
+    """``check()``'s failure, an exception included: every rank must reach the allgather that follows it."""
+    try:
+        return check()
+    except Exception as exc:
+        return f"{type(exc).__name__}: {exc}"
 
 
 def _staged(decision: CudaAwareDecision, confirmed: Optional[bool], why: str) -> CudaAwareDecision:
@@ -159,12 +170,25 @@ def ring_exchange(comm: Any, device: Optional[int], timeout_s: Optional[float] =
             private.Free()
             return f"MPI refused a device buffer: {exc}"
         if not _completed(requests, timeout_s):
-            _ABANDONED.append((private, send, received, requests))
+            _abandon(private, send, received, requests)
             return f"{count} values to rank {right} and from rank {left} not delivered within {timeout_s:g} s"
         errors = int(np.count_nonzero(received.get() != payload(left, count)))
         wrong += [f"{errors} of {count} values received from rank {left} were wrong"] if errors else []
     private.Free()
     return wrong[0] if wrong else None
+
+
+def _abandon(private: Any, send: Any, received: Any, requests: list) -> None:
+    """Give up a timed-out exchange: cancel its pending receive (a send cannot be cancelled portably), free
+    each request still active and the communicator, and keep the buffers, which MPI may still use."""
+    if requests[0]:
+        requests[0].Cancel()  # the receive: a no-op on one that completed meanwhile
+    if not _completed(requests, CANCEL_TIMEOUT_S):
+        for request in requests:
+            if request:  # still active (a send nobody received, a receive matched but never finished)
+                request.Free()
+    private.Free()
+    _ABANDONED.append((private, send, received, requests))
 
 
 def _completed(requests: list, timeout_s: float) -> bool:
@@ -201,8 +225,16 @@ def run_check(command: list[str], timeout_s: float) -> Optional[str]:
         return None
     last = (done.stdout + done.stderr).strip().splitlines()[-1:] or ["no output"]
     if done.returncode < 0:
-        return f"the check in a child process was killed by {signal.Signals(-done.returncode).name} ({last[0]})"
+        return f"the check in a child process was killed by {_signal_name(-done.returncode)} ({last[0]})"
     return f"the check in a child process failed with exit status {done.returncode}: {last[0]}"
+
+
+def _signal_name(number: int) -> str:
+    """``SIGSEGV`` for 11; ``signal 35`` for a number with no name (a real-time signal)."""
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"
 
 
 def _self_exchange_main(argv: list[str]) -> int:

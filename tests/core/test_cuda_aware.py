@@ -3,6 +3,7 @@ value by value on every rank (fake GPU buffers on a CPU rank); any failure stage
 or kills the job."""
 
 import json
+import signal
 import sys
 import textwrap
 
@@ -25,11 +26,15 @@ JOB = textwrap.dedent("""
     if case == "rank_1_child_crashes" and rank == 1:
         cuda_aware.self_exchange_command = lambda device: [
             sys.executable, "-c", "import os, signal; os.kill(os.getpid(), signal.SIGSEGV)"]
+    if case == "rank_1_check_raises" and rank == 1:  # subprocess raises FileNotFoundError: the check never returns
+        cuda_aware.self_exchange_command = lambda device: ["/nonexistent/hpcrt-check"]
     cuda_aware.EXCHANGE_TIMEOUT_S = 2.0
     import hpcrt
     decision = hpcrt.init({"log_files": False}).cuda_aware
     rows = MPI.COMM_WORLD.gather({"rank": rank, "enabled": decision.enabled, "probed": decision.probed,
-                                  "confirmed": decision.confirmed, "reason": decision.reason})
+                                  "confirmed": decision.confirmed, "reason": decision.reason,
+                                  "handles_left": [bool(handle) for private, _, _, requests in cuda_aware._ABANDONED
+                                                   for handle in (private, *requests)]})
     if rank == 0:
         print(json.dumps(rows), flush=True)
 """)
@@ -73,7 +78,17 @@ def test_an_exchange_that_never_arrives_fails_within_its_bound(launch, tmp_path)
     for row in rows:
         assert (row["enabled"], row["confirmed"]) == (False, False)
         assert "not delivered within 2 s" in row["reason"]
-    assert result.seconds < 60
+        # the pending receive was cancelled, the communicator and requests freed: MPI_Finalize waits on none
+        assert row["handles_left"] == [False] * 3, row["handles_left"]
+    assert result.seconds >= 2.0  # the exchange waited its bound (the launch's timeout bounds it from above)
+
+
+def test_a_check_that_raises_on_one_rank_stages_every_rank(launch, tmp_path):
+    rows, _ = decisions(launch, tmp_path, "rank_1_check_raises", ranks=2)
+    for row in rows:
+        assert (row["enabled"], row["confirmed"]) == (False, False)
+        assert "failed on rank(s) 1 (rank 1: FileNotFoundError: [Errno 2] No such file or directory: " \
+               "'/nonexistent/hpcrt-check')" in row["reason"], row["reason"]
 
 
 def test_a_child_check_that_crashes_stages_every_rank(launch, tmp_path):
@@ -87,6 +102,9 @@ def test_the_check_reports_a_crash_a_hang_and_a_failure():
     assert cuda_aware.run_check([sys.executable, "-c", "pass"], 30) is None
     crash = cuda_aware.run_check([sys.executable, "-c", "import os, signal; os.kill(os.getpid(), signal.SIGSEGV)"], 30)
     assert crash.startswith("the check in a child process was killed by SIGSEGV")
+    unnamed = signal.SIGRTMIN + 1  # a real-time signal: no name in signal.Signals
+    assert cuda_aware.run_check([sys.executable, "-c", f"import os; os.kill(os.getpid(), {unnamed})"], 30) \
+        .startswith(f"the check in a child process was killed by signal {unnamed} (")
     assert cuda_aware.run_check([sys.executable, "-c", "import time; time.sleep(30)"], 0.5) == \
         "the check in a child process did not finish within 0.5 s"
     assert cuda_aware.run_check([sys.executable, "-c", "print('7 values wrong'); raise SystemExit(1)"], 30) == \
