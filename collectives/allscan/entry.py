@@ -18,7 +18,7 @@ from hpcrt.collectives.allscan import algorithms as allscan_algos
 from hpcrt.collectives.allscan.algorithms import ScanCall, Steps
 from hpcrt.collectives.allscan.layout import ScanLayout
 from hpcrt.collectives.allscan.ops import BUILTIN_OPS, ScanOp, as_parts, check_sendable, from_parts, resolve_op
-from hpcrt.collectives.comm.entry import CallCache, agree, begin, signature, transport_for
+from hpcrt.collectives.comm.entry import CallCache, agree, begin, mpi_datatype, signature, transport_for
 from hpcrt.collectives.comm.tracing import call_traced, payload_bytes
 from hpcrt.collectives.comm.transport import Transport
 from hpcrt.collectives.costmodel.allscan import ALGORITHMS, ScanLinks, auto_choice, best_blocks, ran_label, scan_links
@@ -222,6 +222,9 @@ class _DirectPlan:
     shape: tuple
     dtype: np.dtype
     layout: ScanLayout
+    count: int
+    mpi_type: Any
+    """x's elements and MPI's datatype for them, named in the MPI call (quicker than mpi4py's inference)."""
     mpi_op: Any
     identity: Any
     first_result: np.ndarray
@@ -247,12 +250,14 @@ def _make_direct_plan(x: np.ndarray, op: Any, inclusive: bool, reverse: bool, al
     except (TypeError, ValueError):
         return None  # the general path reports it
     mpi_op = allscan_algos.mpi_builtin_op(scan_op, layout)
-    if mpi_op is None or (mpi_op is MPI.MAX and x.dtype.kind == "f") or not layout.nbytes:
+    mpi_type = mpi_datatype(x.dtype)
+    if mpi_op is None or (mpi_op is MPI.MAX and x.dtype.kind == "f") or not layout.nbytes or mpi_type is None:
         return None  # float max travels as integer keys (NaN), and an empty scan has nothing to send
     fields = _fields(scan_op, layout, inclusive, reverse, algorithm, None)
     identity = scan_op.identity(x.reshape(-1)[:1])[0]
-    return _DirectPlan(x.shape, x.dtype, layout, mpi_op, identity, np.full(x.shape, identity, x.dtype),
-                       _max_blocks(layout, scan_op), fields, signature("all_scan", {"input_error": None, **fields}))
+    return _DirectPlan(x.shape, x.dtype, layout, x.size, mpi_type, mpi_op, identity,
+                       np.full(x.shape, identity, x.dtype), _max_blocks(layout, scan_op), fields,
+                       signature("all_scan", {"input_error": None, **fields}))
 
 
 _DIRECT_PLANS = CallCache(_make_direct_plan)
@@ -268,10 +273,10 @@ def _scan_directly(transport: Transport, plan: _DirectPlan, x: np.ndarray, inclu
                                           inclusive)
     if inclusive:
         result = np.empty(plan.shape, plan.dtype)
-        transport.comm.Scan(x, result, plan.mpi_op)
+        transport.comm.Scan([x, plan.count, plan.mpi_type], [result, plan.count, plan.mpi_type], plan.mpi_op)
     else:  # rank 0's receive buffer is not significant to MPI's Exscan: it keeps the identity
         result = np.empty(plan.shape, plan.dtype) if transport.rank else plan.first_result.copy()
-        transport.comm.Exscan(x, result, plan.mpi_op)
+        transport.comm.Exscan([x, plan.count, plan.mpi_type], [result, plan.count, plan.mpi_type], plan.mpi_op)
     return result
 
 

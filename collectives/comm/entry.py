@@ -63,6 +63,17 @@ def transport_for(comm: Optional[Any], collective: str) -> Transport:
     return transport
 
 
+def mpi_datatype(dtype: np.dtype) -> Optional[MPI.Datatype]:
+    """MPI's predefined datatype for a native numpy ``dtype``, as mpi4py infers it from an array, or
+    None: a call that names it (``[array, count, datatype]``) skips mpi4py's inference each time."""
+    if not dtype.isnative:
+        return None
+    try:
+        return MPI.Datatype.fromcode(dtype.char)
+    except ValueError:
+        return None
+
+
 def signature(collective: str, fields: dict) -> bytes:
     """``[h, ~h]`` as two native int32 (8 bytes) of the call's fields (the same on every rank for the same call)."""
     key = (collective, *fields.items())

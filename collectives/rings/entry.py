@@ -26,7 +26,7 @@ from hpcrt.backends.arrays import ArrayBackend, backend_of
 from hpcrt.core import trace_hook as trace
 
 from hpcrt.collectives.comm.blocks import block_bounds
-from hpcrt.collectives.comm.entry import CallCache, begin, checked_out, signature, transport_for
+from hpcrt.collectives.comm.entry import CallCache, begin, checked_out, mpi_datatype, signature, transport_for
 from hpcrt.collectives.comm.reduce_ops import AVERAGING_OPS, REDUCE_OPS, combine_into, mpi_op
 from hpcrt.collectives.comm.tracing import call_traced, payload_bytes, traced
 from hpcrt.collectives.comm.transport import Transport, unsendable
@@ -53,7 +53,7 @@ def _allreduce(x: Any, op: str, comm: Optional[MPI.Intracomm], algorithm: str, v
     transport, plan, algorithm = _begin("allreduce", x, comm, algorithm, validate, op, out)
     if algorithm == "mpi" and plan.direct and out is None and x.flags.c_contiguous:
         result = np.empty(plan.result_shape, plan.dtype)  # the common small call: MPI's own, nothing around it
-        transport.comm.Allreduce(x, result, plan.mpi_op)
+        transport.comm.Allreduce([x, plan.count, plan.mpi_type], [result, plan.count, plan.mpi_type], plan.mpi_op)
         if not plan.averaging:
             return result
     elif algorithm == "mpi":
@@ -139,6 +139,9 @@ class _Plan:
     direct: bool
     """numpy operand whose reduction MPI does alone (no NaN flag): the call can go straight to MPI."""
     dtype: Any
+    count: int
+    mpi_type: Any
+    """x's elements and MPI's datatype for them, named in a direct call (quicker than mpi4py's inference)."""
     averaging: bool
     auto: PlanChoice = field(default_factory=PlanChoice, compare=False)
     """``auto``'s choice for these calls, kept for the transport and cost table it was made at."""
@@ -159,9 +162,11 @@ def _make_plan(collective: str, x: Any, op: Optional[str], algorithm: str, size:
         algorithm_error = ValueError(f"{collective}: unknown algorithm {algorithm!r}; expected auto or one of "
                                      f"{ALGORITHMS}")
     signed = signature(collective, {"input_error": None if problem is None else str(problem), **fields})
-    direct = backend is not None and backend.name == "numpy" and not (op in ("max", "min") and x.dtype.kind == "f")
+    mpi_type = mpi_datatype(x.dtype) if backend is not None and backend.name == "numpy" else None
+    direct = mpi_type is not None and not (op in ("max", "min") and x.dtype.kind == "f")
     return _Plan(problem, algorithm_error, fields, signed, backend, result_shape,
-                 mpi_op(op) if op in RING_OPS else None, direct, getattr(x, "dtype", None), op in AVERAGING_OPS)
+                 mpi_op(op) if op in RING_OPS else None, direct, getattr(x, "dtype", None), getattr(x, "size", 0),
+                 mpi_type, op in AVERAGING_OPS)
 
 
 _PLANS = CallCache(_make_plan)
