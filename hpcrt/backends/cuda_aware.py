@@ -21,13 +21,14 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 
+from hpcrt.core.tags import CUDA_AWARE_CHECK
+
 EXCHANGE_SIZES = (8, 1 << 17)
 """Float64 values per exchange: an eager message and a 1 MiB one (rendezvous, GPU IPC paths)."""
 EXCHANGE_TIMEOUT_S = 20.0
 """Bound on each exchange between the ranks; a transport that never delivers fails the check."""
 CHILD_TIMEOUT_S = 60.0
 """Bound on the child process's check (its interpreter, MPI and CUDA start-up included)."""
-EXCHANGE_TAG = 7
 CANCEL_TIMEOUT_S = 1.0
 """Bound on the wait for a timed-out exchange's cancelled receive to complete before its request is freed."""
 _ABANDONED: list = []
@@ -164,8 +165,8 @@ def ring_exchange(comm: Any, device: Optional[int], timeout_s: Optional[float] =
         try:
             send = _device_array(payload(comm.rank, count), device)
             received = _device_array(np.zeros(count), device)
-            requests = [private.Irecv(received, source=left, tag=EXCHANGE_TAG),
-                        private.Isend(send, dest=right, tag=EXCHANGE_TAG)]
+            requests = [private.Irecv(received, source=left, tag=CUDA_AWARE_CHECK),
+                        private.Isend(send, dest=right, tag=CUDA_AWARE_CHECK)]
         except Exception as exc:  # an MPI that refuses device buffers may say so
             private.Free()
             return f"MPI refused a device buffer: {exc}"

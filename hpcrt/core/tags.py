@@ -16,6 +16,8 @@ CHECKPOINT_RESTORE = 0x4B7
 """Rank images sent to the ranks that restore them."""
 CHECKPOINT_PARTNER = 0x4B8
 """The partner level's copies of another node's rank files."""
+CUDA_AWARE_CHECK = 7401
+"""The device buffers ranks exchange at init to confirm that MPI is CUDA-aware."""
 
 
 def claimed() -> dict[str, range]:

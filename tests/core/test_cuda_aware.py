@@ -22,7 +22,7 @@ JOB = textwrap.dedent("""
         right = cuda_aware.payload
         cuda_aware.payload = lambda r, count: right(r, count) + (r == 0)  # what rank 0 sends, not what it checks
     if case == "rank_0_never_sends" and rank == 0:
-        cuda_aware.EXCHANGE_TAG = 99
+        cuda_aware.CUDA_AWARE_CHECK = 99
     if case == "rank_1_child_crashes" and rank == 1:
         cuda_aware.self_exchange_command = lambda device: [
             sys.executable, "-c", "import os, signal; os.kill(os.getpid(), signal.SIGSEGV)"]

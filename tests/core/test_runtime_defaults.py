@@ -17,8 +17,10 @@ def _run(launch, cwd: Path, level: str, env: dict) -> tuple:
     cwd.mkdir()
     result = launch([PROGRAM, level], ranks=2, cwd=cwd, env={"HPCRT_LOG_FILES": "1", **env})
     assert result.returncode == 0, result.stderr
-    printed = sorted((json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")),
+    # mpiexec merges the ranks' stdout chunk by chunk, so one line may hold both ranks' objects
+    printed = sorted((json.loads(found) for found in re.findall(r"\{[^{}]*\}", result.stdout)),
                      key=lambda x: x["rank"])
+    assert [p["rank"] for p in printed] == [0, 1], result.stdout
     return result.stderr, [Path(p["run_dir"]) for p in printed]
 
 
