@@ -98,8 +98,9 @@ def crash_exit() -> NoReturn:
     traceback and aborts the job), else with the traceback printed and the whole job aborted."""
     if isinstance(getattr(sys.exit, "__self__", None), AbortHook):
         sys.exit(1)
-    traceback.print_exc()
+    sys.stderr.write(traceback.format_exc())
     sys.stderr.flush()
+    time.sleep(FORWARD_GRACE_S)  # the launcher forwards it before the abort ends this process
     from hpcrt.core.ulfm import abort_world
     abort_world(1)
     raise SystemExit(1)  # abort_world returned: MPI is not there any more
