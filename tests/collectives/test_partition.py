@@ -147,7 +147,9 @@ def test_inter_node_bytes_per_step_equal_the_formulas(comm, mpi_tmp_path):
                     recorded = step_bytes(comm, part, n)
                     assert recorded == step_link_bytes(part.plan, b)
                 inter = inter_node_bytes(recorded, rt.topology)
-                if levels == "flat":
+                if levels == "flat":  # one ring: each rank sends 3 (p - 1) shards of n/p to one neighbour
+                    assert sorted(recorded.values()) == [3 * (p - 1) * n * b // p] * p, (name, recorded)
+                    assert sorted(src for src, _ in recorded) == sorted(dst for _, dst in recorded) == list(range(p))
                     assert inter == 3 * crossings[name] * (p - 1) * n * b // p, name
                     if name == "2x2":
                         assert inter == 3 * (p - 1) * n * b // g

@@ -62,6 +62,15 @@ def _check_outputs(job_dir: Path, ranks: int, collectives: set) -> list:
         in_place = (r["time_in_place_us"], r["wrong_in_place_elements"])
         assert (float(in_place[0]) > 0 and in_place[1] == "0") if r["collective"] == "allreduce" else \
             in_place == ("", ""), r
+    # nccl-tests' definitions, written here: algbw = bytes / time, busbw = algbw x the collective's factor
+    bus_factor = {"allreduce": 2 * (ranks - 1) / ranks, "allgather": (ranks - 1) / ranks,
+                  "reduce_scatter": (ranks - 1) / ranks}
+    for r in rows:
+        algbw = float(r["algbw_gbytes_s"])
+        assert algbw == pytest.approx(int(r["size_bytes"]) / float(r["time_avg_us"]) / 1e3, rel=0.01, abs=2e-3), r
+        if r["collective"] in bus_factor:
+            assert float(r["busbw_gbytes_s"]) == pytest.approx(algbw * bus_factor[r["collective"]], rel=0.01,
+                                                               abs=2e-3), r
     mean = sum(float(r["busbw_gbytes_s"]) for r in rows) / len(rows)
     assert document["summary"][-1] == f"Avg bus bandwidth    : {mean:.3f}"
     cores = len(os.sched_getaffinity(0))  # every rank of these tests runs on this host, on these cores
