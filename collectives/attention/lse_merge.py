@@ -20,6 +20,8 @@ import numpy as np
 
 from hpcrt.backends.arrays import ArrayBackend, backend_of
 
+from hpcrt.collectives.comm.entry import checked_out
+
 LSE_KERNELS = ("auto", "numba", "cupy", "numpy")
 LSE_DTYPES = ("float32", "float64")
 """The dtypes every kernel takes (numba has no float16 arithmetic)."""
@@ -43,7 +45,7 @@ def lse_merge(o1: Any, l1: Any, o2: Any, l2: Any, out: Optional[tuple] = None, *
     if out is None:
         o_out, l_out = xp.empty(o1.shape, o1.dtype), xp.empty(l1.shape, l1.dtype)
     else:
-        o_out, l_out = _checked_out(out, o1, l1, backend.name, kernel)
+        o_out, l_out = _checked_out(out, o1, l1, backend, kernel)
     if kernel == "numba":
         from hpcrt.collectives.attention.lse_numba import merge_rows  # numba loads only when used
 
@@ -82,29 +84,18 @@ def _checked_inputs(o1: Any, l1: Any, o2: Any, l2: Any) -> ArrayBackend:
     return backend_of(o1)
 
 
-def _checked_out(out: Any, o1: Any, l1: Any, backend: str, kernel: str) -> tuple[Any, Any]:
+def _checked_out(out: Any, o1: Any, l1: Any, backend: ArrayBackend, kernel: str) -> tuple[Any, Any]:
     """``out`` once both arrays can take the result: the fused kernels write by flat row index, so
     a smaller or strided array would be written past its end."""
     if not (isinstance(out, (tuple, list)) and len(out) == 2):
         raise TypeError(f"lse_merge: out must be a pair (o, l), got {type(out).__name__}")
+    contiguous_for = None if kernel == "numpy" else f" for the {kernel} kernel"
     for name, array, like in (("out[0]", out[0], o1), ("out[1]", out[1], l1)):
-        _check_out_array(name, array, like, backend, kernel)
+        problem = checked_out("lse_merge", array, like.shape, like.dtype, backend, name=name, like="the inputs",
+                              contiguous_for=contiguous_for)
+        if problem is not None:
+            raise problem
     return out[0], out[1]
-
-
-def _check_out_array(name: str, array: Any, like: Any, backend: str, kernel: str) -> None:
-    """Raise unless ``array`` has ``like``'s shape and dtype, lives on ``backend`` and ``kernel`` can write it."""
-    got = _backend_name(array)
-    if got != backend:
-        raise TypeError(f"lse_merge: {name} must be a {backend} array like the inputs, got {got}")
-    if array.shape != like.shape:
-        raise ValueError(f"lse_merge: {name} must have the result's shape {like.shape}, got {array.shape}")
-    if array.dtype != like.dtype:
-        raise TypeError(f"lse_merge: {name} must have the result's dtype {like.dtype}, got {array.dtype}")
-    if kernel != "numpy" and not array.flags.c_contiguous:
-        raise ValueError(f"lse_merge: {name} must be C-contiguous for the {kernel} kernel")
-    if not getattr(array.flags, "writeable", True):  # CuPy arrays have no such flag: always writable
-        raise ValueError(f"lse_merge: {name} is read-only")
 
 
 def lse_merge_expression(xp: Any, o1: Any, l1: Any, o2: Any, l2: Any) -> tuple[Any, Any]:

@@ -120,23 +120,25 @@ def begin(comm: Any, collective: str, problem: Optional[Exception], fields: dict
         raise problem.with_traceback(None)  # a cached plan's error: a fresh traceback each call
 
 
-def checked_out(collective: str, out: Any, shape: tuple, dtype: Any, backend: ArrayBackend) -> Optional[Exception]:
-    """What keeps ``out`` from taking a result of ``shape`` and ``dtype`` on ``backend``, or None:
-    lse_merge's rules (same backend, shape and dtype; C-contiguous, as MPI writes it flat; writable)."""
+def checked_out(collective: str, out: Any, shape: tuple, dtype: Any, backend: ArrayBackend, *, name: str = "out",
+                like: str = "x", contiguous_for: Optional[str] = "") -> Optional[Exception]:
+    """What keeps ``out`` (called ``name``) from taking a result of ``shape`` and ``dtype`` on
+    ``backend``, or None: same backend (as ``like``), shape and dtype; writable; C-contiguous unless
+    ``contiguous_for`` is None (the text naming what writes it flat, appended to the error)."""
     try:
-        got = backend_of(out)
+        got = backend_of(out).name
     except TypeError:
-        return TypeError(f"{collective}: out must be a {backend.name} array like x, got {type(out).__name__}")
-    if got is not backend:
-        return TypeError(f"{collective}: out must be a {backend.name} array like x, got {got.name}")
+        got = type(out).__name__
+    if got != backend.name:
+        return TypeError(f"{collective}: {name} must be a {backend.name} array like {like}, got {got}")
     if tuple(out.shape) != tuple(shape):
-        return ValueError(f"{collective}: out must have the result's shape {tuple(shape)}, got {tuple(out.shape)}")
+        return ValueError(f"{collective}: {name} must have the result's shape {tuple(shape)}, got {tuple(out.shape)}")
     if out.dtype != dtype:
-        return TypeError(f"{collective}: out must have the result's dtype {dtype}, got {out.dtype}")
-    if not out.flags.c_contiguous:
-        return ValueError(f"{collective}: out must be C-contiguous")
+        return TypeError(f"{collective}: {name} must have the result's dtype {dtype}, got {out.dtype}")
+    if contiguous_for is not None and not out.flags.c_contiguous:
+        return ValueError(f"{collective}: {name} must be C-contiguous{contiguous_for}")
     if not getattr(out.flags, "writeable", True):  # CuPy arrays have no such flag: always writable
-        return ValueError(f"{collective}: out is read-only")
+        return ValueError(f"{collective}: {name} is read-only")
     return None
 
 
