@@ -110,8 +110,14 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one subcommand; a user mistake (a topology that does not fit, a bad setting) is said once,
+    by rank 0, and every rank exits with 2, as ``hpcrt info`` does."""
+    from hpcrt.core.abort import USER_MISTAKES, say_once_and_exit
     args = _parser().parse_args(argv)
-    return SUBCOMMANDS[args.command](args)
+    try:
+        return SUBCOMMANDS[args.command](args)
+    except USER_MISTAKES as error:
+        say_once_and_exit(f"hpcrt.collectives.bench {args.command}", error)
 
 
 if __name__ == "__main__":

@@ -258,3 +258,10 @@ def test_benchmark_rows_are_correct_and_carry_predictions(comm, mpi_tmp_path):
     frontier = {r["scheme"]: r for r in rows if r["scheme"].startswith("frontier")}
     assert frontier["frontier-flat"]["predicted_s"] > frontier["frontier-hpz"]["predicted_s"] \
         > frontier["frontier-3level"]["predicted_s"]
+
+
+def test_the_bench_command_says_a_topology_that_does_not_fit_in_one_line(launch):
+    result = launch(["-m", "hpcrt.collectives.bench", "partition", "--topology", "two_nodes_emulated"], ranks=2,
+                    timeout=90)
+    lines = (result.stdout + result.stderr).splitlines()
+    assert result.returncode == 2 and len(lines) == 1 and "run it on 4 ranks" in lines[0], result.stdout + result.stderr
