@@ -4,7 +4,7 @@ associative, not necessarily commutative op, by a chosen algorithm or the cost m
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from numbers import Integral
 from typing import Any, Optional
 
@@ -18,7 +18,7 @@ from hpcrt.collectives.allscan import algorithms as allscan_algos
 from hpcrt.collectives.allscan.algorithms import ScanCall, Steps
 from hpcrt.collectives.allscan.layout import ScanLayout
 from hpcrt.collectives.allscan.ops import BUILTIN_OPS, ScanOp, as_parts, check_sendable, from_parts, resolve_op
-from hpcrt.collectives.comm.entry import CallCache, agree, begin, mpi_datatype, signature, transport_for
+from hpcrt.collectives.comm.entry import agree, begin, mpi_datatype, planned, signature, transport_for
 from hpcrt.collectives.comm.tracing import call_traced, payload_bytes
 from hpcrt.collectives.comm.transport import Transport
 from hpcrt.collectives.costmodel.allscan import ALGORITHMS, ScanLinks, auto_choice, best_blocks, ran_label, scan_links
@@ -127,14 +127,10 @@ def transport_links(transport: Transport) -> ScanLinks:
 def _auto(transport: Transport, scan_op: Any, layout: ScanLayout, blocks: Optional[int]) -> tuple:
     """(algorithm, blocks) the cost model picks for this state on ``transport``'s ranks; a given
     ``blocks`` is priced as the pipeline runs it, at most one per row."""
-    return _choice(transport, layout.nbytes, _max_blocks(layout, scan_op), blocks,
-                   allscan_algos.mpi_builtin_op(scan_op, layout) is not None)
-
-
-def _choice(transport: Transport, nbytes: int, max_blocks: int, blocks: Optional[int], builtin_op: bool) -> tuple:
-    """:func:`_auto` from what a plan may know already."""
-    return _CHOICES.get(transport_links(transport), nbytes, transport.size, max_blocks,
-                        None if blocks is None else min(int(blocks), max_blocks), builtin_op)
+    max_blocks = _max_blocks(layout, scan_op)
+    return _CHOICES.get(transport_links(transport), layout.nbytes, transport.size, max_blocks,
+                        None if blocks is None else min(int(blocks), max_blocks),
+                        allscan_algos.mpi_builtin_op(scan_op, layout) is not None)
 
 
 def _prepare(x: Any, op: Any, algorithm: str, blocks: Optional[int]) -> tuple:
@@ -229,19 +225,14 @@ class _DirectPlan:
     identity: Any
     first_result: np.ndarray
     """Rank 0's exclusive result, the identity (copied for each call)."""
-    max_blocks: int
     fields: dict
     signed: bytes
-    auto: PlanChoice = field(default_factory=PlanChoice, compare=False)
-    """``auto``'s choice for these calls, kept for the transport and cost table it was made at."""
-
-    def runs_mpi(self, transport: Transport) -> bool:
-        """Whether ``auto`` runs MPI's scan for these calls on ``transport`` (tallied as it runs)."""
-        return self.auto.get(transport, _CHOICES, _SCAN_LINKS, self.layout.nbytes, transport.size, self.max_blocks,
-                             None, True)[0] == "mpi"
+    auto: PlanChoice
+    """What ``auto`` runs for these calls."""
 
 
-def _make_direct_plan(x: np.ndarray, op: Any, inclusive: bool, reverse: bool, algorithm: Any) -> Optional[_DirectPlan]:
+def _make_direct_plan(transport: Transport, x: np.ndarray, op: Any, inclusive: bool, reverse: bool,
+                      algorithm: Any) -> Optional[_DirectPlan]:
     """The plan of a call that may go straight to MPI's scan, or None (the general path runs it)."""
     if type(op) is not str or algorithm not in ("mpi", "auto"):
         return None
@@ -255,12 +246,11 @@ def _make_direct_plan(x: np.ndarray, op: Any, inclusive: bool, reverse: bool, al
         return None  # float max travels as integer keys (NaN), and an empty scan has nothing to send
     fields = _fields(scan_op, layout, inclusive, reverse, algorithm, None)
     identity = scan_op.identity(x.reshape(-1)[:1])[0]
+    auto = PlanChoice(transport, _CHOICES, _SCAN_LINKS, layout.nbytes, transport.size, _max_blocks(layout, scan_op),
+                      None, True)
     return _DirectPlan(x.shape, x.dtype, layout, x.size, mpi_type, mpi_op, identity,
-                       np.full(x.shape, identity, x.dtype), _max_blocks(layout, scan_op), fields,
-                       signature("all_scan", {"input_error": None, **fields}))
-
-
-_DIRECT_PLANS = CallCache(_make_direct_plan)
+                       np.full(x.shape, identity, x.dtype), fields,
+                       signature("all_scan", {"input_error": None, **fields}), auto)
 
 
 def _scan_directly(transport: Transport, plan: _DirectPlan, x: np.ndarray, inclusive: bool, reverse: bool,
@@ -347,13 +337,15 @@ def all_scan(x: Any, op: Any, *, comm: Optional[MPI.Intracomm] = None, inclusive
     The result has x's structure and lives on x's backend.
     """
     if type(x) is np.ndarray and blocks is None and not _IN_FLIGHT[0] and x.flags.c_contiguous:
-        plan = _DIRECT_PLANS.get((x.shape, x.dtype, op, inclusive, reverse, algorithm), x, op, inclusive, reverse,
-                                 algorithm)
-        if plan is not None:
-            transport = transport_for(comm, "all_scan")
-            if algorithm == "mpi" or plan.runs_mpi(transport):
-                if trace._recorder is None:  # no monitor: nothing to record
-                    return _scan_directly(transport, plan, x, inclusive, reverse, validate)
-                return call_traced("all_scan", transport.comm, x.nbytes, _scan_directly, transport, plan, x,
-                                   inclusive, reverse, validate)
+        transport = transport_for(comm, "all_scan")
+        key = ("all_scan", x.shape, x.dtype, op, inclusive, reverse, algorithm)
+        try:
+            plan = transport.plans[key]
+        except (KeyError, TypeError):
+            plan = planned(transport, key, _make_direct_plan, transport, x, op, inclusive, reverse, algorithm)
+        if plan is not None and (algorithm == "mpi" or plan.auto.runs("mpi")):
+            if trace._recorder is None:  # no monitor: nothing to record
+                return _scan_directly(transport, plan, x, inclusive, reverse, validate)
+            return call_traced("all_scan", transport.comm, x.nbytes, _scan_directly, transport, plan, x,
+                               inclusive, reverse, validate)
     return _started(x, op, comm, inclusive, reverse, algorithm, blocks, validate, True).wait()

@@ -26,7 +26,6 @@ from hpcrt.collectives.comm.transport import Transport
 _MAX_ENTRIES = 4096
 """Entries a cache keeps before it starts over."""
 _TRANSPORTS: dict = {}
-_MISSING = object()
 
 
 class CallCache:
@@ -39,14 +38,31 @@ class CallCache:
 
     def get(self, key: Any, *args: Any) -> Any:
         try:
-            known = self._known.get(key, _MISSING)
+            return self._known[key]
+        except KeyError:
+            return _remember(self._known, key, self._make(*args))
         except TypeError:
             return self._make(*args)
-        if known is _MISSING:
-            if len(self._known) >= _MAX_ENTRIES:
-                self._known.clear()
-            known = self._known[key] = self._make(*args)
-        return known
+
+
+def _remember(known: dict, key: Any, value: Any) -> Any:
+    """``value`` kept under ``key`` in ``known``, which starts over when full."""
+    if len(known) >= _MAX_ENTRIES:
+        known.clear()
+    known[key] = value
+    return value
+
+
+def planned(transport: Transport, key: Any, make: Callable[..., Any], *args: Any) -> Any:
+    """The plan of ``key`` on ``transport``: ``make(*args)``, made once per key and communicator
+    (uncached where the key is unhashable). A call of a shape seen before reads
+    ``transport.plans[key]`` itself, inline (a function call costs as much as the lookup), and
+    comes here on a miss."""
+    try:
+        hash(key)
+    except TypeError:
+        return make(*args)
+    return _remember(transport.plans, key, make(*args))
 
 
 def transport_for(comm: Optional[Any], collective: str) -> Transport:
@@ -57,9 +73,7 @@ def transport_for(comm: Optional[Any], collective: str) -> Transport:
     if known is not None and known[0] is comm and known[1] is runtime:
         return known[2]
     transport = Transport(comm, collective)
-    if len(_TRANSPORTS) >= _MAX_ENTRIES:
-        _TRANSPORTS.clear()
-    _TRANSPORTS[id(comm)] = (comm, runtime, transport)  # holding comm keeps its id from being reused
+    _remember(_TRANSPORTS, id(comm), (comm, runtime, transport))  # holding comm keeps its id from being reused
     return transport
 
 

@@ -115,6 +115,8 @@ class Transport:
         self._world = _world_ranks(self.comm)
         self._src = self._world[self.rank]
         self._topology = runtime.topology if runtime.topology.emulate else None
+        self.plans: dict = {}
+        """What repeated calls on this communicator reuse, by call shape (see :func:`.entry.planned`)."""
 
     def world_rank(self, rank: int) -> int:
         return self._world[rank]

@@ -73,25 +73,45 @@ class ChoiceMemo:
 
 
 class PlanChoice:
-    """The ``auto`` choice of one call shape's plan, kept with the transport and the cost table it
-    was made for: a repeated call on them pays two identity checks, not the memos' lookups (a
-    transport belongs to one communicator and runtime, whose topology never changes)."""
+    """The ``auto`` choice of one call shape's plan on one transport (a plan is kept per
+    communicator): what ``choices`` picks for ``shape`` at ``links``' costs of the transport's
+    ranks, worked out again only when the runtime's cost table is replaced, so that a repeated call
+    pays one identity check (a transport's topology never changes)."""
 
-    __slots__ = ("_known",)
+    __slots__ = ("_transport", "_choices", "_links", "_shape", "_known")
 
-    def __init__(self) -> None:
-        self._known: tuple = (None, None, None, None)
+    def __init__(self, transport: Any, choices: ChoiceMemo, links: LinkMemo, *shape: Any):
+        self._transport = transport
+        self._choices = choices
+        self._links = links
+        self._shape = shape
+        self._known: tuple = (None, None, None)
 
-    def get(self, transport: Any, choices: ChoiceMemo, links: LinkMemo, *shape: Any) -> Any:
-        """What ``choices`` picks for ``shape`` at ``links``' costs of ``transport``'s ranks, tallied
-        in :func:`auto_ran` as :meth:`ChoiceMemo.get` would."""
+    def get(self) -> Any:
+        """The choice, tallied in :func:`auto_ran` as :meth:`ChoiceMemo.get` would."""
+        known = self._current()
+        if _WATCHES:
+            _WATCHES[-1][known[2]] += 1
+        return known[1]
+
+    def runs(self, label: str) -> bool:
+        """Whether the choice is the one ``label`` names (as :func:`auto_ran` names it), tallied only
+        where it is: the caller then runs it, and a call that goes elsewhere is tallied there."""
+        known = self._current()
+        if known[2][1] != label:
+            return False
+        if _WATCHES:
+            _WATCHES[-1][known[2]] += 1
+        return True
+
+    def _current(self) -> tuple:
+        """(cost table, choice, tally key) at the runtime's cost table."""
         known = self._known
         costs = get_runtime().costs
-        if known[0] is not transport or known[1] is not costs:
-            known = self._known = (transport, costs, *choices.entry(links.get(transport.world_ranks), *shape))
-        if _WATCHES:
-            _WATCHES[-1][known[3]] += 1
-        return known[2]
+        if known[0] is not costs:
+            known = self._known = (costs, *self._choices.entry(self._links.get(self._transport.world_ranks),
+                                                               *self._shape))
+        return known
 
 
 @contextlib.contextmanager

@@ -16,7 +16,7 @@ divided by the number of ranks, in the operand's (floating or complex) dtype.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Optional
 
 import numpy as np
@@ -26,7 +26,7 @@ from hpcrt.backends.arrays import ArrayBackend, backend_of
 from hpcrt.core import trace_hook as trace
 
 from hpcrt.collectives.comm.blocks import block_bounds
-from hpcrt.collectives.comm.entry import CallCache, begin, checked_out, mpi_datatype, signature, transport_for
+from hpcrt.collectives.comm.entry import agree, begin, checked_out, mpi_datatype, planned, signature, transport_for
 from hpcrt.collectives.comm.reduce_ops import AVERAGING_OPS, REDUCE_OPS, combine_into, mpi_op
 from hpcrt.collectives.comm.tracing import call_traced, payload_bytes, traced
 from hpcrt.collectives.comm.transport import Transport, unsendable
@@ -42,21 +42,36 @@ def allreduce(x: Any, op: str = "sum", *, comm: Optional[MPI.Intracomm] = None, 
               validate: bool = True, out: Optional[Any] = None) -> Any:
     """Every rank gets the element-wise ``op`` (sum, max, min, avg) of all ranks' ``x``, same shape;
     into ``out`` where given (``out=x``: in place)."""
-    if trace._recorder is None:  # no monitor: nothing to record (no wrapper around the call either)
-        return _allreduce(x, op, comm, algorithm, validate, out)
-    return call_traced("allreduce", comm, payload_bytes(x), _allreduce, x, op, comm, algorithm, validate, out)
+    transport = transport_for(comm, "allreduce")
+    try:
+        plan = transport.plans[("allreduce", type(x), x.shape, x.dtype, op, algorithm)]
+    except (KeyError, AttributeError, TypeError):
+        plan = _new_plan(transport, "allreduce", x, op, algorithm)
+    if plan.direct and out is None and x.flags.c_contiguous and (
+            algorithm == "mpi" or algorithm == "auto" and plan.auto.runs("mpi")):
+        if trace._recorder is None:  # no monitor: nothing to record
+            return _allreduce_directly(transport, plan, x, validate)
+        return call_traced("allreduce", transport.comm, x.nbytes, _allreduce_directly, transport, plan, x, validate)
+    if trace._recorder is None:
+        return _allreduce(transport, plan, x, op, algorithm, validate, out)
+    return call_traced("allreduce", transport.comm, payload_bytes(x), _allreduce, transport, plan, x, op, algorithm,
+                       validate, out)
 
 
-def _allreduce(x: Any, op: str, comm: Optional[MPI.Intracomm], algorithm: str, validate: bool,
+def _allreduce_directly(transport: Transport, plan: _Plan, x: np.ndarray, validate: bool) -> np.ndarray:
+    """The common small call: MPI's own, after the agreement where ``validate``, nothing else around it."""
+    if validate:
+        agree(transport.comm, "allreduce", plan.signed, plan.fields)
+    result = np.empty(plan.result_shape, plan.dtype)
+    transport.comm.Allreduce([x, plan.count, plan.mpi_type], [result, plan.count, plan.mpi_type], plan.mpi_op)
+    return _averaged(plan.backend, result, "avg", transport.size) if plan.averaging else result
+
+
+def _allreduce(transport: Transport, plan: _Plan, x: Any, op: str, algorithm: str, validate: bool,
                out: Optional[Any]) -> Any:
-    """:func:`allreduce`, untraced."""
-    transport, plan, algorithm = _begin("allreduce", x, comm, algorithm, validate, op, out)
-    if algorithm == "mpi" and plan.direct and out is None and x.flags.c_contiguous:
-        result = np.empty(plan.result_shape, plan.dtype)  # the common small call: MPI's own, nothing around it
-        transport.comm.Allreduce([x, plan.count, plan.mpi_type], [result, plan.count, plan.mpi_type], plan.mpi_op)
-        if not plan.averaging:
-            return result
-    elif algorithm == "mpi":
+    """:func:`allreduce` of a planned call, untraced."""
+    algorithm = _begin(transport, plan, "allreduce", x, algorithm, validate, out)
+    if algorithm == "mpi":
         result = mpi_allreduce(transport.comm, transport.staging, plan.backend, x, op,
                                _result(plan.backend, x.shape, x.dtype, out))
     else:
@@ -75,7 +90,8 @@ def allgather(x: Any, *, comm: Optional[MPI.Intracomm] = None, algorithm: str = 
     """All ranks' ``x`` (same shape everywhere) concatenated along axis 0 in rank order, into ``out``
     where given. A 0-d ``x`` counts as shape (1,): the result then has shape (p,).
     """
-    transport, plan, algorithm = _begin("allgather", x, comm, algorithm, validate, None, out)
+    transport, plan = _planned("allgather", x, comm, None, algorithm)
+    algorithm = _begin(transport, plan, "allgather", x, algorithm, validate, out)
     result = _result(plan.backend, plan.result_shape, x.dtype, out)
     if algorithm == "mpi":
         return mpi_allgather(transport.comm, transport.staging, plan.backend, x, result)
@@ -96,7 +112,8 @@ def reduce_scatter(x: Any, op: str = "sum", *, comm: Optional[MPI.Intracomm] = N
 
     Blocks follow :func:`block_bounds` (numpy.array_split's rule): sizes need not divide evenly.
     """
-    transport, plan, algorithm = _begin("reduce_scatter", x, comm, algorithm, validate, op, out)
+    transport, plan = _planned("reduce_scatter", x, comm, op, algorithm)
+    algorithm = _begin(transport, plan, "reduce_scatter", x, algorithm, validate, out)
     start, stop = _block(x, transport)
     result = _result(plan.backend, (stop - start,), x.dtype, out)
     if algorithm == "mpi":
@@ -137,17 +154,19 @@ class _Plan:
     result_shape: Optional[tuple]
     mpi_op: Any
     direct: bool
-    """numpy operand whose reduction MPI does alone (no NaN flag): the call can go straight to MPI."""
+    """A valid call of a numpy operand whose reduction MPI does alone (no NaN flag): it can go
+    straight to MPI."""
     dtype: Any
     count: int
     mpi_type: Any
     """x's elements and MPI's datatype for them, named in a direct call (quicker than mpi4py's inference)."""
     averaging: bool
-    auto: PlanChoice = field(default_factory=PlanChoice, compare=False)
-    """``auto``'s choice for these calls, kept for the transport and cost table it was made at."""
+    auto: Optional[PlanChoice]
+    """What ``auto`` runs for these calls (None for a call with a problem)."""
 
 
-def _make_plan(collective: str, x: Any, op: Optional[str], algorithm: str, size: int) -> _Plan:
+def _make_plan(transport: Transport, collective: str, x: Any, op: Optional[str], algorithm: str) -> _Plan:
+    size = transport.size
     problem = _operand_problem(collective, x, op)
     fields: dict = {"algorithm": algorithm}
     backend, result_shape = None, None
@@ -163,13 +182,21 @@ def _make_plan(collective: str, x: Any, op: Optional[str], algorithm: str, size:
                                      f"{ALGORITHMS}")
     signed = signature(collective, {"input_error": None if problem is None else str(problem), **fields})
     mpi_type = mpi_datatype(x.dtype) if backend is not None and backend.name == "numpy" else None
-    direct = mpi_type is not None and not (op in ("max", "min") and x.dtype.kind == "f")
+    direct = mpi_type is not None and algorithm_error is None and not (op in ("max", "min") and x.dtype.kind == "f")
+    auto = None if problem is not None else PlanChoice(transport, _RING_CHOICES, _RING_COSTS, collective,
+                                                       _model_bytes(collective, x, size), size)
     return _Plan(problem, algorithm_error, fields, signed, backend, result_shape,
                  mpi_op(op) if op in RING_OPS else None, direct, getattr(x, "dtype", None), getattr(x, "size", 0),
-                 mpi_type, op in AVERAGING_OPS)
+                 mpi_type, op in AVERAGING_OPS, auto)
 
 
-_PLANS = CallCache(_make_plan)
+def _new_plan(transport: Transport, collective: str, x: Any, op: Optional[str], algorithm: str) -> _Plan:
+    """The plan of a call whose shape ``transport`` has no plan for yet (kept there, unless x is no array)."""
+    try:
+        key = (collective, type(x), x.shape, x.dtype, op, algorithm)
+    except AttributeError:  # no array: checked without a cache
+        return _make_plan(transport, collective, x, op, algorithm)
+    return planned(transport, key, _make_plan, transport, collective, x, op, algorithm)
 
 
 def _result_shape(collective: str, x: Any, p: int) -> Optional[tuple]:
@@ -206,17 +233,20 @@ def _averaged(backend: ArrayBackend, result: Any, op: Optional[str], p: int) -> 
     return result
 
 
-def _begin(collective: str, x: Any, comm: Optional[Any], algorithm: str, validate: bool,
-           op: Optional[str], out: Optional[Any]) -> tuple[Transport, _Plan, str]:
-    """Check the arguments (with ``validate``, collectively: a rank's bad operand or ``out`` is then
-    every rank's error) and resolve ``auto``."""
+def _planned(collective: str, x: Any, comm: Optional[Any], op: Optional[str],
+             algorithm: str) -> tuple[Transport, _Plan]:
+    """The communicator's transport and the call's plan (made on its shape's first call)."""
     transport = transport_for(comm, collective)
     try:
-        key: Optional[tuple] = (collective, type(x), x.shape, x.dtype, op, algorithm, transport.size)
-    except AttributeError:  # no array: checked without a cache
-        key = None
-    plan = _make_plan(collective, x, op, algorithm, transport.size) if key is None else \
-        _PLANS.get(key, collective, x, op, algorithm, transport.size)
+        return transport, transport.plans[(collective, type(x), x.shape, x.dtype, op, algorithm)]
+    except (KeyError, AttributeError, TypeError):
+        return transport, _new_plan(transport, collective, x, op, algorithm)
+
+
+def _begin(transport: Transport, plan: _Plan, collective: str, x: Any, algorithm: str, validate: bool,
+           out: Optional[Any]) -> str:
+    """Check the arguments (with ``validate``, collectively: a rank's bad operand or ``out`` is then
+    every rank's error) and resolve ``auto``."""
     problem = plan.problem
     if out is not None and problem is None:
         shape = plan.result_shape
@@ -229,10 +259,7 @@ def _begin(collective: str, x: Any, comm: Optional[Any], algorithm: str, validat
               plan.signed if problem is plan.problem else None)
     if plan.algorithm_error is not None:
         raise plan.algorithm_error.with_traceback(None)
-    if algorithm == "auto":
-        return transport, plan, plan.auto.get(transport, _RING_CHOICES, _RING_COSTS, collective,
-                                              _model_bytes(collective, x, transport.size), transport.size)
-    return transport, plan, algorithm
+    return plan.auto.get() if algorithm == "auto" else algorithm
 
 
 _OP_KINDS = {"sum": "iufc", "max": "iuf", "min": "iuf", "avg": "fc"}

@@ -400,6 +400,33 @@ def test_the_ran_column_is_what_the_auto_calls_ran(comm, collective, algorithm):
         hpcrt.finalize()
 
 
+@pytest.mark.mpi(ranks=[2], timeout=60)
+@pytest.mark.parametrize("collective, algorithm", [
+    ("allreduce", "mpi"), ("allreduce", "ring"), ("all_scan", "mpi"), ("all_scan", "pipeline/1")])
+def test_auto_ran_tallies_each_call_once(comm, collective, algorithm):
+    """Each ``auto`` call is one tally of what it ran, whether it took MPI's direct path or the
+    general one (a call that looked at the direct path first and then ran another algorithm was
+    once tallied twice), and the calls give numpy's results."""
+    from hpcrt.collectives import all_scan, allreduce
+    from hpcrt.collectives.costmodel.memo import auto_ran
+
+    rt = hpcrt.init({"log_files": False})
+    try:
+        rt.costs = _forced(rt.costs, collective, algorithm.split("/")[0])
+        x = np.arange(4.0) + 10 * comm.rank
+        call = {"allreduce": lambda: allreduce(x), "all_scan": lambda: all_scan(x, "sum", inclusive=True)}[collective]
+        with auto_ran() as ran:
+            results = [call() for _ in range(3)]
+        family = "rings" if collective == "allreduce" else "all_scan"
+        assert ran == {(family, algorithm): 3}
+        ranks = np.arange(comm.size if collective == "allreduce" else comm.rank + 1)
+        want = (np.arange(4.0)[None, :] + 10 * ranks[:, None]).sum(axis=0)
+        for result in results:
+            np.testing.assert_array_equal(result, want)
+    finally:
+        hpcrt.finalize()
+
+
 def test_ran_names_calls_and_ranks_that_differ():
     from collections import Counter
     from hpcrt.jobs.bench.run import ran_label
