@@ -115,7 +115,7 @@ def predict_allscan(algorithm: str, nbytes: float, p: int, links: Union[ScanLink
     links = as_scan_links(links)
     call = links.call(algorithm, builtin_op)  # also rejects an unknown algorithm
     if p <= 1:
-        return 0.0
+        return call  # no messages, but the call's own work
     shift = links.shift
     if algorithm == "pipeline":
         messages = _pipeline(nbytes, p, links, blocks if blocks is not None else best_blocks(nbytes, p, links))

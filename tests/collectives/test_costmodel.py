@@ -12,7 +12,7 @@ import pytest
 import hpcrt
 from hpcrt import LinkCost
 from hpcrt.collectives import ScanLinks, calibrate, scan_links
-from hpcrt.collectives.costmodel.allscan import auto_choice
+from hpcrt.collectives.costmodel.allscan import auto_choice, predict_allscan
 from hpcrt.costmodel.model import bottleneck_link
 from hpcrt.costmodel.table import UNMEASURED_CALL_WORK, CostTable
 from hpcrt.costmodel.timing import call_samples, rank_times, timed
@@ -75,6 +75,15 @@ def test_all_scan_auto_picks_mpis_own_scan_for_a_few_bytes_on_two_ranks_before_c
     links = scan_links(CostTable.of(topology), topology)
     assert auto_choice(8, 2, links, max_blocks=1) == ("mpi", 1)
     assert auto_choice(8, 2, links, max_blocks=1, builtin_op=False)[0] == "pipeline"  # MPI calls Python back
+
+
+def test_a_one_rank_scan_costs_its_call_so_auto_runs_mpis_own():
+    """One rank sends nothing, yet each code path still pays its Python work: the prediction is that
+    work (not zero, which made ``auto`` run the general path at ten times MPI's cost)."""
+    topology = _one_host_topology(1)
+    links = scan_links(CostTable.of(topology), topology)
+    assert predict_allscan("pipeline", 8, 1, links) == links.call("pipeline", True) > 0
+    assert auto_choice(8, 1, links, max_blocks=1) == ("mpi", 1)
 
 
 @pytest.mark.mpi(ranks=[2], timeout=60)
