@@ -6,6 +6,8 @@ starts ``mpiexec`` itself when launched alone).
 ``lse``: the LSE merge kernels' bandwidth against a copy of the same bytes (collectives/attention/lse_bench.py).
 ``scan-blocks``: the All-Scan pipeline's time per block count beside the model's (collectives/allscan/blocks_bench.py).
 ``partition``: one ZeRO step, flat vs hpZ vs 3-level (collectives/partition/bench.py).
+``auto``: ``auto`` beside each algorithm it picks from, size by size, in interleaved blocks
+(collectives/costmodel/auto_bench.py; 2 ranks by default, launched as ``overhead`` is).
 """
 
 from __future__ import annotations
@@ -16,12 +18,13 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 import numpy as np
 
 from hpcrt.collectives.allscan import blocks_bench
 from hpcrt.collectives.attention import lse_bench
+from hpcrt.collectives.costmodel import auto_bench
 from hpcrt.collectives.partition import bench as partition_bench
 
 
@@ -58,13 +61,6 @@ def _per_call_us(comm: Any, call: Callable[[], Any], calls: int) -> float:
 
 def overhead(args: argparse.Namespace) -> int:
     """Print the per-call overhead table (rank 0), launching ``args.ranks`` ranks if run alone."""
-    from mpi4py import MPI
-
-    if MPI.COMM_WORLD.size == 1 and args.ranks > 1:
-        mpiexec = Path(sys.executable).parent / "mpiexec"
-        command = [str(mpiexec) if mpiexec.exists() else "mpiexec", "-n", str(args.ranks), sys.executable, "-m",
-                   "hpcrt.collectives.bench", *sys.argv[1:]]
-        return subprocess.run(command).returncode
     import hpcrt
 
     hpcrt.init({"log_files": False})
@@ -90,8 +86,22 @@ def overhead(args: argparse.Namespace) -> int:
     return 0
 
 
+def _launched(args: argparse.Namespace) -> Optional[int]:
+    """Where a subcommand that takes ``--ranks`` runs alone (one process, no launcher), run it again
+    under ``mpiexec -n RANKS`` and give its exit status; None where this process is one of the ranks."""
+    from mpi4py import MPI
+
+    if getattr(args, "ranks", 1) <= 1 or MPI.COMM_WORLD.size > 1:
+        return None
+    mpiexec = Path(sys.executable).parent / "mpiexec"
+    command = [str(mpiexec) if mpiexec.exists() else "mpiexec", "-n", str(args.ranks), sys.executable, "-m",
+               "hpcrt.collectives.bench", *sys.argv[1:]]
+    return subprocess.run(command).returncode
+
+
 SUBCOMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
-    "overhead": overhead, "lse": lse_bench.run, "scan-blocks": blocks_bench.run, "partition": partition_bench.run}
+    "overhead": overhead, "auto": auto_bench.run, "lse": lse_bench.run, "scan-blocks": blocks_bench.run,
+    "partition": partition_bench.run}
 """Subcommand name -> function of the parsed arguments returning the exit status."""
 
 
@@ -106,6 +116,7 @@ def _parser() -> argparse.ArgumentParser:
     lse_bench.add_arguments(commands.add_parser("lse", help="the LSE merge's bandwidth against a copy of its bytes"))
     blocks_bench.add_arguments(commands.add_parser("scan-blocks", help="All-Scan pipeline time per block count"))
     partition_bench.add_arguments(commands.add_parser("partition", help="one ZeRO step: flat vs hpZ vs 3-level"))
+    auto_bench.add_arguments(commands.add_parser("auto", help="auto beside each algorithm it picks from, per size"))
     return parser
 
 
@@ -114,6 +125,9 @@ def main(argv: list[str] | None = None) -> int:
     by rank 0, and every rank exits with 2, as ``hpcrt info`` does."""
     from hpcrt.core.abort import USER_MISTAKES, say_once_and_exit
     args = _parser().parse_args(argv)
+    launched = _launched(args)
+    if launched is not None:
+        return launched
     try:
         return SUBCOMMANDS[args.command](args)
     except USER_MISTAKES as error:

@@ -28,6 +28,14 @@ ALGORITHMS = ("pipeline", "mpi", "allgather", "ring")
 """In this order ``auto`` breaks ties: the pipeline before the ring (the same code at K = 1), MPI's
 own scan before the all-gather (at p = 2 and 3 their messages cost alike, and the all-gather also
 combines the gathered states itself)."""
+MPI_ROUNDS = ("all_scan/mpi_round", "all_scan/mpi_round_large")
+"""The :class:`CostTable` calls that price one round of MPI's own scan (recursive doubling), where
+measured: for states up to :data:`MPI_ROUND_SPLIT` bytes and for larger ones. MPI's scan is timed
+itself, as a shift round run by hpcrt's messages can cost it wrongly (on 4 ranks of 2 cores twice
+what MPICH's Exscan takes), and in two pieces, as its time per byte grows once its buffers leave
+the caches (one line through 256 B and 4 MiB put it 1.5x too dear at 128 KiB)."""
+MPI_ROUND_SPLIT = 256 << 10
+"""Where the two measured pieces of MPI's scan meet, bytes of state."""
 CODE_PATHS = ("pipeline", "allgather", "mpi", "mpi_user")
 """The code paths with a call cost of their own: the ring is the pipeline's one-block case; ``mpi``
 with an op MPI has built in (sum, max on plain dtypes), ``mpi_user`` with hpcrt's combine called
@@ -62,6 +70,15 @@ class ScanLinks:
     table's default where not). It is measured on the job's communicator and charged as it is to a
     scan over any of its subsets (the all-gather's and MPI's user-op terms that grow with the rank
     count are then overstated a little)."""
+    mpi_rounds: tuple[LinkCost, ...] = ()
+    """α-β of one round of MPI's own scan, timed on the job's communicator, up to
+    :data:`MPI_ROUND_SPLIT` bytes and beyond (empty: a shift round's)."""
+
+    def mpi_round(self, nbytes: float) -> LinkCost:
+        """The α-β of a round of MPI's scan of ``nbytes``: the measured piece it falls in, else a shift round's."""
+        if not self.mpi_rounds:
+            return self.shift
+        return self.mpi_rounds[0] if nbytes <= MPI_ROUND_SPLIT else self.mpi_rounds[-1]
 
     def call(self, algorithm: str, builtin_op: bool = True) -> float:
         """Seconds of fixed work one call of ``algorithm`` pays besides its messages (0: not measured;
@@ -86,7 +103,8 @@ def scan_links(costs: CostTable, topology: Topology, ranks: Optional[list] = Non
     shift round them, the pipeline block and the calls (as measured, else the table's ``call_work``)."""
     calls = tuple((path, costs.call_alpha(call_name(path))) for path in CODE_PATHS)
     return ScanLinks(schedule_link(costs, topology, CHAIN, ranks, ring=False),
-                     schedule_link(costs, topology, SHIFT, ranks), costs.pipeline_block, calls)
+                     schedule_link(costs, topology, SHIFT, ranks), costs.pipeline_block, calls,
+                     tuple(cost for cost in map(costs.call, MPI_ROUNDS) if cost is not None))
 
 
 def _log2_ceil(p: int) -> int:
@@ -108,7 +126,8 @@ def predict_allscan(algorithm: str, nbytes: float, p: int, links: Union[ScanLink
     With chain hop (α_c, β_c), shift round (α_s, β_s) and the measured block cost b (hpcrt's work on
     a block, paid on every hop and round; α_b = max(b, α_s)): pipeline (p−1)(max(α_c, b)+nβ_c/K) +
     (K−1)(α_b+nβ_s/K), which is (p−2+K)(α+nβ/K) when all are alike; ring (p−1)(max(α_c, b)+nβ_c),
-    the pipeline's K = 1; allgather (Bruck) ⌈log₂p⌉α_s+(p−1)nβ_s; mpi (recursive doubling) ⌈log₂p⌉(α_s+nβ_s);
+    the pipeline's K = 1; allgather (Bruck) ⌈log₂p⌉α_s+(p−1)nβ_s; mpi (recursive doubling) ⌈log₂p⌉(α_s+nβ_s),
+    or ⌈log₂p⌉ rounds of MPI's scan as timed (:data:`MPI_ROUNDS`);
     each plus the measured fixed cost of a call down the algorithm's code path (:meth:`ScanLinks.call`;
     ``builtin_op``: whether MPI has the op built in, which decides the ``mpi`` algorithm's path).
     """
@@ -124,7 +143,7 @@ def predict_allscan(algorithm: str, nbytes: float, p: int, links: Union[ScanLink
     elif algorithm == "allgather":
         messages = _log2_ceil(p) * shift.alpha + (p - 1) * nbytes * shift.beta
     else:
-        messages = _log2_ceil(p) * (shift.alpha + nbytes * shift.beta)
+        messages = _log2_ceil(p) * links.mpi_round(nbytes).time(nbytes)
     return call + messages
 
 

@@ -1,7 +1,7 @@
 """Measure, in the running job, what the collectives' cost model weighs, so that ``auto`` weighs
 the costs of this machine and this code, and install it as the runtime's cost table: the link
-classes' α-β (ping-pong), All-Scan's chain hop and shift round, its pipeline block and per-call
-costs, and a step of each ring algorithm and MPI's allreduce. Every timing goes through
+classes' α-β (ping-pong), All-Scan's chain hop and shift round, its pipeline block, a round of
+MPI's own scan and per-call costs, and a step of each ring algorithm and MPI's allreduce. Every timing goes through
 :mod:`hpcrt.costmodel.timing`; batches of the things compared take turns, so load from other jobs
 meets all of them alike."""
 
@@ -12,6 +12,7 @@ import statistics
 from typing import Any, Callable
 
 import numpy as np
+from mpi4py import MPI
 
 from hpcrt.core.runtime import get_runtime
 from hpcrt.costmodel.links import fit_link_cost, measure_link_costs, measure_schedule_costs
@@ -22,12 +23,16 @@ from hpcrt.topology.table import LinkCost, Topology
 
 from hpcrt.collectives.allscan.entry import all_scan
 from hpcrt.collectives.comm.tracing import payload_bytes
-from hpcrt.collectives.costmodel.allscan import ScanLinks, call_name, predict_allscan, scan_links
+from hpcrt.collectives.costmodel.allscan import (MPI_ROUND_SPLIT, MPI_ROUNDS, ScanLinks, call_name, predict_allscan,
+                                                 scan_links)
 from hpcrt.collectives.costmodel.rings import MPI_ALLREDUCE, STEPPED, phase_steps, step_bytes
 from hpcrt.collectives.rings.entry import allreduce
 
 ROWS = 64
 """Rows of the All-Scan probes' state (float32): small enough that the bytes cost nothing."""
+LARGE_SCAN = 4 << 20
+"""Bytes of the larger state MPI's own scan is timed at (the smaller: ``ROWS`` float32): past the caches,
+as the rings' large buffer, since the model prices large states by it."""
 MANY_BLOCKS = 33
 BATCHES = 5
 CALLS = 10
@@ -121,14 +126,44 @@ def measure_call_costs(comm: Any, links: ScanLinks) -> dict[str, LinkCost]:
         for path, (algorithm, _) in CALL_PROBES.items()}
 
 
+def measure_mpi_rounds(comm: Any) -> dict[str, LinkCost]:
+    """α-β of one round of MPI's own scan (``Exscan``, recursive doubling: ⌈log₂p⌉ rounds) up to
+    ``MPI_ROUND_SPLIT`` bytes and beyond, under the names of ``MPI_ROUNDS``: its latency at ``ROWS``
+    float32, at the split and at ``LARGE_SCAN`` bytes, the medians of ``BATCHES`` batches taken in
+    turns, each piece fitted between its two ends and divided by the rounds. Collective; needs two
+    ranks or more."""
+    sizes = (ROWS * 4, MPI_ROUND_SPLIT, LARGE_SCAN)
+    buffers = {n: (np.ones(n // 4, dtype=np.float32), np.empty(n // 4, dtype=np.float32)) for n in sizes}
+    calls = {n: (lambda x=x, out=out: comm.Exscan(x, out, MPI.SUM)) for n, (x, out) in buffers.items()}
+    for call in calls.values():  # warm up
+        median_call(call, 2, comm)
+    times: dict = {n: [] for n in sizes}
+    for _ in range(BATCHES):
+        for n, call in calls.items():
+            times[n].append(median_call(call, CALLS, comm))
+    rounds = (comm.size - 1).bit_length()
+    per_round = [statistics.median(times[n]) / rounds for n in sizes]
+    return {name: _line(sizes[i], per_round[i], sizes[i + 1], per_round[i + 1]) for i, name in enumerate(MPI_ROUNDS)}
+
+
+def _line(small: int, small_s: float, large: int, large_s: float) -> LinkCost:
+    """The α-β line through (bytes, seconds) ``(small, small_s)`` and ``(large, large_s)``: a piece of
+    a curve, so α may be below 0 where the piece starts past 0 bytes; β is never 0 or below (a
+    noisy pair whose larger size took less gives a flat line)."""
+    beta = max((large_s - small_s) / (large - small), 1e-15)
+    return LinkCost(small_s - small * beta, beta)
+
+
 def measure_scan_costs(comm: Any, topology: Topology, costs: CostTable) -> CostTable:
     """``costs`` with everything All-Scan's model measures: the chain and shift schedules, the
-    pipeline block and the call costs. Collective; ``costs`` as they are at one rank."""
+    pipeline block, a round of MPI's own scan and the call costs. Collective; ``costs`` as they are
+    at one rank."""
     schedules = measure_schedule_costs(comm, topology)
     if not schedules:
         return costs
     costs = costs.with_measured(chain=schedules[CHAIN], shift=schedules[SHIFT],
-                                pipeline_block=measure_pipeline_block(comm))
+                                pipeline_block=measure_pipeline_block(comm),
+                                calls={**costs.calls, **measure_mpi_rounds(comm)})
     return costs.with_measured(calls={**costs.calls, **measure_call_costs(comm, scan_links(costs, topology))})
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import contextlib
 from collections import Counter
-from typing import Any, Callable, Generic, Iterator, TypeVar
+from typing import Any, Callable, Generic, Iterator, Optional, TypeVar
 
 from hpcrt.core.runtime import get_runtime
 from hpcrt.costmodel.table import CostTable
@@ -89,7 +89,9 @@ class PlanChoice:
 
     def get(self) -> Any:
         """The choice, tallied in :func:`auto_ran` as :meth:`ChoiceMemo.get` would."""
-        known = self._current()
+        known = self._known
+        if known[0] is not get_runtime().costs:
+            known = self._made()
         if _WATCHES:
             _WATCHES[-1][known[2]] += 1
         return known[1]
@@ -97,21 +99,20 @@ class PlanChoice:
     def runs(self, label: str) -> bool:
         """Whether the choice is the one ``label`` names (as :func:`auto_ran` names it), tallied only
         where it is: the caller then runs it, and a call that goes elsewhere is tallied there."""
-        known = self._current()
+        known = self._known
+        if known[0] is not get_runtime().costs:
+            known = self._made()
         if known[2][1] != label:
             return False
         if _WATCHES:
             _WATCHES[-1][known[2]] += 1
         return True
 
-    def _current(self) -> tuple:
-        """(cost table, choice, tally key) at the runtime's cost table."""
-        known = self._known
+    def _made(self) -> tuple:
+        """(cost table, choice, tally key) made at the runtime's cost table, and kept."""
         costs = get_runtime().costs
-        if known[0] is not costs:
-            known = self._known = (costs, *self._choices.entry(self._links.get(self._transport.world_ranks),
-                                                               *self._shape))
-        return known
+        self._known = (costs, *self._choices.entry(self._links.get(self._transport.world_ranks), *self._shape))
+        return self._known
 
 
 @contextlib.contextmanager
@@ -124,3 +125,19 @@ def auto_ran() -> Iterator[Counter]:
         yield tally
     finally:
         _WATCHES.remove(tally)
+
+
+def tally_label(tallies: list[Counter]) -> Optional[str]:
+    """What the ``auto`` calls of a timed loop ran, as each resolved it (``ChoiceMemo``), from every
+    rank's tally: one name when all calls on all ranks ran the same, else each with its count
+    (``mpi ×20, ring ×14``), prefixed per rank where the ranks' tallies differ; None without auto."""
+    def one(tally: Counter) -> str:
+        if len(tally) == 1:
+            return next(iter(tally))[1]
+        return ", ".join(f"{algorithm} ×{count}" for (_, algorithm), count in tally.most_common())
+
+    if not any(tallies):
+        return None
+    if all(tally == tallies[0] for tally in tallies):
+        return one(tallies[0])
+    return "; ".join(f"rank {rank}: {one(tally)}" for rank, tally in enumerate(tallies))

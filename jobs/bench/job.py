@@ -230,11 +230,14 @@ def _measure_and_report(runtime: hpcrt.Runtime, cfg: DictConfig, settings: Bench
     link, scan = bottleneck_link(runtime.costs, runtime.topology), scan_links(runtime.costs, runtime.topology)
     source = "emulated, from the topology file" if runtime.topology.emulate else settings.link_costs
     log.info("prediction link alpha %.2f us, %.2f GB/s; ring steps %s; All-Scan chain hop "
-             "alpha %.2f us, %.2f GB/s, shift round alpha %.2f us, %.2f GB/s, pipeline block %.2f us, call %s (%s)",
+             "alpha %.2f us, %.2f GB/s, shift round alpha %.2f us, %.2f GB/s, MPI scan round %s, pipeline block "
+             "%.2f us, call %s (%s)",
              link.alpha * 1e6, 1e-9 / link.beta,
              ", ".join(f"{algorithm} alpha {step.alpha * 1e6:.1f} us, {1e-9 / step.beta:.2f} GB/s"
                        for algorithm, step in ring_costs(runtime.costs, runtime.topology).steps) or "not measured",
              scan.chain.alpha * 1e6, 1e-9 / scan.chain.beta, scan.shift.alpha * 1e6, 1e-9 / scan.shift.beta,
+             ", ".join(f"alpha {cost.alpha * 1e6:.2f} us, {1e-9 / cost.beta:.2f} GB/s" for cost in scan.mpi_rounds)
+             or "not measured",
              scan.block_alpha * 1e6,
              ", ".join(f"{path} {seconds * 1e6:.1f} us" for path, seconds in scan.calls) or "not measured", source)
     ctx = BenchContext(comm, runtime.staging, settings.buffers, settings.arg_check)

@@ -5,7 +5,6 @@ across ranks."""
 
 from __future__ import annotations
 
-from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Callable, Optional, Sequence
 
@@ -14,7 +13,7 @@ import numpy as np
 from hpcrt import Topology, backend_of
 from hpcrt.costmodel.timing import rank_times
 
-from hpcrt.collectives.costmodel.memo import auto_ran
+from hpcrt.collectives.costmodel.memo import auto_ran, tally_label
 from hpcrt.jobs.bench.cases import Algorithm, BenchContext, Collective
 from hpcrt.jobs.bench.config import BenchSettings
 from hpcrt.jobs.bench.report import Row
@@ -51,22 +50,6 @@ def time_calls(comm: Any, call: Callable[[], Any], warmup: int, iters: int, per_
         call()
     times = rank_times(call, iters, comm, finish=_synchronize, each=per_call)
     return Timing(sum(times) / len(times), min(times), max(times))
-
-
-def ran_label(tallies: list[Counter]) -> Optional[str]:
-    """What the ``auto`` calls of a timed loop ran, as each resolved it (``ChoiceMemo``), from every
-    rank's tally: one name when all calls on all ranks ran the same, else each with its count
-    (``mpi ×20, ring ×14``), prefixed per rank where the ranks' tallies differ; None without auto."""
-    def one(tally: Counter) -> str:
-        if len(tally) == 1:
-            return next(iter(tally))[1]
-        return ", ".join(f"{algorithm} ×{count}" for (_, algorithm), count in tally.most_common())
-
-    if not any(tallies):
-        return None
-    if all(tally == tallies[0] for tally in tallies):
-        return one(tallies[0])
-    return "; ".join(f"rank {rank}: {one(tally)}" for rank, tally in enumerate(tallies))
 
 
 def count_wrong(result: Any, expected: Optional[tuple], dtype: str) -> int:
@@ -131,7 +114,7 @@ def run_collective(ctx: BenchContext, collective: Collective, algorithms: Sequen
                           timing.avg * 1e6, timing.min * 1e6, timing.max * 1e6, algbw,
                           algbw * collective.busbw_factor(p), wrong,
                           None if predicted is None else predicted * 1e6, warmup, iters,
-                          ran_label(comm.allgather(tally)),
+                          tally_label(comm.allgather(tally)),
                           **_in_place(ctx, algorithm, operand, op, expected, settings, warmup, iters))
                 rows.append(row)
                 emit(row)

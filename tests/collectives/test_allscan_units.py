@@ -11,7 +11,7 @@ from hpcrt import LinkCost, to_fake_gpu
 from hpcrt.collectives import ScanLinks, ScanOp, best_blocks, flipped, predict_allscan
 from hpcrt.collectives.allscan.layout import ScanLayout, assign, complete
 from hpcrt.collectives.allscan.ops import AFFINE, resolve_op
-from hpcrt.collectives.costmodel.allscan import auto_choice
+from hpcrt.collectives.costmodel.allscan import MPI_ROUND_SPLIT, auto_choice
 
 LINK = LinkCost(alpha=2e-6, beta=1 / 25e9)
 
@@ -196,6 +196,21 @@ def test_measured_block_cost_bounds_the_block_count():
     assert extra == pytest.approx((p - 1 + 8) * 99 * LINK.alpha)
     ring_extra = predict_allscan("ring", n, p, heavy) - predict_allscan("ring", n, p, lean)
     assert ring_extra == pytest.approx((p - 1) * 99 * LINK.alpha)
+
+
+def test_mpis_scan_is_priced_by_its_own_timed_round_where_measured():
+    """With measured rounds of MPI's scan, ``mpi`` costs ⌈log₂p⌉ of them (not shift rounds), by the
+    piece its size falls in: a shift round dearer than MPI's own made the pipeline look cheaper."""
+    n, p = 128 << 10, 4
+    slow_shift = ScanLinks(LINK, LinkCost(35e-6, 1 / 1e9))
+    cached, beyond = LinkCost(13e-6, 1 / 2.6e9), LinkCost(-40e-6, 1 / 1.3e9)
+    measured = ScanLinks(LINK, LinkCost(35e-6, 1 / 1e9), mpi_rounds=(cached, beyond))
+    assert predict_allscan("mpi", n, p, slow_shift) == pytest.approx(2 * (35e-6 + n / 1e9))
+    assert predict_allscan("mpi", n, p, measured) == pytest.approx(2 * (13e-6 + n / 2.6e9))
+    big = 4 * MPI_ROUND_SPLIT  # past the split, the second piece
+    assert predict_allscan("mpi", big, p, measured) == pytest.approx(2 * (-40e-6 + big / 1.3e9))
+    for algorithm in ("pipeline", "ring", "allgather"):  # the other algorithms' rounds are hpcrt's own
+        assert predict_allscan(algorithm, n, p, measured) == predict_allscan(algorithm, n, p, slow_shift)
 
 
 def test_call_costs_add_to_each_code_path_and_can_turn_the_choice():

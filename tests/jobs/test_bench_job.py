@@ -425,14 +425,3 @@ def test_auto_ran_tallies_each_call_once(comm, collective, algorithm):
             np.testing.assert_array_equal(result, want)
     finally:
         hpcrt.finalize()
-
-
-def test_ran_names_calls_and_ranks_that_differ():
-    from collections import Counter
-    from hpcrt.jobs.bench.run import ran_label
-    same = Counter({("rings", "bidir_ring"): 12})
-    assert ran_label([same, same]) == "bidir_ring"
-    mixed = Counter({("rings", "mpi"): 8, ("rings", "bidir_ring"): 4})
-    assert ran_label([mixed, mixed]) == "mpi ×8, bidir_ring ×4"
-    assert ran_label([same, mixed]) == "rank 0: bidir_ring; rank 1: mpi ×8, bidir_ring ×4"
-    assert ran_label([Counter(), Counter()]) is None
