@@ -86,16 +86,17 @@ def overhead(args: argparse.Namespace) -> int:
     return 0
 
 
-def _launched(args: argparse.Namespace) -> Optional[int]:
+def _launched(args: argparse.Namespace, argv: list[str]) -> Optional[int]:
     """Where a subcommand that takes ``--ranks`` runs alone (one process, no launcher), run it again
-    under ``mpiexec -n RANKS`` and give its exit status; None where this process is one of the ranks."""
+    with arguments ``argv`` under ``mpiexec -n RANKS`` and give its exit status; None where this
+    process is one of the ranks."""
     from mpi4py import MPI
 
     if getattr(args, "ranks", 1) <= 1 or MPI.COMM_WORLD.size > 1:
         return None
     mpiexec = Path(sys.executable).parent / "mpiexec"
     command = [str(mpiexec) if mpiexec.exists() else "mpiexec", "-n", str(args.ranks), sys.executable, "-m",
-               "hpcrt.collectives.bench", *sys.argv[1:]]
+               "hpcrt.collectives.bench", *argv]
     return subprocess.run(command).returncode
 
 
@@ -124,8 +125,9 @@ def main(argv: list[str] | None = None) -> int:
     """Run one subcommand; a user mistake (a topology that does not fit, a bad setting) is said once,
     by rank 0, and every rank exits with 2, as ``hpcrt info`` does."""
     from hpcrt.core.abort import USER_MISTAKES, say_once_and_exit
+    argv = sys.argv[1:] if argv is None else argv
     args = _parser().parse_args(argv)
-    launched = _launched(args)
+    launched = _launched(args, argv)
     if launched is not None:
         return launched
     try:

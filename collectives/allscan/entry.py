@@ -25,6 +25,9 @@ from hpcrt.collectives.costmodel.allscan import ALGORITHMS, ScanLinks, auto_choi
 from hpcrt.collectives.costmodel.memo import ChoiceMemo, LinkMemo, PlanChoice
 
 
+KEPT_IDENTITY_BYTES = 64 << 10
+"""The largest state whose identity a plan keeps for rank 0's exclusive result (plans are kept per
+communicator and shape: a copy of every large state would hold memory for nothing)."""
 _QUEUE_KEYVAL: list = []
 _IN_FLIGHT = [0]
 """Started scans not finished yet, on any communicator: while there are some, a blocking scan takes
@@ -124,13 +127,15 @@ def transport_links(transport: Transport) -> ScanLinks:
     return _SCAN_LINKS.get(transport.world_ranks)
 
 
-def _auto(transport: Transport, scan_op: Any, layout: ScanLayout, blocks: Optional[int]) -> tuple:
+def _auto(transport: Transport, scan_op: Any, layout: ScanLayout, blocks: Optional[int], runs: bool = True) -> tuple:
     """(algorithm, blocks) the cost model picks for this state on ``transport``'s ranks; a given
-    ``blocks`` is priced as the pipeline runs it, at most one per row."""
+    ``blocks`` is priced as the pipeline runs it, at most one per row. ``runs``: the call runs it
+    (tallied in ``auto_ran``), not just asks."""
     max_blocks = _max_blocks(layout, scan_op)
-    return _CHOICES.get(transport_links(transport), layout.nbytes, transport.size, max_blocks,
-                        None if blocks is None else min(int(blocks), max_blocks),
-                        allscan_algos.mpi_builtin_op(scan_op, layout) is not None)
+    shape = (layout.nbytes, transport.size, max_blocks, None if blocks is None else min(int(blocks), max_blocks),
+             allscan_algos.mpi_builtin_op(scan_op, layout) is not None)
+    links = transport_links(transport)
+    return _CHOICES.get(links, *shape) if runs else _CHOICES.entry(links, *shape)[0]
 
 
 def _prepare(x: Any, op: Any, algorithm: str, blocks: Optional[int]) -> tuple:
@@ -223,8 +228,9 @@ class _DirectPlan:
     """x's elements and MPI's datatype for them, named in the MPI call (quicker than mpi4py's inference)."""
     mpi_op: Any
     identity: Any
-    first_result: np.ndarray
-    """Rank 0's exclusive result, the identity (copied for each call)."""
+    first_result: Optional[np.ndarray]
+    """Rank 0's exclusive result, the identity, copied for each call (quicker than filling one);
+    None for a state over :data:`KEPT_IDENTITY_BYTES`, which each call fills."""
     fields: dict
     signed: bytes
     auto: PlanChoice
@@ -249,7 +255,7 @@ def _make_direct_plan(transport: Transport, x: np.ndarray, op: Any, inclusive: b
     auto = PlanChoice(transport, _CHOICES, _SCAN_LINKS, layout.nbytes, transport.size, _max_blocks(layout, scan_op),
                       None, True)
     return _DirectPlan(x.shape, x.dtype, layout, x.size, mpi_type, mpi_op, identity,
-                       np.full(x.shape, identity, x.dtype), fields,
+                       np.full(x.shape, identity, x.dtype) if x.nbytes <= KEPT_IDENTITY_BYTES else None, fields,
                        signature("all_scan", {"input_error": None, **fields}), auto)
 
 
@@ -265,7 +271,8 @@ def _scan_directly(transport: Transport, plan: _DirectPlan, x: np.ndarray, inclu
         result = np.empty(plan.shape, plan.dtype)
         transport.comm.Scan([x, plan.count, plan.mpi_type], [result, plan.count, plan.mpi_type], plan.mpi_op)
     else:  # rank 0's receive buffer is not significant to MPI's Exscan: it keeps the identity
-        result = np.empty(plan.shape, plan.dtype) if transport.rank else plan.first_result.copy()
+        result = np.empty(plan.shape, plan.dtype) if transport.rank else \
+            np.full(plan.shape, plan.identity, plan.dtype) if plan.first_result is None else plan.first_result.copy()
         transport.comm.Exscan([x, plan.count, plan.mpi_type], [result, plan.count, plan.mpi_type], plan.mpi_op)
     return result
 
@@ -281,7 +288,7 @@ def all_scan_choice(x: Any, op: Any, *, comm: Optional[MPI.Intracomm] = None,
     ``comm``: the cost model's choice at the costs the job knows, the same on every rank and for either
     direction, inclusive or not. Local: sends nothing."""
     scan_op, _, layout = _prepare(x, op, "auto", blocks)
-    return _auto(Transport(comm, "all_scan_choice"), scan_op, layout, blocks)
+    return _auto(Transport(comm, "all_scan_choice"), scan_op, layout, blocks, runs=False)
 
 
 def _steps(call: ScanCall, algorithm: str, blocks: Optional[int]) -> Steps:

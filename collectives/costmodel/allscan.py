@@ -59,7 +59,8 @@ def call_name(path: str) -> str:
 @dataclass(frozen=True)
 class ScanLinks:
     """α-β of a chain hop (ring, the pipeline's first block) and of a round in which every rank
-    exchanges at once (allgather's and MPI's rounds, the pipeline's steady state)."""
+    exchanges at once (allgather's rounds, the pipeline's steady state, and MPI's where its own
+    rounds were not timed)."""
 
     chain: LinkCost
     shift: LinkCost
@@ -100,11 +101,13 @@ def as_scan_links(links: Union[ScanLinks, LinkCost]) -> ScanLinks:
 
 def scan_links(costs: CostTable, topology: Topology, ranks: Optional[list] = None) -> ScanLinks:
     """The costs a scan over ``ranks`` (default: all) pays at ``costs``: the chain along them, the
-    shift round them, the pipeline block and the calls (as measured, else the table's ``call_work``)."""
+    shift round them, the pipeline block, the calls (as measured, else the table's ``call_work``)
+    and MPI's scan rounds (where both pieces were timed)."""
     calls = tuple((path, costs.call_alpha(call_name(path))) for path in CODE_PATHS)
+    mpi_rounds = tuple(costs.call(name) for name in MPI_ROUNDS)
     return ScanLinks(schedule_link(costs, topology, CHAIN, ranks, ring=False),
                      schedule_link(costs, topology, SHIFT, ranks), costs.pipeline_block, calls,
-                     tuple(cost for cost in map(costs.call, MPI_ROUNDS) if cost is not None))
+                     () if None in mpi_rounds else mpi_rounds)
 
 
 def _log2_ceil(p: int) -> int:

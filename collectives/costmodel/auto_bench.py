@@ -30,6 +30,7 @@ class Family:
     name: str
     algorithms: tuple[str, ...]
     call: Callable[[np.ndarray, str, bool], Any]
+    """``call(x, algorithm, validate)``: one call of the collective on ``x``."""
 
 
 def _families() -> dict[str, Family]:
@@ -108,7 +109,11 @@ def run(args: argparse.Namespace) -> int:
     """Measure every size of each collective named and print the tables (rank 0)."""
     import hpcrt
     from hpcrt.collectives import calibrate
+    from hpcrt.core.config import ConfigError
 
+    if args.min_bytes < 1 or args.max_bytes < args.min_bytes or args.factor < 2 or args.blocks < 1:
+        raise ConfigError(f"auto bench: needs 1 <= --min-bytes <= --max-bytes, --factor >= 2 and --blocks >= 1; got "
+                          f"{args.min_bytes}, {args.max_bytes}, {args.factor} and {args.blocks}")
     hpcrt.init({"log_files": False})
     comm = hpcrt.get_runtime().comm
     if args.calibrate:

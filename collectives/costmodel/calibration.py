@@ -156,14 +156,15 @@ def _line(small: int, small_s: float, large: int, large_s: float) -> LinkCost:
 
 def measure_scan_costs(comm: Any, topology: Topology, costs: CostTable) -> CostTable:
     """``costs`` with everything All-Scan's model measures: the chain and shift schedules, the
-    pipeline block, a round of MPI's own scan and the call costs. Collective; ``costs`` as they are
-    at one rank."""
+    pipeline block, a round of MPI's own scan (not under link emulation) and the call costs.
+    Collective; ``costs`` as they are at one rank."""
     schedules = measure_schedule_costs(comm, topology)
     if not schedules:
         return costs
     costs = costs.with_measured(chain=schedules[CHAIN], shift=schedules[SHIFT],
-                                pipeline_block=measure_pipeline_block(comm),
-                                calls={**costs.calls, **measure_mpi_rounds(comm)})
+                                pipeline_block=measure_pipeline_block(comm))
+    if not topology.emulate:  # MPI's scan pays none of the emulated links' time: priced by them instead
+        costs = costs.with_measured(calls={**costs.calls, **measure_mpi_rounds(comm)})
     return costs.with_measured(calls={**costs.calls, **measure_call_costs(comm, scan_links(costs, topology))})
 
 

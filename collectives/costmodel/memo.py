@@ -118,7 +118,8 @@ class PlanChoice:
 @contextlib.contextmanager
 def auto_ran() -> Iterator[Counter]:
     """Tally, per (family, algorithm), what the ``auto`` calls made inside the block ran, taken as
-    each call resolved ``auto`` (a choice that differed between calls shows as two entries)."""
+    each call resolved ``auto`` (a choice that differed between calls shows as two entries; a call
+    that then failed its agreement across ranks may count too)."""
     tally: Counter = Counter()
     _WATCHES.append(tally)
     try:

@@ -132,7 +132,9 @@ def ring_choice(collective: str, x: Any, *, comm: Optional[MPI.Intracomm] = None
     reduce_scatter): the cost model's choice, the same on every rank. Local: sends nothing."""
     if collective not in RING_COLLECTIVES:
         raise ValueError(f"unknown collective {collective!r}; expected one of {RING_COLLECTIVES}")
-    return _auto(collective, x, Transport(comm, collective))
+    transport = Transport(comm, collective)
+    return _RING_CHOICES.entry(_RING_COSTS.get(transport.world_ranks), collective,
+                               _model_bytes(collective, x, transport.size), transport.size)[0]
 
 
 def _model_bytes(collective: str, x: Any, p: int) -> int:
@@ -143,8 +145,8 @@ def _model_bytes(collective: str, x: Any, p: int) -> int:
 @dataclass(frozen=True)
 class _Plan:
     """What every call of one collective with one operand type, shape, dtype, op and algorithm on
-    one communicator size shares: the local checks' verdict, the agreement's fields and signature,
-    the backend, the result's shape and the MPI op."""
+    one communicator shares (kept in its transport's ``plans``): the local checks' verdict, the
+    agreement's fields and signature, the backend, the result's shape and the MPI op."""
 
     problem: Optional[Exception]
     algorithm_error: Optional[Exception]
@@ -289,9 +291,3 @@ def _operand_problem(collective: str, x: Any, op: Optional[str]) -> Optional[Exc
 _RING_COSTS = LinkMemo(ring_costs)
 """Per rank set, its ring's slowest link and the measured step costs (symmetric: one way suffices)."""
 _RING_CHOICES = ChoiceMemo("rings", lambda costs, collective, nbytes, p: auto_choice(collective, nbytes, p, costs))
-
-
-def _auto(collective: str, x: Any, transport: Transport) -> str:
-    """The algorithm the cost model picks for ``collective`` on ``x`` over ``transport``'s ranks."""
-    return _RING_CHOICES.get(_RING_COSTS.get(transport.world_ranks), collective,
-                             _model_bytes(collective, x, transport.size), transport.size)

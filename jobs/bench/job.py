@@ -166,7 +166,8 @@ def metadata(runtime: hpcrt.Runtime, cfg: DictConfig, nominal: dict, measured: d
         "prediction_ring_costs": _ring_costs_entry(ring_costs(runtime.costs, runtime.topology)),
         "prediction_scan_links": {**{schedule: _link_entry(getattr(scan, schedule)) for schedule in SCHEDULES},
                                   "pipeline_block_us": scan.block_alpha * 1e6,
-                                  "call_us": {path: seconds * 1e6 for path, seconds in scan.calls}},
+                                  "call_us": {path: seconds * 1e6 for path, seconds in scan.calls},
+                                  "mpi_rounds": [_link_entry(cost) for cost in scan.mpi_rounds]},
         "command_line": list(sys.orig_argv),
         "config": OmegaConf.to_container(cfg, resolve=True),
     }

@@ -32,7 +32,8 @@ from conftest import SAMPLE_TOPOLOGY
 TINY = ["bench.min_bytes=8", "bench.max_bytes=512", "bench.factor=8", "bench.iters=1", "bench.warmup=0"]
 """Sizes 8, 64 and 512 B, one timed call each, no warm-up: seconds per run, all of it checked."""
 SCAN_CALLS = {"all_scan/mpi", "all_scan/mpi_user", "all_scan/pipeline", "all_scan/allgather"}
-MEASURED = {"chain", "shift", "pipeline_block", "call_allreduce/mpi", *(f"call_{name}" for name in SCAN_CALLS)}
+MEASURED = {"chain", "shift", "pipeline_block", "call_allreduce/mpi", "call_all_scan/mpi_round",
+            "call_all_scan/mpi_round_large", *(f"call_{name}" for name in SCAN_CALLS)}
 RING_STEPS = {"ring_step_ring", "ring_step_bidir_ring"}
 KNOWN_ALGORITHMS = {name: tuple(c.algorithms) for name, c in COLLECTIVES.items()}
 
@@ -111,7 +112,8 @@ def test_two_ranks_share_one_run_dir_and_check_every_algorithm(launch, tmp_path)
     assert set(meta["measured_link_costs"]) >= {"intra"} | MEASURED | RING_STEPS
     assert set(meta["prediction_ring_costs"]["steps"]) == {"ring", "bidir_ring"}
     assert meta["prediction_ring_costs"]["mpi_allreduce"]["alpha_us"] > 0
-    assert set(meta["prediction_scan_links"]) == {"chain", "shift", "pipeline_block_us", "call_us"}
+    assert set(meta["prediction_scan_links"]) == {"chain", "shift", "pipeline_block_us", "call_us", "mpi_rounds"}
+    assert len(meta["prediction_scan_links"]["mpi_rounds"]) == 2  # MPI's own scan, timed in two pieces
     assert set(meta["prediction_scan_links"]["call_us"]) == {"mpi", "mpi_user", "pipeline", "allgather"}
     block = meta["measured_link_costs"]["pipeline_block"]
     assert block["alpha_us"] > 0 and block["bandwidth_gbytes_s"] is None
