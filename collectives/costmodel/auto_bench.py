@@ -9,7 +9,7 @@ import argparse
 import statistics
 from collections import Counter
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 import numpy as np
 
@@ -56,6 +56,13 @@ class Result:
         """The fastest algorithm other than auto."""
         return min((name for name in self.seconds if name != "auto"), key=self.seconds.__getitem__)
 
+    @property
+    def twin(self) -> Optional[str]:
+        """The row that runs the very code auto ran (the ring is the one-block pipeline), or None
+        (a pipeline of more blocks, or calls that differed): auto against it is the noise alone."""
+        name = "ring" if self.ran == "pipeline/1" else self.ran
+        return name if name in self.seconds and name != "auto" else None
+
     def ratio(self, reference: str) -> float:
         return self.seconds["auto"] / self.seconds[reference]
 
@@ -88,11 +95,13 @@ def table(family: Family, results: list[Result]) -> list[str]:
     """The markdown table of one collective, and its verdict lines."""
     names = (*family.algorithms, "auto")
     lines = [f"{family.name}: median latency per call (µs), the slowest rank's",
-             "| size (B) | " + " | ".join(names) + " | auto ran | fastest | auto / fastest | auto / mpi |",
-             "| ---: | " + " | ".join("---:" for _ in names) + " | --- | --- | ---: | ---: |"]
+             "| size (B) | " + " | ".join(names)
+             + " | auto ran | fastest | auto / fastest | auto / mpi | auto / same code |",
+             "| ---: | " + " | ".join("---:" for _ in names) + " | --- | --- | ---: | ---: | ---: |"]
     for r in results:
         lines.append(f"| {r.nbytes} | " + " | ".join(f"{r.seconds[n] * 1e6:.1f}" for n in names)
-                     + f" | {r.ran} | {r.fastest} | {r.ratio(r.fastest):.2f} | {r.ratio('mpi'):.2f} |")
+                     + f" | {r.ran} | {r.fastest} | {r.ratio(r.fastest):.2f} | {r.ratio('mpi'):.2f} | "
+                     + ("-" if r.twin is None else f"{r.ratio(r.twin):.2f}") + " |")
     worst = max(results, key=lambda r: r.ratio(r.fastest))
     within = sum(r.ratio(r.fastest) <= 1.1 for r in results)
     lines.append(f"# {family.name} auto within 10% of the fastest at {within} of {len(results)} sizes; "
@@ -102,6 +111,10 @@ def table(family: Family, results: list[Result]) -> list[str]:
         slowest = max(small, key=lambda r: r.ratio("mpi"))
         lines.append(f"# {family.name} auto / mpi at <= {SMALL_BYTES} B: worst {slowest.ratio('mpi'):.2f}x "
                      f"at {slowest.nbytes} B")
+    twins = sorted(r.ratio(r.twin) for r in results if r.twin is not None)
+    if twins:
+        lines.append(f"# {family.name} noise: auto against the row running the same code, {twins[0]:.2f}x to "
+                     f"{twins[-1]:.2f}x over {len(twins)} sizes")
     return lines
 
 

@@ -129,9 +129,10 @@ def measure_call_costs(comm: Any, links: ScanLinks) -> dict[str, LinkCost]:
 def measure_mpi_rounds(comm: Any) -> dict[str, LinkCost]:
     """α-β of one round of MPI's own scan (``Exscan``, recursive doubling: ⌈log₂p⌉ rounds) up to
     ``MPI_ROUND_SPLIT`` bytes and beyond, under the names of ``MPI_ROUNDS``: its latency at ``ROWS``
-    float32, at the split and at ``LARGE_SCAN`` bytes, the medians of ``BATCHES`` batches taken in
-    turns, each piece fitted between its two ends and divided by the rounds. Collective; needs two
-    ranks or more."""
+    float32, at the split and at ``LARGE_SCAN`` bytes (the median call of each of ``BATCHES``
+    batches taken in turns, the quickest batch per size, as for the call costs: a slow spell of a
+    shared machine only adds, and one that met a single size would bend the line), each piece
+    fitted between its two ends and divided by the rounds. Collective; needs two ranks or more."""
     sizes = (ROWS * 4, MPI_ROUND_SPLIT, LARGE_SCAN)
     buffers = {n: (np.ones(n // 4, dtype=np.float32), np.empty(n // 4, dtype=np.float32)) for n in sizes}
     calls = {n: (lambda x=x, out=out: comm.Exscan(x, out, MPI.SUM)) for n, (x, out) in buffers.items()}
@@ -142,7 +143,7 @@ def measure_mpi_rounds(comm: Any) -> dict[str, LinkCost]:
         for n, call in calls.items():
             times[n].append(median_call(call, CALLS, comm))
     rounds = (comm.size - 1).bit_length()
-    per_round = [statistics.median(times[n]) / rounds for n in sizes]
+    per_round = [min(times[n]) / rounds for n in sizes]
     return {name: _line(sizes[i], per_round[i], sizes[i + 1], per_round[i + 1]) for i, name in enumerate(MPI_ROUNDS)}
 
 
