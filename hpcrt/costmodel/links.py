@@ -44,7 +44,7 @@ PASSES = 4
 SCHEDULE_BYTES = 4 << 20
 """The larger message of the chain and shift schedules: past the caches, where a scan of a large
 state runs (a hop's bytes at 1 MiB cost half what they cost at 8–64 MiB on the build machine, and
-the pipeline then took 1.6–1.9x its prediction there)."""
+the pipeline then took 1.6–1.94x its prediction there)."""
 
 
 def representative_pairs(topology: Topology) -> dict[str, tuple[int, int]]:
