@@ -236,6 +236,12 @@ class _DirectPlan:
     auto: PlanChoice
     """What ``auto`` runs for these calls."""
 
+    def identity_result(self) -> np.ndarray:
+        """Rank 0's exclusive result, the identity: a copy of the kept one, else filled anew."""
+        if self.first_result is None:
+            return np.full(self.shape, self.identity, self.dtype)
+        return self.first_result.copy()
+
 
 def _make_direct_plan(transport: Transport, x: np.ndarray, op: Any, inclusive: bool, reverse: bool,
                       algorithm: Any) -> Optional[_DirectPlan]:
@@ -271,8 +277,7 @@ def _scan_directly(transport: Transport, plan: _DirectPlan, x: np.ndarray, inclu
         result = np.empty(plan.shape, plan.dtype)
         transport.comm.Scan([x, plan.count, plan.mpi_type], [result, plan.count, plan.mpi_type], plan.mpi_op)
     else:  # rank 0's receive buffer is not significant to MPI's Exscan: it keeps the identity
-        result = np.empty(plan.shape, plan.dtype) if transport.rank else \
-            np.full(plan.shape, plan.identity, plan.dtype) if plan.first_result is None else plan.first_result.copy()
+        result = np.empty(plan.shape, plan.dtype) if transport.rank else plan.identity_result()
         transport.comm.Exscan([x, plan.count, plan.mpi_type], [result, plan.count, plan.mpi_type], plan.mpi_op)
     return result
 

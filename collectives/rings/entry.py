@@ -42,29 +42,26 @@ def allreduce(x: Any, op: str = "sum", *, comm: Optional[MPI.Intracomm] = None, 
               validate: bool = True, out: Optional[Any] = None) -> Any:
     """Every rank gets the element-wise ``op`` (sum, max, min, avg) of all ranks' ``x``, same shape;
     into ``out`` where given (``out=x``: in place)."""
-    transport = transport_for(comm, "allreduce")
-    try:
-        plan = transport.plans[("allreduce", type(x), x.shape, x.dtype, op, algorithm)]
-    except (KeyError, AttributeError, TypeError):
-        plan = _new_plan(transport, "allreduce", x, op, algorithm)
+    transport, plan = _planned("allreduce", x, comm, op, algorithm)
     if plan.direct and out is None and x.flags.c_contiguous and (
             algorithm == "mpi" or algorithm == "auto" and plan.auto.runs("mpi")):
         if trace._recorder is None:  # no monitor: nothing to record
-            return _allreduce_directly(transport, plan, x, validate)
-        return call_traced("allreduce", transport.comm, x.nbytes, _allreduce_directly, transport, plan, x, validate)
+            return _allreduce_directly(transport, plan, x, op, validate)
+        return call_traced("allreduce", transport.comm, x.nbytes, _allreduce_directly, transport, plan, x, op,
+                           validate)
     if trace._recorder is None:
         return _allreduce(transport, plan, x, op, algorithm, validate, out)
     return call_traced("allreduce", transport.comm, payload_bytes(x), _allreduce, transport, plan, x, op, algorithm,
                        validate, out)
 
 
-def _allreduce_directly(transport: Transport, plan: _Plan, x: np.ndarray, validate: bool) -> np.ndarray:
+def _allreduce_directly(transport: Transport, plan: _Plan, x: np.ndarray, op: str, validate: bool) -> np.ndarray:
     """The common small call: MPI's own, after the agreement where ``validate``, nothing else around it."""
     if validate:
         agree(transport.comm, "allreduce", plan.signed, plan.fields)
     result = np.empty(plan.result_shape, plan.dtype)
     transport.comm.Allreduce([x, plan.count, plan.mpi_type], [result, plan.count, plan.mpi_type], plan.mpi_op)
-    return _averaged(plan.backend, result, "avg", transport.size) if plan.averaging else result
+    return _averaged(plan.backend, result, op, transport.size)
 
 
 def _allreduce(transport: Transport, plan: _Plan, x: Any, op: str, algorithm: str, validate: bool,
@@ -162,7 +159,6 @@ class _Plan:
     count: int
     mpi_type: Any
     """x's elements and MPI's datatype for them, named in a direct call (quicker than mpi4py's inference)."""
-    averaging: bool
     auto: Optional[PlanChoice]
     """What ``auto`` runs for these calls (None for a call with a problem)."""
 
@@ -189,7 +185,7 @@ def _make_plan(transport: Transport, collective: str, x: Any, op: Optional[str],
                                                        _model_bytes(collective, x, size), size)
     return _Plan(problem, algorithm_error, fields, signed, backend, result_shape,
                  mpi_op(op) if op in RING_OPS else None, direct, getattr(x, "dtype", None), getattr(x, "size", 0),
-                 mpi_type, op in AVERAGING_OPS, auto)
+                 mpi_type, auto)
 
 
 def _new_plan(transport: Transport, collective: str, x: Any, op: Optional[str], algorithm: str) -> _Plan:
